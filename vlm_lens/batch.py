@@ -1,0 +1,72 @@
+"""`Batch`: model inputs together with the role of every position."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from vlm_lens.layout import TokenLayout
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Inputs for a VLM forward pass and their `TokenLayout`.
+
+    Built by `HookedVLM.prepare`; every `HookedVLM` call takes one and forwards all of
+    `inputs` (``input_ids``, ``attention_mask``, ``pixel_values``, ``image_sizes``...) to the model.
+
+    Attributes:
+        inputs: the dict of tensors the Hugging Face model takes.
+        layout: role of every position (``batch.layout.mask("gate")``...).
+        images_per_sequence: number of images in each prompt.
+        texts: the prompts as given (before placeholder expansion), when known.
+
+    Example:
+        >>> from vlm_lens import HookedVLM
+        >>> from vlm_lens.testing import build_tiny, sample_image
+        >>> tiny = build_tiny("llava")
+        >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
+        >>> batch = model.prepare(images=sample_image(size=tiny.image_size), text=tiny.prompt)
+        >>> batch.layout.n_images, len(batch)
+        ([1], 1)
+    """
+
+    inputs: dict[str, Any]
+    layout: TokenLayout
+    images_per_sequence: tuple[int, ...]
+    texts: tuple[str, ...] | None = None
+
+    @property
+    def input_ids(self) -> Int[Tensor, "batch pos"]:
+        """Token ids ``[batch, pos]`` with the image placeholders expanded."""
+        return self.inputs["input_ids"]
+
+    @property
+    def attention_mask(self) -> Int[Tensor, "batch pos"] | None:
+        """``[batch, pos]``, 0 at padding."""
+        return self.inputs.get("attention_mask")
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
+        """Move every tensor to `device`; cast floating tensors (pixels) to `dtype` if given."""
+        return replace(self, inputs=move_inputs(self.inputs, device, dtype))
+
+
+def move_inputs(
+    inputs: Mapping[str, Any], device: torch.device | str, dtype: torch.dtype | None = None
+) -> dict[str, Any]:
+    """A copy of `inputs` with its tensors on `device` and floating ones cast to `dtype`."""
+    out: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if isinstance(value, Tensor):
+            cast = dtype if dtype is not None and value.is_floating_point() else None
+            value = value.to(device=device, dtype=cast)
+        out[key] = value
+    return out

@@ -1,0 +1,551 @@
+"""`HookedVLM`: a vision-language model with TransformerLens hooks and token roles.
+
+The only module that touches TransformerLens bridge internals. Every call forwards the image
+inputs of its `Batch`; nothing can silently run text-only.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from PIL import Image
+from torch import Tensor, nn
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+from vlm_lens import hooks as hook_names
+from vlm_lens.adapters import VLMAdapter, adapter_class_for
+from vlm_lens.batch import Batch, move_inputs
+from vlm_lens.errors import UnsupportedModelError, VLMInputError
+from vlm_lens.image_features import attach_image_hook, set_images_per_sequence
+from vlm_lens.layout import TokenLayout
+
+ImageLike = Image.Image | np.ndarray
+HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
+
+
+class HookedVLM(nn.Module):
+    """A Hugging Face VLM wrapped in a TransformerLens `TransformerBridge`, aware of token roles.
+
+    Build one with `from_pretrained` (hub id or local folder) or `from_hf` (a model in memory).
+    `prepare` turns images and prompts into a `Batch` (inputs + `TokenLayout`); `forward`,
+    `run_with_cache`, `run_with_hooks`, `hooks` and `generate` take that batch and always pass
+    its image inputs. Logits are bit-identical to the Hugging Face model's eager forward.
+
+    Attributes:
+        bridge: the TransformerLens bridge (hooks, cache, ``cfg``).
+        adapter: the family adapter (token spec, image inputs).
+        processor: the Hugging Face processor, or ``None``.
+        hook_image_embeds: image features entering the decoder, ``[batch, n_image_tokens,
+            d_model]`` (see `vlm_lens.hooks.IMAGE_EMBEDS`).
+
+    Example:
+        >>> from vlm_lens import HookedVLM, hooks
+        >>> from vlm_lens.testing import build_tiny, sample_image
+        >>> tiny = build_tiny("chameleon")
+        >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
+        >>> batch = model.prepare(images=sample_image(size=tiny.image_size), text=tiny.prompt)
+        >>> logits, cache = model.run_with_cache(batch, names_filter=hooks.lm_filter("resid_post"))
+        >>> gate = batch.layout.positions("gate")[0]
+        >>> cache[hooks.resid_post(0)][0, gate].shape
+        torch.Size([1, 32])
+    """
+
+    def __init__(self, bridge: TransformerBridge, adapter: VLMAdapter, processor: Any | None):
+        super().__init__()
+        self.bridge = bridge
+        self.adapter = adapter
+        self.processor = processor
+        self._feature_owner = adapter.image_features_owner(bridge.original_model)
+        self.hook_image_embeds = attach_image_hook(self._feature_owner)
+        bridge.hook_image_embeds = self.hook_image_embeds  # registers it in bridge.hook_dict
+        bridge.hook_aliases = {
+            **type(bridge).hook_aliases,
+            hook_names.INPUTS_EMBEDS: "blocks.0.hook_in",
+        }
+        bridge._register_aliases()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **hf_kwargs: Any,
+    ) -> HookedVLM:
+        """Load a supported VLM and its processor from a hub id or a local folder.
+
+        Loads through the transformers classes (never installs anything, never boots
+        TransformerLens' hub path); works offline (``HF_HUB_OFFLINE=1``) on a local folder.
+
+        Args:
+            name_or_path: hub id (``"facebook/chameleon-7b"``) or a folder saved with
+                ``save_pretrained``.
+            device: where to put the model (default: CPU).
+            dtype: parameter dtype (default: the checkpoint's).
+            **hf_kwargs: passed to ``from_pretrained`` of the model and processor
+                (``revision=``, ``local_files_only=``, ``trust_remote_code=`` ...).
+
+        Raises:
+            UnsupportedModelError: before loading weights, if the architecture is not supported.
+
+        Example:
+            >>> model = HookedVLM.from_pretrained("llava-hf/llava-1.5-7b-hf")  # doctest: +SKIP
+        """
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
+        model_cls = _model_class(config)
+        model = model_cls.from_pretrained(
+            name_or_path, dtype=dtype, attn_implementation="eager", **hf_kwargs
+        )
+        if device is not None:
+            model = model.to(device)
+        try:
+            processor = transformers.AutoProcessor.from_pretrained(name_or_path, **hf_kwargs)
+        except (OSError, ValueError, TypeError, KeyError):
+            processor = None
+        return cls.from_hf(model, processor, copy_model=False)
+
+    @classmethod
+    def from_hf(
+        cls, model: nn.Module, processor: Any | None = None, *, copy_model: bool = True
+    ) -> HookedVLM:
+        """Wrap a Hugging Face VLM that is already in memory.
+
+        The bridge rewires the model it wraps in place (its submodules become bridge components
+        that fire hooks). By default the model is deep-copied first, so `model` stays a plain
+        Hugging Face model; pass ``copy_model=False`` to save memory, after which `model` belongs
+        to the `HookedVLM` (calling it directly fires the hooks).
+
+        Args:
+            model: a ``*ForConditionalGeneration`` of a supported family.
+            processor: its processor (needed by `prepare`; without it build batches with
+                `batch_from_inputs`).
+            copy_model: deep-copy `model` before wrapping (default ``True``).
+
+        Raises:
+            UnsupportedModelError: for an architecture no adapter handles (text-only models
+                included), listing the supported ones and how to add one.
+
+        Example:
+            >>> from vlm_lens.testing import build_tiny
+            >>> tiny = build_tiny("janus")
+            >>> HookedVLM.from_hf(tiny.model, tiny.processor).family
+            'janus'
+        """
+        adapter_cls = adapter_class_for(model)
+        if copy_model:
+            model = copy.deepcopy(model)
+        model.eval()
+        adapter = adapter_cls(model, processor)
+        bridge = build_bridge_from_module(
+            model,
+            adapter.architecture,
+            hf_config=copy.deepcopy(model.config),
+            tokenizer=None,
+            device=_device_of(model),
+        ).eval()
+        return cls(bridge, adapter, processor)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def hf_model(self) -> nn.Module:
+        """The wrapped Hugging Face model (rewired: calling it fires the hooks)."""
+        return self.bridge.original_model
+
+    @property
+    def cfg(self) -> Any:
+        """TransformerLens config of the language model (``n_layers``, ``d_model``...)."""
+        return self.bridge.cfg
+
+    @property
+    def family(self) -> str:
+        """Family name: ``"chameleon"``, ``"emu3"``, ``"janus"`` or ``"llava"``."""
+        return self.adapter.family
+
+    @property
+    def tokenizer(self) -> Any | None:
+        """The processor's tokenizer, or ``None``."""
+        return self.adapter.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the model's parameters."""
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def hook_dict(self) -> dict[str, HookPoint]:
+        """Every hook point by name (TransformerLens and legacy names, and vlm_lens' own)."""
+        return self.bridge.hook_dict
+
+    def hook_names(self, *, vision: bool = False) -> list[str]:
+        """Sorted hook names; only language-model and multimodal ones unless `vision`."""
+        names = self.hook_dict
+        return sorted(n for n in names if vision or hook_names.is_language_model_hook(n))
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(
+        self,
+        images: ImageLike | Sequence[ImageLike] | Sequence[Sequence[ImageLike]] | None = None,
+        text: str | Sequence[str] = "",
+        *,
+        padding_side: str | None = None,
+    ) -> Batch:
+        """Turn images and prompts into a `Batch` on the model's device.
+
+        Each prompt marks where its images go with the family's placeholder
+        (``model.image_placeholder``: ``"<image>"``; Janus ``"<image_placeholder>"``), which
+        the processor expands to the image tokens.
+
+        Args:
+            images: one image (PIL or an ``[H, W, 3]`` uint8 array), a list with one image per
+                prompt (or all images of a single prompt), or a list of lists (several images
+                per prompt). ``None`` for text-only prompts.
+            text: one prompt or a list of prompts.
+            padding_side: ``"left"`` or ``"right"``; default: the tokenizer's.
+
+        Returns:
+            The `Batch` (``batch.inputs`` for the HF model, ``batch.layout`` for roles).
+
+        Raises:
+            VLMInputError: without a processor, or when a prompt's placeholders do not match its
+                images (none given, missing, or too many).
+
+        Example:
+            >>> from vlm_lens.testing import build_tiny, sample_image
+            >>> tiny = build_tiny("emu3")
+            >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
+            >>> img = sample_image(size=tiny.image_size)
+            >>> b = model.prepare(images=[img, img], text=[tiny.prompt, tiny.prompt + " Why?"])
+            >>> b.layout.counts()["gate"]
+            [1, 1]
+        """
+        if self.processor is None:
+            raise VLMInputError(
+                "this HookedVLM has no processor, so it cannot prepare images and text; pass "
+                "one to HookedVLM.from_hf(model, processor), or build the inputs yourself and "
+                "call model.batch_from_inputs(inputs)"
+            )
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise VLMInputError("text is empty; give at least one prompt")
+        groups = _group_images(images, len(texts))
+        placeholder = self.image_placeholder
+        for i, (prompt, imgs) in enumerate(zip(texts, groups)):
+            found = prompt.count(placeholder)
+            if found != len(imgs):
+                raise VLMInputError(_placeholder_message(i, prompt, found, len(imgs), placeholder))
+        flat = [_to_pil(img) for imgs in groups for img in imgs]
+        kwargs: dict[str, Any] = {"return_tensors": "pt"}
+        if len(texts) > 1:
+            kwargs["padding"] = True
+        if padding_side is not None:
+            kwargs["padding_side"] = padding_side
+        encoded = self.processor(images=flat or None, text=texts, **kwargs)
+        inputs = move_inputs(dict(encoded), self.device, self.dtype)
+        layout = self.layout(inputs["input_ids"], inputs.get("attention_mask"))
+        batch = Batch(inputs, layout, tuple(len(g) for g in groups), tuple(texts))
+        self._check(batch)
+        return batch
+
+    @property
+    def image_placeholder(self) -> str:
+        """The string that marks an image in a prompt."""
+        return self.adapter.image_placeholder
+
+    def layout(
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+    ) -> TokenLayout:
+        """The `TokenLayout` of token ids built by hand (placeholders or image-code ids).
+
+        Example:
+            >>> from vlm_lens.testing import build_tiny, sample_image
+            >>> tiny = build_tiny("llava")
+            >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
+            >>> b = model.prepare(images=sample_image(size=tiny.image_size), text=tiny.prompt)
+            >>> model.layout(b.input_ids).counts() == b.layout.counts()
+            True
+        """
+        return self.adapter.layout(input_ids, attention_mask)
+
+    def batch_from_inputs(
+        self, inputs: Mapping[str, Any], images_per_sequence: Sequence[int] | None = None
+    ) -> Batch:
+        """A `Batch` from a dict of model inputs built by hand (``input_ids`` required).
+
+        Raises:
+            VLMInputError: if the image inputs do not match the placeholders.
+        """
+        if "input_ids" not in inputs:
+            raise VLMInputError("inputs need 'input_ids' (a [batch, pos] tensor of token ids)")
+        data = dict(inputs)
+        ids = data["input_ids"]
+        if ids.ndim == 1:
+            data["input_ids"] = ids = ids[None]
+        layout = self.layout(ids, data.get("attention_mask"))
+        if images_per_sequence is None:
+            images_per_sequence = layout.n_images
+        batch = Batch(data, layout, tuple(images_per_sequence))
+        self._check(batch)
+        return batch
+
+    def to_str_tokens(self, batch: Batch, index: int = 0) -> list[str]:
+        """The tokens of one sequence as strings (needs a tokenizer)."""
+        if self.tokenizer is None:
+            raise VLMInputError("no tokenizer: build the HookedVLM with its processor")
+        return self.tokenizer.convert_ids_to_tokens(batch.input_ids[index].tolist())
+
+    # ------------------------------------------------------------------ running
+    def forward(
+        self, batch: Batch | Mapping[str, Any], *, return_type: str | None = "logits", **kwargs: Any
+    ) -> Any:
+        """Run the model on a batch; returns ``[batch, pos, d_vocab]`` logits by default.
+
+        Args:
+            batch: a `Batch` (or a dict of model inputs, checked the same way).
+            return_type: as in TransformerLens (``"logits"``, ``"loss"``, ``None``...).
+            **kwargs: passed to the bridge (``stop_at_layer=`` ...) and the HF forward.
+        """
+        batch = self._as_batch(batch)
+        input_ids, model_kwargs = self._call_args(batch, kwargs)
+        with self._image_groups(batch):
+            return self.bridge(input_ids, return_type=return_type, **model_kwargs)
+
+    def run_with_cache(
+        self,
+        batch: Batch | Mapping[str, Any],
+        *,
+        names_filter: str | Sequence[str] | Callable[[str], bool] | None = None,
+        **kwargs: Any,
+    ) -> tuple[Float[Tensor, "batch pos d_vocab"], ActivationCache]:
+        """Run and cache activations, as TransformerLens' ``run_with_cache``.
+
+        Args:
+            batch: a `Batch`.
+            names_filter: a hook name, a list of names or a predicate
+                (`vlm_lens.hooks.lm_filter` builds one that never matches the vision tower);
+                ``None`` caches everything, the vision tower included.
+            **kwargs: passed on (``stop_at_layer=``, ``device=`` to offload the cache...).
+
+        Returns:
+            ``(logits, cache)``.
+        """
+        batch = self._as_batch(batch)
+        input_ids, model_kwargs = self._call_args(batch, kwargs)
+        with self._image_groups(batch):
+            return self.bridge.run_with_cache(input_ids, names_filter=names_filter, **model_kwargs)
+
+    def run_with_hooks(
+        self,
+        batch: Batch | Mapping[str, Any],
+        *,
+        fwd_hooks: HookList = (),
+        bwd_hooks: HookList = (),
+        **kwargs: Any,
+    ) -> Any:
+        """Run with temporary hooks; they are removed afterwards, also when a hook raises."""
+        batch = self._as_batch(batch)
+        input_ids, model_kwargs = self._call_args(batch, kwargs)
+        with self._image_groups(batch):
+            return self.bridge.run_with_hooks(
+                input_ids, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **model_kwargs
+            )
+
+    @contextmanager
+    def hooks(self, fwd_hooks: HookList = (), bwd_hooks: HookList = ()) -> Iterator[HookedVLM]:
+        """Context manager that adds hooks for every call inside it and removes them on exit,
+        also on an exception.
+
+        Example:
+            >>> with model.hooks(fwd_hooks=[(hooks.resid_pre(0), fn)]):  # doctest: +SKIP
+            ...     logits = model(batch)
+        """
+        with self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+            yield self
+
+    def generate(
+        self,
+        batch: Batch | Mapping[str, Any],
+        *,
+        max_new_tokens: int = 20,
+        fwd_hooks: HookList = (),
+        do_sample: bool = False,
+        **generate_kwargs: Any,
+    ) -> Int[Tensor, "batch total_pos"]:
+        """Generate text with the image inputs and any hooks active on every step.
+
+        Runs Hugging Face ``generate`` (KV cache, the model's own input preparation) on the
+        wrapped model, so greedy tokens equal the HF model's; hooks fire on the prompt pass and
+        on every new token (a query length of 1 with the cache).
+
+        Args:
+            batch: a `Batch`.
+            max_new_tokens: number of tokens to generate.
+            fwd_hooks: hooks active during generation.
+            do_sample: sample instead of greedy decoding.
+            **generate_kwargs: passed to HF ``generate``.
+
+        Returns:
+            ``[batch, prompt_len + new]`` token ids (decode with ``model.tokenizer``).
+        """
+        batch = self._as_batch(batch)
+        inputs = dict(batch.inputs)
+        with self.hooks(fwd_hooks=fwd_hooks), self._image_groups(batch), torch.no_grad():
+            return self.hf_model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs
+            )
+
+    # ------------------------------------------------------------------ internals
+    def _as_batch(self, batch: Batch | Mapping[str, Any]) -> Batch:
+        if isinstance(batch, Batch):
+            self._check(batch)
+            return batch
+        if isinstance(batch, Mapping):
+            return self.batch_from_inputs(batch)
+        raise VLMInputError(
+            f"expected a vlm_lens Batch (from model.prepare) or a dict of model inputs, got "
+            f"{type(batch).__name__}; for token ids alone use model.batch_from_inputs("
+            "{'input_ids': ids})"
+        )
+
+    def _check(self, batch: Batch) -> None:
+        inputs = batch.inputs
+        ids = inputs["input_ids"]
+        if tuple(batch.layout.shape) != tuple(ids.shape):
+            raise VLMInputError(
+                f"the batch layout has shape {batch.layout.shape} but input_ids have "
+                f"{tuple(ids.shape)}; rebuild the batch with model.prepare or batch_from_inputs"
+            )
+        for key, value in inputs.items():
+            if isinstance(value, Tensor) and value.device != self.device:
+                raise VLMInputError(
+                    f"input {key!r} is on {value.device} but the model is on {self.device}; "
+                    "move the batch with batch.to(model.device)"
+                )
+        if list(batch.images_per_sequence) != batch.layout.n_images:
+            raise VLMInputError(
+                f"images per prompt {list(batch.images_per_sequence)} do not match the image "
+                f"spans found in input_ids {batch.layout.n_images}; give each prompt one "
+                f"{self.image_placeholder!r} per image"
+            )
+        self.adapter.check_inputs(inputs, batch.layout)
+
+    def _call_args(self, batch: Batch, extra: Mapping[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        inputs = dict(batch.inputs)
+        input_ids = inputs.pop("input_ids")
+        for key in self.adapter.image_input_keys:
+            if key in inputs and key in extra:
+                raise VLMInputError(f"{key!r} is in the batch already; do not pass it again")
+        kwargs = {**inputs, **extra}
+        if "position_ids" not in kwargs and kwargs.get("past_key_values") is None:
+            # The HF forward numbers positions 0..n-1 whatever the padding; passing them keeps
+            # the bridge from deriving other ones from the mask, so logits equal HF's.
+            kwargs["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        return input_ids, kwargs
+
+    @contextmanager
+    def _image_groups(self, batch: Batch) -> Iterator[None]:
+        set_images_per_sequence(self._feature_owner, batch.images_per_sequence)
+        try:
+            yield
+        finally:
+            set_images_per_sequence(self._feature_owner, None)
+
+
+def _model_class(config: Any) -> type[nn.Module]:
+    import transformers
+
+    from vlm_lens.adapters import supported_architectures
+
+    for name in getattr(config, "architectures", None) or []:
+        if name in supported_architectures():
+            return getattr(transformers, name)
+    raise UnsupportedModelError(
+        f"the checkpoint's architectures {getattr(config, 'architectures', None)} (model_type "
+        f"{getattr(config, 'model_type', None)!r}) are not supported. Supported: "
+        f"{', '.join(supported_architectures())}. To add a family, subclass "
+        "vlm_lens.adapters.VLMAdapter and register it (CONTRIBUTING.md)."
+    )
+
+
+def _device_of(model: nn.Module) -> str:
+    try:
+        return str(next(model.parameters()).device)
+    except StopIteration:  # pragma: no cover
+        return "cpu"
+
+
+def _group_images(images: Any, n_prompts: int) -> list[list[ImageLike]]:
+    if images is None:
+        return [[] for _ in range(n_prompts)]
+    if isinstance(images, (Image.Image, np.ndarray)):
+        images = [images]
+    images = list(images)
+    if images and all(isinstance(g, (list, tuple)) for g in images):
+        if len(images) != n_prompts:
+            raise VLMInputError(
+                f"{len(images)} image lists were given for {n_prompts} prompts; give one list "
+                "of images per prompt"
+            )
+        return [list(g) for g in images]
+    if n_prompts == 1:
+        return [images]
+    if len(images) != n_prompts:
+        raise VLMInputError(
+            f"{len(images)} images were given for {n_prompts} prompts; give one image per "
+            "prompt, or a list of image lists (one list per prompt) for several images each"
+        )
+    return [[img] for img in images]
+
+
+def _placeholder_message(index: int, prompt: str, found: int, n_images: int, token: str) -> str:
+    shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+    if found == 0:
+        return (
+            f"prompt {index} ({shown!r}) has no image placeholder {token!r} but {n_images} "
+            f"image(s) were given; write {token!r} where each image goes, e.g. "
+            f"{token + ' ' + shown!r}"
+        )
+    return (
+        f"prompt {index} ({shown!r}) has {found} image placeholder(s) {token!r} but "
+        f"{n_images} image(s) were given for it; use one {token!r} per image"
+    )
+
+
+def _to_pil(image: ImageLike) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.dtype != np.uint8:
+            array = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        if array.ndim == 2:
+            array = np.stack([array] * 3, axis=-1)
+        if array.ndim != 3 or array.shape[-1] not in (3, 4):
+            raise VLMInputError(
+                f"an image array must be [H, W, 3] (or [H, W]); got shape {array.shape}"
+            )
+        return Image.fromarray(array[..., :3])
+    raise VLMInputError(
+        f"images must be PIL images or numpy arrays, got {type(image).__name__}; load files "
+        "with PIL.Image.open(path)"
+    )
