@@ -182,7 +182,7 @@ class TokenLayout:
         bits = torch.zeros(input_ids.shape, dtype=torch.int32)
         index = torch.full(input_ids.shape, -1, dtype=torch.int32)
         spans = []
-        for b, (ids, mask) in enumerate(zip(ids_rows, mask_rows)):
+        for b, (ids, mask) in enumerate(zip(ids_rows, mask_rows, strict=True)):
             row_bits, row_index, row_spans = _layout_row(ids, mask, spec)
             bits[b] = torch.tensor(row_bits, dtype=torch.int32)
             index[b] = torch.tensor(row_index, dtype=torch.int32)

@@ -248,7 +248,7 @@ class HookedVLM(nn.Module):
             raise VLMInputError("text is empty; give at least one prompt")
         groups = _group_images(images, len(texts))
         placeholder = self.image_placeholder
-        for i, (prompt, imgs) in enumerate(zip(texts, groups)):
+        for i, (prompt, imgs) in enumerate(zip(texts, groups, strict=True)):
             found = prompt.count(placeholder)
             if found != len(imgs):
                 raise VLMInputError(_placeholder_message(i, prompt, found, len(imgs), placeholder))

@@ -15,7 +15,8 @@ from torch import nn
 from vlm_lens.adapters.base import VLMAdapter
 from vlm_lens.layout import TokenSpec
 
-_EOL, _EOF = "<|extra_200|>", "<|extra_201|>"
+_EOF = "<|extra_201|>"
+_GRID_CHARS = set("0123456789*")
 
 
 class Emu3Adapter(VLMAdapter):
