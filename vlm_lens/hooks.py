@@ -40,7 +40,7 @@ EMBED = "hook_embed"
 """TransformerLens' token embedding ``[batch, pos, d_model]``: at image positions it holds the
 *placeholder* embedding, not the image. Use `INPUTS_EMBEDS` for what the decoder reads."""
 
-FINAL_NORM = "ln_final.hook_normalized"
+FINAL_NORM = "ln_final.hook_out"
 """Final norm output ``[batch, pos, d_model]`` (input of the unembedding)."""
 
 UNEMBED = "unembed.hook_out"
