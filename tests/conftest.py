@@ -26,7 +26,9 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("llava-mistral", "llava", {"text_backbone": "mistral"}),
     ("llava-qwen2", "llava", {"text_backbone": "qwen2"}),
 ]
-FAMILY_VARIANTS = [v for v in VARIANTS if v[0] in ("chameleon", "emu3", "janus-tied", "llava-llama")]
+FAMILY_VARIANTS = [
+    v for v in VARIANTS if v[0] in ("chameleon", "emu3", "janus-tied", "llava-llama")
+]
 
 
 @dataclass

@@ -25,7 +25,9 @@ def _hf_logits_with_image_features(
         mask = _placeholder_mask(w, inputs["input_ids"])
         embeds = decoder_input.clone()
         embeds[mask] = edit(decoder_input[mask])
-        kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "image_sizes")}
+        kwargs = {
+            k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "image_sizes")
+        }
         return w.reference(inputs_embeds=embeds, **kwargs).logits
 
 
@@ -61,7 +63,9 @@ def test_image_embeds_shape_and_values(wrapped: Wrapped) -> None:
     batch = wrapped.batch(2)
     with torch.no_grad():
         _, cache = wrapped.model.run_with_cache(batch, names_filter=hooks.IMAGE_EMBEDS)
-        decoder_input = wrapped.reference(**batch.inputs, output_hidden_states=True).hidden_states[0]
+        decoder_input = wrapped.reference(**batch.inputs, output_hidden_states=True).hidden_states[
+            0
+        ]
     feats = cache[hooks.IMAGE_EMBEDS]
     mask = _placeholder_mask(wrapped, batch.input_ids)
     n_tokens = int(mask[0].sum())
@@ -139,7 +143,9 @@ def test_every_run_path_carries_the_image(wrapped: Wrapped) -> None:
         outs = {
             "forward": [model(b) for b in batches],
             "cache": [model.run_with_cache(b, names_filter=hooks.resid_pre(0))[0] for b in batches],
-            "hooks": [model.run_with_hooks(b, fwd_hooks=[(hooks.resid_pre(0), grab)]) for b in batches],
+            "hooks": [
+                model.run_with_hooks(b, fwd_hooks=[(hooks.resid_pre(0), grab)]) for b in batches
+            ],
         }
         for b in batches:
             with model.hooks(fwd_hooks=[(hooks.resid_pre(0), grab)]):

@@ -73,7 +73,9 @@ def test_hidden_states_and_residual_identities(variant: Wrapped) -> None:
     n_layers = model.cfg.n_layers
     assert torch.equal(embeds_cache[hooks.INPUTS_EMBEDS], ref.hidden_states[0])
     for layer in range(n_layers):
-        pre, mid, post = (cache[f(layer)] for f in (hooks.resid_pre, hooks.resid_mid, hooks.resid_post))
+        pre, mid, post = (
+            cache[f(layer)] for f in (hooks.resid_pre, hooks.resid_mid, hooks.resid_post)
+        )
         assert torch.equal(pre + cache[hooks.attn_out(layer)], mid)
         assert torch.equal(mid + cache[hooks.mlp_out(layer)], post)
         assert torch.equal(pre, ref.hidden_states[layer])
