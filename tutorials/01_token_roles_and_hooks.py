@@ -36,7 +36,7 @@ for layer in range(model.cfg.n_layers):
 
 
 # 5. Edit the image features as they enter the decoder: zero them and see the answer move.
-def zero_image(features: torch.Tensor, hook: object) -> torch.Tensor:
+def zero_image(features: torch.Tensor, hook: object) -> torch.Tensor:  # noqa: ARG001
     return torch.zeros_like(features)  # [batch, n_image_tokens, d_model]
 
 

@@ -92,6 +92,9 @@ class TokenSpec:
             placeholder runs into images (LLaVA); ``None`` when images are delimited by specials.
         placeholder_token_id: the id the processor writes for image positions, which the model
             replaces with image features (also in `image_token_ids`).
+        delimited: the family always writes exactly one special token before and one after each
+            image; when `image_start_token_ids`/`image_end_token_ids` are unknown (no tokenizer),
+            the token before a span is taken as ``image_start`` and the gate as ``image_end``.
     """
 
     image_token_ids: frozenset[int]
@@ -102,6 +105,7 @@ class TokenSpec:
     header_text: Mapping[int, str] = field(default_factory=dict)
     tokens_per_image: int | None = None
     placeholder_token_id: int | None = None
+    delimited: bool = False
 
 
 @dataclass(frozen=True)
@@ -379,7 +383,15 @@ def _mark_span(
         bits[p] = _BIT["image_row_end"] if is_row_end else _BIT["image"]
         index[p] = k
     # header: image-start specials and header text just before the span
-    for p in range(_header_start(ids, span.start, real, spec), span.start):
+    header_start = _header_start(ids, span.start, real, spec)
+    if (
+        spec.delimited
+        and not spec.image_start_token_ids
+        and span.start > 0
+        and real[span.start - 1]
+    ):
+        header_start = span.start - 1
+    for p in range(header_start, span.start):
         if bits[p] == 0:
             bits[p] = _BIT["image_start"]
             index[p] = k
@@ -388,6 +400,8 @@ def _mark_span(
     if p < len(ids) and real[p] and bits[p] == 0:
         bits[p] = _BIT["gate"]
         index[p] = k
+    if spec.delimited and not spec.image_end_token_ids and bits[p : p + 1] == [_BIT["gate"]]:
+        bits[p] |= _BIT["image_end"]
     while p < len(ids) and real[p] and ids[p] in spec.image_end_token_ids:
         bits[p] |= _BIT["image_end"]
         index[p] = k

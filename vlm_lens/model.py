@@ -497,8 +497,8 @@ def _device_of(model: nn.Module) -> str:
 def _group_images(images: Any, n_prompts: int) -> list[list[ImageLike]]:
     if images is None:
         return [[] for _ in range(n_prompts)]
-    if isinstance(images, (Image.Image, np.ndarray)):
-        images = [images]
+    if not isinstance(images, (list, tuple)):
+        images = [images]  # one image; _to_pil names the type if it is not an image
     images = list(images)
     if images and all(isinstance(g, (list, tuple)) for g in images):
         if len(images) != n_prompts:

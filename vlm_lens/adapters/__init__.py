@@ -57,15 +57,17 @@ def supported_architectures() -> tuple[str, ...]:
 
 
 def adapter_class_for(model: nn.Module) -> type[VLMAdapter]:
-    """The adapter class of a Hugging Face model, by class name or ``config.architectures``.
+    """The adapter class of a Hugging Face model, by its class name.
+
+    The class itself decides, not ``config.architectures`` (which may be stale), and subclasses
+    are not accepted: a subclass may change the forward the adapter relies on.
 
     Raises:
         UnsupportedModelError: naming the architecture, the supported ones and how to add one.
     """
-    names = [type(model).__name__, *(getattr(model.config, "architectures", None) or [])]
-    for name in names:
-        if name in _REGISTRY:
-            return _REGISTRY[name]
+    name = type(model).__name__
+    if name in _REGISTRY:
+        return _REGISTRY[name]
     text_only = hasattr(model, "config") and not any(
         hasattr(model.config, k) for k in ("vision_config", "vq_config", "vocabulary_map")
     )

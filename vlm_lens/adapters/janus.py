@@ -56,4 +56,5 @@ class JanusAdapter(VLMAdapter):
             bos_token_ids=frozenset({int(model.config.text_config.bos_token_id)}),
             tokens_per_image=int(model.config.vision_config.num_image_tokens),
             placeholder_token_id=placeholder,
+            delimited=True,  # <begin_of_image> ... <end_of_image>, even when ids are unknown
         )
