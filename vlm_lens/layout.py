@@ -265,6 +265,31 @@ class TokenLayout:
             spans=tuple(self.spans[i] for i in batch_indices),
         )
 
+    def extend(self, n_new: int) -> TokenLayout:
+        """The layout with `n_new` generated positions appended to every sequence.
+
+        Generated tokens are text: they get the ``text`` role (``last`` stays on the prompt's
+        last token). Interventions use this to know which roles cover tokens made by
+        ``generate``.
+
+        Example:
+            >>> spec = TokenSpec(image_token_ids=frozenset({9}))
+            >>> TokenLayout.from_input_ids(torch.tensor([[9, 5]]), spec).extend(2).primary_roles()
+            ['image', 'gate', 'text', 'text']
+        """
+        if n_new < 0:
+            raise ValueError(f"n_new must be >= 0, got {n_new}")
+        if n_new == 0:
+            return self
+        batch = self.role_bits.shape[0]
+        new_bits = torch.full((batch, n_new), _BIT["text"], dtype=self.role_bits.dtype)
+        new_index = torch.full((batch, n_new), -1, dtype=self.image_index.dtype)
+        return TokenLayout(
+            role_bits=torch.cat([self.role_bits, new_bits], dim=1),
+            image_index=torch.cat([self.image_index, new_index], dim=1),
+            spans=self.spans,
+        )
+
     def summary(self, batch_index: int = 0) -> str:
         """A one-line-per-region description of one sequence, e.g. for printing in a notebook."""
         roles = self.primary_roles(batch_index)

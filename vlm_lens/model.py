@@ -414,6 +414,19 @@ class HookedVLM(nn.Module):
                 **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs
             )
 
+    def resid_to_logits(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """Final norm and unembedding of residual vectors: the logit lens.
+
+        Applied to the last block's ``resid_post`` it reproduces the model's logits exactly
+        (Chameleon's mask of the image-code columns included).
+
+        Example:
+            >>> logits, cache = model.run_with_cache(batch)  # doctest: +SKIP
+            >>> lens = model.resid_to_logits(cache[hooks.resid_post(model.cfg.n_layers - 1)])
+        """
+        logits = self.bridge.unembed(self.bridge.ln_final(resid))
+        return self.bridge.adapter.apply_output_logits_transform(logits)
+
     # ------------------------------------------------------------------ internals
     def _as_batch(self, batch: Batch | Mapping[str, Any]) -> Batch:
         if isinstance(batch, Batch):

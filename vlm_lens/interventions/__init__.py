@@ -1,0 +1,1 @@
+"""Interventions: knockout, patching, steering and image-token ablation as ``fwd_hooks``."""
