@@ -422,7 +422,7 @@ class HookedVLM(nn.Module):
 
         Example:
             >>> logits, cache = model.run_with_cache(batch)  # doctest: +SKIP
-            >>> lens = model.resid_to_logits(cache[hooks.resid_post(model.cfg.n_layers - 1)])
+            >>> lens = model.resid_to_logits(cache[hooks.resid_post(1)])  # doctest: +SKIP
         """
         logits = self.bridge.unembed(self.bridge.ln_final(resid))
         return self.bridge.adapter.apply_output_logits_transform(logits)
