@@ -1,0 +1,1 @@
+"""Running over datasets: activation collection, a disk-backed store, resumable runs."""

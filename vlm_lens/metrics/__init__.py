@@ -1,0 +1,1 @@
+"""Pure metrics on tensors: no model, no hooks."""
