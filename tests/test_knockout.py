@@ -1,0 +1,291 @@
+"""Knockout against an independent computation: Hugging Face eager attention, patched to apply a
+hand-built 4-D mask (``mode="mask"``) or to zero weights after the softmax (``mode="zero"``).
+
+The reference never uses vlm_lens' hooks: the blocked edges are written here, by loops over the
+positions of each role, into the attention of a deep copy of the HF model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from tests.conftest import Wrapped
+from vlm_lens import VLMInputError, hooks
+from vlm_lens.interventions import (
+    gate_knockout,
+    image_to_text_knockout,
+    knockout,
+    last_layers,
+    random_image_knockout,
+)
+from vlm_lens.positions import image_token
+
+# blocked(b, q, k, layer, head) for absolute query/key positions; gen_q/gen_k for generated tokens
+EdgeFn = Callable[[int, int, int], bool]
+
+
+def _roles(batch, b: int) -> list[tuple[str, ...]]:
+    length = batch.layout.shape[1]
+    return [batch.layout.roles_at(b, p) for p in range(length)]
+
+
+def _hand_edges(batch, query_ok: Callable, key_ok: Callable) -> Callable[[int, int, int], bool]:
+    """Edge predicate over absolute positions; positions past the prompt are generated text."""
+    length = batch.layout.shape[1]
+    roles = [_roles(batch, b) for b in range(len(batch))]
+
+    def role_of(b: int, p: int) -> tuple[str, ...]:
+        return roles[b][p] if p < length else ("text", "generated")
+
+    def blocked(b: int, q: int, k: int) -> bool:
+        return k <= q and query_ok(b, q, role_of(b, q)) and key_ok(b, k, role_of(b, k))
+
+    return blocked
+
+
+def _reference_eager(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    blocked: Tensor,
+    mode: str,
+) -> tuple[Tensor, Tensor]:
+    """HF's eager attention written out, with the knockout applied by hand."""
+    n_rep = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(n_rep, dim=1)
+    value = value.repeat_interleave(n_rep, dim=1)
+    q_len, k_len = query.shape[2], key.shape[2]
+    if attention_mask is None:
+        causal = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len)
+        attention_mask = torch.zeros(q_len, k_len).masked_fill(
+            ~causal, torch.finfo(query.dtype).min
+        )
+        attention_mask = attention_mask[None, None].to(query.dtype)
+    mask = attention_mask[:, :, :, :k_len].expand(query.shape[0], query.shape[1], -1, -1).clone()
+    if mode == "mask":
+        mask[blocked] = torch.finfo(query.dtype).min
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling + mask
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    if mode == "zero":
+        weights = weights.masked_fill(blocked, 0.0)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+@contextmanager
+def hand_knockout(
+    w: Wrapped, edge: EdgeFn, layers: set[int], heads: set[int] | None, mode: str
+) -> Iterator[None]:
+    """Patch every eager attention function of the reference model's decoder."""
+    modules = {
+        type(m).__module__
+        for m in w.reference.modules()
+        if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")
+    }
+    originals = {}
+
+    def patched(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        if not hasattr(module, "layer_idx"):  # an image-tokenizer attention
+            original = originals[type(module).__module__]
+            return original(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        b_n, h_n, q_len, k_len = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
+        blocked = torch.zeros(b_n, h_n, q_len, k_len, dtype=torch.bool)
+        if module.layer_idx in layers:
+            for b in range(b_n):
+                for qi in range(q_len):
+                    q_abs = k_len - q_len + qi
+                    for k in range(k_len):
+                        if edge(b, q_abs, k):
+                            for h in range(h_n):
+                                if heads is None or h in heads:
+                                    blocked[b, h, qi, k] = True
+        return _reference_eager(module, query, key, value, attention_mask, scaling, blocked, mode)
+
+    for name in modules:
+        mod = importlib.import_module(name)
+        originals[name] = mod.eager_attention_forward
+        mod.eager_attention_forward = patched
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            importlib.import_module(name).eager_attention_forward = fn
+
+
+def _reference_logits(w: Wrapped, batch) -> Tensor:
+    with torch.no_grad():
+        return w.reference(**batch.inputs).logits
+
+
+def _conditions(n_layers: int):
+    """(id, build(batch, mode), query_ok, key_ok, layers, heads)."""
+    every = set(range(n_layers))
+    image_side = ("image_start", "image", "image_row_end")
+    return [
+        (
+            "gate",
+            lambda batch, mode: gate_knockout(batch, mode=mode),
+            lambda b, p, r: "pad" not in r,
+            lambda b, p, r: "gate" in r,
+            every,
+            None,
+        ),
+        (
+            "image-to-text",
+            lambda batch, mode: image_to_text_knockout(batch, layers=[n_layers - 1], mode=mode),
+            "text-after-image",
+            lambda b, p, r: any(x in r for x in image_side),
+            {n_layers - 1},
+            None,
+        ),
+        (
+            "last-image-token-head-1",
+            lambda batch, mode: knockout(
+                batch,
+                queries="all",
+                keys=image_token(-1),
+                layers=last_layers(n_layers, 1),
+                heads=1,
+                mode=mode,
+            ),
+            lambda b, p, r: "pad" not in r,
+            "last-image-token",
+            {n_layers - 1},
+            {1},
+        ),
+    ]
+
+
+def _resolve(batch, pred, kind: str):
+    """Turn the string shortcuts of `_conditions` into hand-written predicates."""
+    if pred == "text-after-image":
+        last_image = {
+            b: max(
+                p for p in range(batch.layout.shape[1]) if "image" in batch.layout.roles_at(b, p)
+            )
+            for b in range(len(batch))
+        }
+        return lambda b, p, r: "text" in r and p > last_image[b]
+    if pred == "last-image-token":
+        last_image = {
+            b: max(
+                p for p in range(batch.layout.shape[1]) if "image" in batch.layout.roles_at(b, p)
+            )
+            for b in range(len(batch))
+        }
+        return lambda b, p, r: p == last_image[b]
+    assert callable(pred), kind
+    return pred
+
+
+@pytest.mark.parametrize("mode", ["mask", "zero"])
+@pytest.mark.parametrize("condition", [0, 1, 2], ids=["gate", "image-to-text", "last-image-head"])
+def test_knockout_equals_hand_masked_hf(wrapped: Wrapped, mode: str, condition: int) -> None:
+    batch = wrapped.batch(2, padding_side="left")
+    name, build, q_ok, k_ok, layers, heads = _conditions(wrapped.model.cfg.n_layers)[condition]
+    ko = build(batch, mode)
+    edge = _hand_edges(batch, _resolve(batch, q_ok, "q"), _resolve(batch, k_ok, "k"))
+    with torch.no_grad():
+        ours = wrapped.model.run_with_hooks(batch, fwd_hooks=ko)
+    with hand_knockout(wrapped, edge, layers, heads, mode):
+        expected = _reference_logits(wrapped, batch)
+    clean = _reference_logits(wrapped, batch)
+    real = ~batch.layout.mask("pad")
+    assert not torch.equal(expected[real], clean[real]), f"{name}: knockout must change logits"
+    assert torch.equal(ours[real], expected[real])
+
+
+def test_mask_mode_rows_renormalise_and_zero_mode_does_not(wrapped: Wrapped) -> None:
+    batch = wrapped.batch(1)
+    layer = wrapped.model.cfg.n_layers - 1
+    gate = int(batch.layout.positions("gate")[0][0])
+    for mode in ("mask", "zero"):
+        ko = gate_knockout(batch, layers=layer, mode=mode)
+        with wrapped.model.hooks(fwd_hooks=ko), torch.no_grad():
+            _, cache = wrapped.model.run_with_cache(batch, names_filter=hooks.pattern(layer))
+        pattern = cache[hooks.pattern(layer)][0]
+        assert torch.all(pattern[:, gate:, gate] == 0)
+        row_sums = pattern[:, gate + 1 :].sum(-1)
+        if mode == "mask":
+            torch.testing.assert_close(row_sums, torch.ones_like(row_sums))
+        else:
+            assert torch.all(row_sums < 1 - 1e-6)
+
+
+def test_earliest_position_and_prefix_unchanged(wrapped: Wrapped) -> None:
+    batch = wrapped.batch(2, padding_side="left")
+    ko = gate_knockout(batch)
+    gates = [int(p[0]) for p in batch.layout.positions("gate")]
+    assert ko.earliest_position.tolist() == gates
+    with torch.no_grad():
+        clean = wrapped.model(batch)
+        ours = wrapped.model.run_with_hooks(batch, fwd_hooks=ko)
+    for b, g in enumerate(gates):
+        real = ~batch.layout.mask("pad")[b, :g]
+        assert torch.equal(ours[b, :g][real], clean[b, :g][real])
+        assert not torch.equal(ours[b, g:], clean[b, g:])
+
+
+def test_knockout_during_cached_generation(wrapped: Wrapped) -> None:
+    """Cached generation with the gate knocked out equals HF generate with the hand mask, and
+    the last logits equal an uncached knockout forward over the whole generated sequence."""
+    batch = wrapped.batch(1)
+    ko = gate_knockout(batch)
+    tokens = wrapped.model.generate(batch, max_new_tokens=4, fwd_hooks=ko)
+    edge = _hand_edges(batch, lambda b, p, r: "pad" not in r, lambda b, p, r: "gate" in r)
+    every = set(range(wrapped.model.cfg.n_layers))
+    with hand_knockout(wrapped, edge, every, None, "mask"), torch.no_grad():
+        expected = wrapped.reference.generate(**batch.inputs, max_new_tokens=4, do_sample=False)
+    assert torch.equal(tokens, expected)
+    clean = wrapped.model.generate(batch, max_new_tokens=4)
+    assert clean.shape == tokens.shape
+
+
+def test_random_knockout_is_seeded(wrapped: Wrapped) -> None:
+    batch = wrapped.batch(2, padding_side="left")
+    a = random_image_knockout(batch, k=3, seed=1)
+    b = random_image_knockout(batch, k=3, seed=1)
+    c = random_image_knockout(batch, k=3, seed=2)
+    with torch.no_grad():
+        la = wrapped.model.run_with_hooks(batch, fwd_hooks=a)
+        lb = wrapped.model.run_with_hooks(batch, fwd_hooks=b)
+        lc = wrapped.model.run_with_hooks(batch, fwd_hooks=c)
+    assert torch.equal(la, lb)
+    assert not torch.equal(la, lc)
+
+
+def test_mask_mode_refuses_rows_with_no_key_left(wrapped: Wrapped) -> None:
+    batch = wrapped.batch(1)
+    with pytest.raises(ValueError, match="mode='zero'"):
+        knockout(batch, queries="all", keys="all", layers=0)
+    knockout(batch, queries="all", keys="all", layers=0, mode="zero")
+
+
+def test_knockout_on_another_batch_raises(wrapped: Wrapped) -> None:
+    one, two = wrapped.batch(1), wrapped.batch(2)
+    with pytest.raises(VLMInputError, match="build the knockout from the batch you run"):
+        wrapped.model.run_with_hooks(two, fwd_hooks=gate_knockout(one))
+    assert not any(hp.fwd_hooks for hp in wrapped.model.hook_dict.values())
+
+
+def test_bad_arguments() -> None:
+    from vlm_lens.layout import TokenLayout, TokenSpec
+
+    layout = TokenLayout.from_input_ids(
+        torch.tensor([[1, 9, 9, 5, 6]]), TokenSpec(image_token_ids=frozenset({9}))
+    )
+    with pytest.raises(ValueError, match="mode must be"):
+        knockout(layout, queries="all", keys="gate", mode="softmax")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown role"):
+        knockout(layout, queries="all", keys="eoi")
+    with pytest.raises(ValueError, match="window"):
+        last_layers(4, 5)

@@ -1,0 +1,260 @@
+"""Attention knockout: block attention edges from query positions to key positions.
+
+Two modes, because papers differ:
+
+* ``mode="mask"`` (Geva et al. 2023): the blocked scores are set to the dtype's minimum before
+  the softmax, so each row renormalises over the keys it may still read. Hook:
+  ``blocks.{l}.attn.hook_attn_scores``.
+* ``mode="zero"`` (the Narrow Gate paper's code): the blocked weights are set to zero after the
+  softmax and rows are *not* renormalised (they sum to less than one). Hook:
+  ``blocks.{l}.attn.hook_pattern``.
+
+Query and key positions are `PositionSpec` values (roles, positions, masks or callables; see
+`vlm_lens.positions`), resolved per sequence on the batch's layout, so prompts of any length and
+padding work. The hooks also work inside `HookedVLM.generate`: with the KV cache each step has a
+single query, a generated token, which counts as ``text`` (and ``"all"``).
+
+Example:
+    >>> from vlm_lens import HookedVLM
+    >>> from vlm_lens.testing import build_tiny, sample_image
+    >>> tiny = build_tiny("chameleon")
+    >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
+    >>> batch = model.prepare(images=sample_image(size=tiny.image_size), text=tiny.prompt)
+    >>> ko = gate_knockout(batch, layers=range(model.cfg.n_layers))
+    >>> logits = model.run_with_hooks(batch, fwd_hooks=ko)
+    >>> ko.earliest == int(batch.layout.positions("gate")[0])
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from vlm_lens import hooks as hook_names
+from vlm_lens.batch import Batch
+from vlm_lens.errors import VLMInputError
+from vlm_lens.interventions.intervention import Intervention, first_true
+from vlm_lens.layout import TokenLayout
+from vlm_lens.positions import (
+    ALL,
+    PositionSpec,
+    after,
+    covers_generated,
+    random_image_tokens,
+    select,
+)
+
+KnockoutMode = Literal["mask", "zero"]
+IMAGE_SIDE_KEYS: tuple[str, ...] = ("image_start", "image", "image_row_end")
+"""Keys of the paper's image-to-text condition: BOI (and header) and every image token; the gate
+and closing specials are excluded."""
+
+
+def knockout(
+    batch: Batch | TokenLayout,
+    *,
+    queries: PositionSpec,
+    keys: PositionSpec,
+    layers: int | Iterable[int] | None = None,
+    heads: int | Sequence[int] | None = None,
+    mode: KnockoutMode = "mask",
+) -> Intervention:
+    """Block attention from `queries` to `keys` in `layers` (and `heads`).
+
+    Args:
+        batch: the batch the hooks will run on (or its layout).
+        queries: positions whose attention is cut (a query also covers generated tokens when the
+            spec covers text, see `vlm_lens.positions`).
+        keys: positions that may no longer be read.
+        layers: a layer, several, or ``None`` for every layer.
+        heads: a head, several, or ``None`` for all.
+        mode: ``"mask"`` (pre-softmax, rows renormalise) or ``"zero"`` (post-softmax, no
+            renormalisation).
+
+    Returns:
+        An `Intervention` (a ``fwd_hooks`` list) whose ``earliest_position`` is the first query
+        with a blocked edge.
+
+    Raises:
+        ValueError: for an unknown mode, or in ``"mask"`` mode when some query would have every
+            key blocked (its softmax would be undefined; use ``mode="zero"``).
+
+    Example:
+        >>> ko = knockout(batch, queries=after("text", "gate"), keys="image", layers=[0, 1])
+        ... # doctest: +SKIP
+    """
+    if mode not in ("mask", "zero"):
+        raise ValueError(
+            f"mode must be 'mask' (pre-softmax) or 'zero' (post-softmax), got {mode!r}"
+        )
+    layout = batch.layout if isinstance(batch, Batch) else batch
+    edges = _EdgeSet(layout, queries, keys)
+    if mode == "mask":
+        edges.check_rows_keep_a_key()
+    head_index = _as_list(heads)
+    hook_fn = _mask_scores if mode == "mask" else _zero_pattern
+
+    def knock(tensor: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
+        blocked = edges.for_shape(tensor.shape[0], tensor.shape[2], tensor.shape[3], hook.name)
+        blocked = blocked.to(tensor.device)[:, None]
+        if head_index is not None:
+            per_head = torch.zeros(tensor.shape[1], dtype=torch.bool, device=tensor.device)
+            per_head[head_index] = True
+            blocked = blocked & per_head[None, :, None, None]
+        return hook_fn(tensor, blocked)
+
+    site = hook_names.attn_scores if mode == "mask" else hook_names.pattern
+    names: list[Any]
+    if layers is None:
+        suffix = site(0).split(".", 2)[2]
+        names = [lambda name: name.startswith("blocks.") and name.endswith(suffix)]
+    else:
+        names = [site(layer) for layer in _as_list(layers) or []]
+    return Intervention([(name, knock) for name in names], edges.earliest_position())
+
+
+def gate_knockout(
+    batch: Batch | TokenLayout,
+    *,
+    layers: int | Iterable[int] | None = None,
+    heads: int | Sequence[int] | None = None,
+    mode: KnockoutMode = "mask",
+) -> Intervention:
+    """The paper's [EOI] condition: no position reads the gate (its own self-attention and
+    every later token, generated ones included).
+
+    Example:
+        >>> ko = gate_knockout(batch, layers=last_layers(32, 8))  # doctest: +SKIP
+    """
+    return knockout(batch, queries=ALL, keys="gate", layers=layers, heads=heads, mode=mode)
+
+
+def image_to_text_knockout(
+    batch: Batch | TokenLayout,
+    *,
+    layers: int | Iterable[int] | None = None,
+    heads: int | Sequence[int] | None = None,
+    mode: KnockoutMode = "mask",
+) -> Intervention:
+    """The paper's img→text condition: text after the image cannot read BOI or any image token
+    (the gate stays readable, so information can still pass through it).
+
+    Example:
+        >>> ko = image_to_text_knockout(batch)  # doctest: +SKIP
+    """
+    return knockout(
+        batch,
+        queries=after("text", "image"),
+        keys=list(IMAGE_SIDE_KEYS),
+        layers=layers,
+        heads=heads,
+        mode=mode,
+    )
+
+
+def random_image_knockout(
+    batch: Batch | TokenLayout,
+    *,
+    k: int = 10,
+    seed: int | Sequence[int] = 0,
+    layers: int | Iterable[int] | None = None,
+    heads: int | Sequence[int] | None = None,
+    mode: KnockoutMode = "mask",
+) -> Intervention:
+    """The paper's control: no position reads `k` random image tokens of each image.
+
+    Example:
+        >>> ko = random_image_knockout(batch, k=10, seed=3)  # doctest: +SKIP
+    """
+    keys = random_image_tokens(k, seed)
+    return knockout(batch, queries=ALL, keys=keys, layers=layers, heads=heads, mode=mode)
+
+
+def last_layers(n_layers: int, window: int) -> range:
+    """The last `window` layers of an `n_layers` model (the paper's progressive knockout).
+
+    Example:
+        >>> last_layers(32, 8)
+        range(24, 32)
+    """
+    if not 0 <= window <= n_layers:
+        raise ValueError(f"window must be in [0, {n_layers}], got {window}")
+    return range(n_layers - window, n_layers)
+
+
+# ---------------------------------------------------------------------- internals
+class _EdgeSet:
+    """Blocked edges of a batch, resolved once per (query length, key length)."""
+
+    def __init__(self, layout: TokenLayout, queries: PositionSpec, keys: PositionSpec):
+        self.layout = layout
+        self.queries = select(queries, layout)
+        self.keys = select(keys, layout)
+        self.query_generated = covers_generated(queries, layout)
+        self.key_generated = covers_generated(keys, layout)
+        self._cache: dict[tuple[int, int], Tensor] = {}
+
+    def prompt_edges(self) -> Bool[Tensor, "batch q k"]:
+        length = self.layout.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        return self.queries[:, :, None] & self.keys[:, None, :] & causal
+
+    def earliest_position(self) -> Tensor:
+        return first_true(self.prompt_edges().any(dim=2), self.layout.shape[1])
+
+    def check_rows_keep_a_key(self) -> None:
+        real = ~self.layout.mask("pad")
+        length = self.layout.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        visible = real[:, None, :] & causal
+        left = visible & ~self.prompt_edges()
+        dead = (visible.any(dim=2) & ~left.any(dim=2)) & real
+        if dead.any():
+            b, p = (int(x) for x in dead.nonzero()[0])
+            raise ValueError(
+                f"knockout would block every key of query position {p} in sequence {b} "
+                f"(roles {self.layout.roles_at(b, p)}); its attention row would be undefined in "
+                "mode='mask'. Exclude it from the queries or use mode='zero'."
+            )
+
+    def for_shape(self, batch: int, q_len: int, k_len: int, name: str) -> Tensor:
+        prompt_batch, length = self.layout.shape
+        if batch != prompt_batch or k_len < length:
+            raise VLMInputError(
+                f"{name}: knockout was built for a batch of shape {self.layout.shape} but the "
+                f"model ran {batch} sequences with {k_len} key positions; build the knockout "
+                "from the batch you run (beam search and num_return_sequences are not supported)"
+            )
+        key = (q_len, k_len)
+        if key not in self._cache:
+            self._cache[key] = self._edges(q_len, k_len)
+        return self._cache[key]
+
+    def _edges(self, q_len: int, k_len: int) -> Tensor:
+        extra = k_len - self.layout.shape[1]
+        generated_q = self.query_generated[:, None].expand(-1, extra)
+        generated_k = self.key_generated[:, None].expand(-1, extra)
+        q_all = torch.cat([self.queries, generated_q], dim=1)[:, k_len - q_len :]
+        k_all = torch.cat([self.keys, generated_k], dim=1)
+        return q_all[:, :, None] & k_all[:, None, :]
+
+
+def _mask_scores(scores: Tensor, blocked: Tensor) -> Tensor:
+    return scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
+
+
+def _zero_pattern(pattern: Tensor, blocked: Tensor) -> Tensor:
+    return pattern.masked_fill(blocked, 0.0)
+
+
+def _as_list(value: int | Iterable[int] | None) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
