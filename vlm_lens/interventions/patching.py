@@ -54,11 +54,14 @@ class PatchSource:
         activations: hook name -> one tensor ``[n_positions, ...]`` per source sequence.
         positions: the `PositionSpec` they were taken at (reused to find target positions).
         n_sequences: number of source sequences.
+        last_logits: ``[n_sequences, d_vocab]`` logits of the source run at each sequence's last
+            token (the clean source distribution of the patching metrics).
     """
 
     activations: dict[str, list[Tensor]]
     positions: PositionSpec
     n_sequences: int
+    last_logits: Tensor | None = None
 
     @property
     def sites(self) -> list[str]:
@@ -111,11 +114,12 @@ def record(
 
     with torch.no_grad():
         fwd_hooks = [(site, keeper(site)) for site in site_list]
-        model.run_with_hooks(batch, fwd_hooks=fwd_hooks, return_type=None)
+        logits = model.run_with_hooks(batch, fwd_hooks=fwd_hooks)
     missing = [s for s in site_list if s not in kept]
     if missing:
         raise VLMInputError(f"hook(s) {missing} did not fire; check the names (vlm_lens.hooks)")
-    return PatchSource({s: kept[s] for s in site_list}, positions, len(batch))
+    last = batch.layout.mask("last").to(logits.device)
+    return PatchSource({s: kept[s] for s in site_list}, positions, len(batch), logits[last].clone())
 
 
 def patch(
