@@ -165,25 +165,18 @@ def _conditions(n_layers: int):
     ]
 
 
-def _resolve(batch, pred, kind: str):
+def _last_image(batch, b: int) -> int:
+    length = batch.layout.shape[1]
+    return max(p for p in range(length) if "image" in batch.layout.roles_at(b, p))
+
+
+def _resolve(batch, pred):
     """Turn the string shortcuts of `_conditions` into hand-written predicates."""
+    last_image = {b: _last_image(batch, b) for b in range(len(batch))}
     if pred == "text-after-image":
-        last_image = {
-            b: max(
-                p for p in range(batch.layout.shape[1]) if "image" in batch.layout.roles_at(b, p)
-            )
-            for b in range(len(batch))
-        }
         return lambda b, p, r: "text" in r and p > last_image[b]
     if pred == "last-image-token":
-        last_image = {
-            b: max(
-                p for p in range(batch.layout.shape[1]) if "image" in batch.layout.roles_at(b, p)
-            )
-            for b in range(len(batch))
-        }
         return lambda b, p, r: p == last_image[b]
-    assert callable(pred), kind
     return pred
 
 
@@ -193,7 +186,7 @@ def test_knockout_equals_hand_masked_hf(wrapped: Wrapped, mode: str, condition: 
     batch = wrapped.batch(2, padding_side="left")
     name, build, q_ok, k_ok, layers, heads = _conditions(wrapped.model.cfg.n_layers)[condition]
     ko = build(batch, mode)
-    edge = _hand_edges(batch, _resolve(batch, q_ok, "q"), _resolve(batch, k_ok, "k"))
+    edge = _hand_edges(batch, _resolve(batch, q_ok), _resolve(batch, k_ok))
     with torch.no_grad():
         ours = wrapped.model.run_with_hooks(batch, fwd_hooks=ko)
     with hand_knockout(wrapped, edge, layers, heads, mode):
