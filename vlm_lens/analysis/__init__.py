@@ -1,1 +1,41 @@
-"""The paper's measurements as functions that return small result objects with ``.to_frame()``."""
+"""The paper's measurements as functions that return small result objects with ``.to_frame()``.
+
+Model-facing analyses take a `HookedVLM` and batches and reduce inside hooks:
+`attention_share` (f^l_j by role), `patching_sweep` (flip rate and similarity per layer),
+`logit_lens`, `find_sinks`, and `representations` (one vector per prompt and layer, the input of
+the representation analyses). `neighbourhood_overlap` (χ per layer) and `modality_gap` (median
+|cos| and cluster homogeneity) take representations, from `representations` or from a
+`vlm_lens.data.ActivationStore`.
+"""
+
+from vlm_lens.analysis.attention_share import (
+    DEFAULT_GROUPS,
+    AttentionShareResult,
+    attention_share,
+    group_masks,
+)
+from vlm_lens.analysis.logit_lens import LogitLensResult, logit_lens
+from vlm_lens.analysis.modality_gap import ModalityGapResult, modality_gap
+from vlm_lens.analysis.neighbourhood_overlap import OverlapResult, neighbourhood_overlap
+from vlm_lens.analysis.patching_sweep import PatchingSweepResult, PatchPair, patching_sweep
+from vlm_lens.analysis.representations import representations
+from vlm_lens.analysis.sinks import SinkResult, find_sinks
+
+__all__ = [
+    "DEFAULT_GROUPS",
+    "AttentionShareResult",
+    "LogitLensResult",
+    "ModalityGapResult",
+    "OverlapResult",
+    "PatchPair",
+    "PatchingSweepResult",
+    "SinkResult",
+    "attention_share",
+    "find_sinks",
+    "group_masks",
+    "logit_lens",
+    "modality_gap",
+    "neighbourhood_overlap",
+    "patching_sweep",
+    "representations",
+]

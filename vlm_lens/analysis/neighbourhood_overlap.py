@@ -1,0 +1,145 @@
+"""Neighbourhood overlap χ per layer and per role: where does a token position become semantic?
+
+The paper (section 2(f)) takes, for every image of a labelled set (ImageNet, 100 classes × 100
+images), the residual stream at one position (the gate, the mean of the image tokens, ...) at
+every layer, and reports χ, the fraction of each sample's ``k = 30`` Euclidean nearest
+neighbours that share its class, against the chance level. This module applies
+`vlm_lens.metrics.neighbourhood.neighbourhood_overlap` to ``[layers, n, d]`` activations,
+gathered by the caller (e.g. from ``run_with_cache`` restricted to a role).
+
+Example:
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> labels = [0] * 10 + [1] * 10
+    >>> semantic = torch.randn(2, 20, 4, generator=g) + torch.tensor(labels)[None, :, None] * 9
+    >>> noise = torch.randn(2, 20, 4, generator=g)
+    >>> res = neighbourhood_overlap({"gate": semantic, "image": noise}, labels, k=3)
+    >>> res.overlap["gate"].tolist()
+    [1.0, 1.0]
+    >>> list(res.to_frame().columns)
+    ['layer', 'role', 'overlap', 'chance']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from jaxtyping import Float
+from torch import Tensor
+
+from vlm_lens.metrics.neighbourhood import neighbourhood_overlap as _overlap
+from vlm_lens.metrics.neighbourhood import overlap_chance_level
+
+__all__ = ["OverlapResult", "neighbourhood_overlap"]
+
+DEFAULT_ROLE = "representation"
+"""Role name given to a single ``[layers, n, d]`` array passed without ``role``."""
+
+Representations = Float[Tensor, "layers n d"] | np.ndarray
+"""Activations of one position per sample at every layer: ``[layers, n, d]``."""
+
+
+@dataclass(frozen=True, eq=False)
+class OverlapResult:
+    """χ per layer for each role, with the chance level.
+
+    Attributes:
+        overlap: role -> ``[layers]`` float64 array of χ.
+        chance: χ expected from random neighbours (`overlap_chance_level` of the labels).
+        k: neighbours per sample.
+        n: samples.
+    """
+
+    overlap: Mapping[str, np.ndarray]
+    chance: float
+    k: int
+    n: int
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles, in input order."""
+        return tuple(self.overlap)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (role, layer): columns ``layer, role, overlap, chance``."""
+        frames = [
+            pd.DataFrame(
+                {
+                    "layer": np.arange(len(values), dtype=np.int64),
+                    "role": role,
+                    "overlap": np.asarray(values, dtype=np.float64),
+                    "chance": self.chance,
+                }
+            )
+            for role, values in self.overlap.items()
+        ]
+        return pd.concat(frames, ignore_index=True)
+
+
+def _check_layers(name: str, x: Representations) -> None:
+    if len(x.shape) != 3:
+        raise ValueError(
+            f"representations for role {name!r} must be [layers, n, d]; got shape "
+            f"{tuple(x.shape)}. For a single layer pass x[None]."
+        )
+
+
+def neighbourhood_overlap(
+    representations: Representations | Mapping[str, Representations],
+    labels: Sequence[object] | np.ndarray | Tensor,
+    k: int = 30,
+    role: str | None = None,
+    *,
+    chunk_size: int | None = None,
+) -> OverlapResult:
+    """χ at every layer, for one or several roles.
+
+    Args:
+        representations: ``[layers, n, d]`` (torch on any device, or numpy), or a mapping
+            ``{role: [layers, n, d]}``. Different roles may have different layer counts and
+            widths but must share the n samples.
+        labels: ``[n]`` class of every sample (ints, strings, ...).
+        k: neighbours per sample (paper: 30); ``1 <= k < n``.
+        role: for a single array, the role name in the result (default
+            ``"representation"``); for a mapping, compute only this role.
+        chunk_size: rows of the distance matrix computed at once (see
+            `vlm_lens.metrics.neighbourhood.neighbourhood_overlap`).
+
+    Returns:
+        An `OverlapResult`.
+
+    Raises:
+        ValueError: for arrays that are not 3-D, a sample count different from ``len(labels)``,
+            ``k >= n``, or a `role` missing from the mapping.
+    """
+    if isinstance(representations, Mapping):
+        reps = dict(representations)
+        if role is not None:
+            if role not in reps:
+                raise ValueError(
+                    f"role {role!r} is not among the representations' roles {sorted(reps)}; "
+                    "pass one of them or role=None for all."
+                )
+            reps = {role: reps[role]}
+        if not reps:
+            raise ValueError("representations is an empty mapping; pass at least one role.")
+    else:
+        reps = {role or DEFAULT_ROLE: representations}
+    n_labels = len(labels)
+    overlap: dict[str, np.ndarray] = {}
+    for name, x in reps.items():
+        _check_layers(name, x)
+        if x.shape[1] != n_labels:
+            raise ValueError(
+                f"representations for role {name!r} have {x.shape[1]} samples (shape "
+                f"{tuple(x.shape)}, [layers, n, d]) but labels has {n_labels}; pass one label "
+                "per sample."
+            )
+        overlap[name] = np.array(
+            [_overlap(x[layer], labels, k, chunk_size=chunk_size) for layer in range(x.shape[0])],
+            dtype=np.float64,
+        )
+    return OverlapResult(overlap=overlap, chance=overlap_chance_level(labels), k=k, n=n_labels)

@@ -1,0 +1,214 @@
+"""`run_dataset`: collect probes over a dataset into an `ActivationStore`, resumably.
+
+The examples are cut into fixed chunks of `batch_size` (chunk ``c`` = examples
+``c*batch_size .. (c+1)*batch_size - 1``, one forward pass each). Each chunk is prepared,
+collected (`vlm_lens.data.collect`, reduced inside the hooks) and written to its own file before
+the next one starts; nothing accumulates across chunks, so memory stays bounded by one chunk
+whatever the dataset size (paths in `Example.images` are opened per chunk). A rerun with the
+same arguments skips the chunks already on disk, so a run killed halfway and restarted ends with
+the same store as an uninterrupted one; a rerun with other arguments raises
+`vlm_lens.data.store.StoreConfigError` instead of mixing two runs.
+
+Example:
+    >>> import tempfile
+    >>> from vlm_lens import HookedVLM
+    >>> from vlm_lens.data.collect import Probe
+    >>> from vlm_lens.data.examples import make_examples
+    >>> from vlm_lens.testing import build_tiny, sample_image
+    >>> tiny = build_tiny("llava")
+    >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
+    >>> examples = make_examples([sample_image(i, tiny.image_size) for i in range(5)],
+    ...                          "a photo", labels=[0, 1, 0, 1, 1])
+    >>> store = run_dataset(model, examples, [Probe("gate")], tempfile.mkdtemp(),
+    ...                     batch_size=2, prompt="USER: {image}\\n{text} ASSISTANT:",
+    ...                     progress=False)
+    >>> store.complete, store.load("gate").shape, store.labels
+    (True, torch.Size([5, 2, 32]), [0, 1, 0, 1, 1])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vlm_lens.data.collect import Probe, check_probes, collect
+from vlm_lens.data.examples import Example, PromptSpec, build_prompt, examples_fingerprint
+from vlm_lens.data.store import ActivationStore, StoreConfigError
+from vlm_lens.errors import VLMInputError
+
+
+def run_dataset(
+    model: Any,
+    examples: Sequence[Example],
+    probes: Sequence[Probe],
+    out_dir: str | os.PathLike[str],
+    *,
+    batch_size: int = 8,
+    seed: int = 0,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    padding_side: str = "left",
+    prompt: PromptSpec = None,
+    logit_tokens: Sequence[int] | None = None,
+    on_chunk_written: Callable[[int, ActivationStore], None] | None = None,
+) -> ActivationStore:
+    """Collect `probes` on every example into a store at `out_dir`.
+
+    Args:
+        model: a `vlm_lens.HookedVLM`.
+        examples: the dataset (a list, or any sequence with ``len`` and indexing).
+        probes: what to collect (see `Probe`).
+        out_dir: the store folder.
+        batch_size: examples per forward pass and per chunk file. Part of the run config:
+            resuming needs the same value.
+        seed: seed of the ``"random"`` probes (draws depend on the seed and the example index
+            only, not on the batching).
+        resume: continue a store of the same run, skipping its finished chunks. With
+            ``False`` a store that already has chunks is an error (unless `overwrite`).
+        overwrite: delete whatever store is at `out_dir` and start over.
+        progress: show a tqdm progress bar over examples.
+        padding_side: ``"left"`` (default) or ``"right"``.
+        prompt: how to build each prompt (see `vlm_lens.data.examples.build_prompt`).
+        logit_tokens: also store the last-token logits of these token ids (``"logits"``).
+        on_chunk_written: called as ``f(chunk, store)`` after each chunk is on disk.
+
+    Returns:
+        The complete `ActivationStore`.
+
+    Raises:
+        VLMInputError: before any forward pass, for an example whose prompt does not have one
+            image placeholder per image (naming the example); during the run, for a chunk the
+            model rejects (naming its examples).
+        StoreConfigError: if `out_dir` holds a different run and `overwrite` is false.
+        ValueError: for bad probes (unknown site or role, hook missing in the model).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if len(examples) == 0:
+        raise ValueError("examples is empty")
+    probes = list(probes)
+    check_probes(model, probes)
+    placeholder = model.image_placeholder
+    prompts = [build_prompt(ex, placeholder, prompt) for ex in examples]
+    for i, (example, text) in enumerate(zip(examples, prompts, strict=True)):
+        _check_placeholders(i, example, text, placeholder)
+
+    config = {
+        "model": _model_description(model),
+        "probes": [p.describe(model.cfg.n_layers) for p in probes],
+        "logit_tokens": None if logit_tokens is None else [int(t) for t in logit_tokens],
+        "seed": seed,
+        "padding_side": padding_side,
+        "prompt": _describe_prompt(prompt),
+        "examples": examples_fingerprint(examples, prompts),
+    }
+    records = [ex.record() for ex in examples]
+    store = ActivationStore.create(
+        out_dir, config=config, records=records, chunk_size=batch_size, overwrite=overwrite
+    )
+    done = set(store.completed_chunks)
+    if done and not resume:
+        raise StoreConfigError(
+            f"{out_dir} already has {len(done)} chunk(s) of this run; pass resume=True to "
+            "continue it or overwrite=True to start over"
+        )
+    bar = tqdm(
+        total=store.n_examples,
+        initial=len(store),
+        disable=not progress,
+        unit="ex",
+        desc=f"vlm_lens {model.family}",
+    )
+    try:
+        for chunk in range(store.n_chunks):
+            if chunk in done:
+                continue
+            start, stop = store.chunk_bounds(chunk)
+            _run_chunk(
+                model, examples, prompts, probes, store, chunk, seed, padding_side, logit_tokens
+            )
+            bar.update(stop - start)
+            if on_chunk_written is not None:
+                on_chunk_written(chunk, store)
+    finally:
+        bar.close()
+    return store
+
+
+def _run_chunk(
+    model: Any,
+    examples: Sequence[Example],
+    prompts: Sequence[str],
+    probes: Sequence[Probe],
+    store: ActivationStore,
+    chunk: int,
+    seed: int,
+    padding_side: str,
+    logit_tokens: Sequence[int] | None,
+) -> None:
+    """Prepare, collect and write one chunk; everything it builds is freed on return."""
+    start, stop = store.chunk_bounds(chunk)
+    images = [examples[i].load_images() for i in range(start, stop)]
+    try:
+        batch = model.prepare(
+            images=images, text=list(prompts[start:stop]), padding_side=padding_side
+        )
+    except VLMInputError as exc:
+        raise VLMInputError(f"examples {start}..{stop - 1} (chunk {chunk}): {exc}") from exc
+    del images
+    tensors = collect(
+        model,
+        batch,
+        probes,
+        seed=seed,
+        example_indices=range(start, stop),
+        logit_tokens=logit_tokens,
+    )
+    del batch
+    store.write_chunk(chunk, tensors)
+
+
+def _check_placeholders(index: int, example: Example, prompt: str, placeholder: str) -> None:
+    found, n_images = prompt.count(placeholder), len(example.image_list)
+    if found != n_images:
+        shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+        raise VLMInputError(
+            f"example {index} (id={example.id!r}): its prompt {shown!r} has {found} image "
+            f"placeholder(s) {placeholder!r} for {n_images} image(s); write {placeholder!r} "
+            "once per image in the text, or pass prompt='... {image} ...' to run_dataset"
+        )
+
+
+def _model_description(model: Any) -> dict[str, Any]:
+    config = getattr(model.hf_model, "config", None)
+    return {
+        "family": model.family,
+        "name_or_path": str(getattr(config, "_name_or_path", "")),
+        "n_layers": int(model.cfg.n_layers),
+        "d_model": int(model.cfg.d_model),
+        "dtype": str(model.dtype),
+        "weights": _weights_fingerprint(model),
+    }
+
+
+def _weights_fingerprint(model: Any) -> str:
+    """A cheap hash of the first few values of every parameter (tells checkpoints apart)."""
+    digest = hashlib.sha256()
+    for name, param in model.hf_model.named_parameters():
+        head = param.detach().flatten()[:8].to("cpu", dtype=param.dtype)
+        digest.update(f"{name}:{tuple(param.shape)}:".encode())
+        digest.update(head.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _describe_prompt(prompt: PromptSpec) -> str | None:
+    if prompt is None or isinstance(prompt, str):
+        return prompt
+    return f"callable:{getattr(prompt, '__qualname__', type(prompt).__name__)}"

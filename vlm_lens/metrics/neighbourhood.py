@@ -1,0 +1,235 @@
+"""Neighbourhood overlap χ: how often a sample's k nearest neighbours share its label.
+
+The paper (section 2(f), after Doimo et al. 2020) probes the semantics of a token position with
+
+    χ = (1/n) Σ_i (1/k) Σ_{j ∈ kNN(i)} [label_i == label_j]
+
+over Euclidean nearest neighbours, self excluded, with ``k = 30``. Random neighbours give the
+chance level ``Σ_c n_c (n_c - 1) / (n (n - 1))`` (about ``1/#classes`` for balanced classes).
+
+Distances are computed in row chunks with torch, so at most ``chunk_size × n`` distances exist at
+once (the default keeps that under 2**24 values, about 64 MiB in float32 for any n), on the
+device of the input tensor.
+
+Example:
+    >>> import torch
+    >>> x = torch.tensor([[0.0], [0.1], [0.2], [10.0], [10.1], [10.2]])
+    >>> labels = [0, 0, 0, 1, 1, 1]
+    >>> neighbourhood_overlap(x, labels, k=2)
+    1.0
+    >>> overlap_chance_level(labels)
+    0.4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_CHUNK_ELEMENTS",
+    "neighbourhood_overlap",
+    "neighbourhood_overlap_per_sample",
+    "overlap_chance_level",
+    "overlap_chance_level_per_sample",
+]
+
+DEFAULT_CHUNK_ELEMENTS = 2**24
+"""Upper bound on the number of distances held at once when ``chunk_size`` is not given."""
+
+LabelsLike = Sequence[object] | np.ndarray | Tensor
+"""Class labels, one per sample: ints, strings, or anything `numpy.unique` can sort."""
+
+
+def _label_codes(labels: LabelsLike) -> np.ndarray:
+    """Labels as integer codes ``0..C-1`` (any sortable label type)."""
+    arr = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    if arr.ndim != 1:
+        raise ValueError(
+            f"labels must be one-dimensional (one label per sample); got shape {arr.shape}."
+        )
+    return np.unique(arr, return_inverse=True)[1].reshape(-1)
+
+
+def _as_float_tensor(x: Float[Tensor, "n d"] | np.ndarray) -> Tensor:
+    t = x.detach() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    if t.dtype != torch.float64:
+        t = t.to(torch.float32)
+    return t
+
+
+def _check(x: Tensor, codes: np.ndarray, k: int) -> None:
+    if x.ndim != 2:
+        raise ValueError(
+            f"x must be [n, d] (one row per sample); got shape {tuple(x.shape)}. "
+            "For [layers, n, d] use vlm_lens.analysis.neighbourhood_overlap."
+        )
+    n = x.shape[0]
+    if codes.shape[0] != n:
+        raise ValueError(
+            f"x has {n} samples but labels has {codes.shape[0]}; pass one label per row of x."
+        )
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive int; got {k!r}.")
+    if k >= n:
+        raise ValueError(
+            f"k={k} neighbours needs more than k samples, but there are only n={n}; "
+            f"use k <= {n - 1} or more samples."
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or infinite values; clean the representations first.")
+
+
+def _knn_indices(x: Tensor, k: int, chunk_size: int | None) -> Tensor:
+    """Indices ``[n, k]`` of each row's k nearest other rows (Euclidean, stable ties)."""
+    n = x.shape[0]
+    if chunk_size is None:
+        chunk_size = max(1, DEFAULT_CHUNK_ELEMENTS // n)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int; got {chunk_size}.")
+    sq = (x * x).sum(dim=1)
+    out = torch.empty((n, k), dtype=torch.long, device=x.device)
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        rows = torch.arange(start, stop, device=x.device)
+        # |x_j|² - 2 x_i·x_j: the squared distance minus |x_i|², a per-row constant that does
+        # not change the ranking within a row.
+        dist = torch.addmm(sq[None, :], x[start:stop], x.T, alpha=-2.0)
+        dist[rows - start, rows] = torch.inf  # self excluded by index, not by distance
+        values, idx = torch.topk(dist, k + 1, dim=1, largest=False, sorted=True)
+        out[start:stop] = idx[:, :k]
+        # If the (k+1)-th value equals the k-th, topk's pick among the tied is arbitrary:
+        # redo those rows with a stable sort so that the lowest indices win.
+        tied = values[:, k] == values[:, k - 1]
+        if bool(tied.any()):
+            stable = torch.sort(dist[tied], dim=1, stable=True).indices[:, :k]
+            out[start:stop][tied] = stable
+    return out
+
+
+def _same_label_counts(
+    x: Float[Tensor, "n d"] | np.ndarray, labels: LabelsLike, k: int, chunk_size: int | None
+) -> np.ndarray:
+    """For each sample, how many of its k nearest neighbours share its label (int64, ``[n]``)."""
+    xt = _as_float_tensor(x)
+    codes = _label_codes(labels)
+    _check(xt, codes, k)
+    idx = _knn_indices(xt, k, chunk_size).cpu().numpy()
+    return (codes[idx] == codes[:, None]).sum(axis=1)
+
+
+def neighbourhood_overlap_per_sample(
+    x: Float[Tensor, "n d"] | np.ndarray,
+    labels: LabelsLike,
+    k: int = 30,
+    *,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Per-sample overlap: the fraction of each sample's k nearest neighbours with its label.
+
+    Neighbours are by Euclidean distance, the sample itself excluded (by index, so an exact
+    duplicate of a sample is still a neighbour). Ties at the k-th distance are broken toward the
+    lower sample index, so the result does not depend on chunking or hardware. Float64 inputs
+    are computed in float64; every other dtype in float32.
+
+    Args:
+        x: representations, ``[n, d]`` (torch, on any device, or numpy).
+        labels: one label per sample (ints, strings, ...), ``[n]``.
+        k: number of neighbours; ``1 <= k < n``.
+        chunk_size: rows of the distance matrix computed at once; default
+            ``2**24 // n`` (bounded memory for any n).
+
+    Returns:
+        ``[n]`` float64 array with values in ``{0, 1/k, ..., 1}``.
+
+    Raises:
+        ValueError: if ``k >= n``, ``k < 1``, `labels` does not have one entry per row of `x`,
+            `x` is not 2-D or holds non-finite values.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[0.0], [1.0], [2.0], [3.0]])
+        >>> neighbourhood_overlap_per_sample(x, ["a", "a", "b", "b"], k=1).tolist()
+        [1.0, 1.0, 0.0, 1.0]
+
+        The point at 2.0 is as far from 1.0 as from 3.0; the tie goes to the lower index (1.0,
+        labelled "a").
+    """
+    return _same_label_counts(x, labels, k, chunk_size) / k
+
+
+def neighbourhood_overlap(
+    x: Float[Tensor, "n d"] | np.ndarray,
+    labels: LabelsLike,
+    k: int = 30,
+    *,
+    chunk_size: int | None = None,
+) -> float:
+    """χ: the mean over samples of `neighbourhood_overlap_per_sample`.
+
+    Args:
+        x: representations, ``[n, d]``.
+        labels: one label per sample, ``[n]``.
+        k: number of neighbours (the paper uses 30); ``1 <= k < n``.
+        chunk_size: rows of the distance matrix computed at once (see
+            `neighbourhood_overlap_per_sample`).
+
+    Returns:
+        χ in ``[0, 1]``. Compare with `overlap_chance_level`.
+
+    Raises:
+        ValueError: see `neighbourhood_overlap_per_sample`.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.cat([torch.randn(20, 4, generator=g), torch.randn(20, 4, generator=g) + 8])
+        >>> neighbourhood_overlap(x, [0] * 20 + [1] * 20, k=5)
+        1.0
+    """
+    counts = _same_label_counts(x, labels, k, chunk_size)
+    # An integer count over n*k: exact, whatever the summation order.
+    return float(counts.sum() / (counts.shape[0] * k))
+
+
+def overlap_chance_level_per_sample(labels: LabelsLike) -> np.ndarray:
+    """Expected overlap of each sample under random neighbours: ``(n_c(i) - 1) / (n - 1)``.
+
+    Example:
+        >>> overlap_chance_level_per_sample([0, 0, 1]).tolist()
+        [0.5, 0.5, 0.0]
+    """
+    codes = _label_codes(labels)
+    n = codes.shape[0]
+    if n < 2:
+        raise ValueError(f"the chance level needs at least 2 samples; got {n}.")
+    counts = np.bincount(codes)
+    return (counts[codes] - 1) / (n - 1)
+
+
+def overlap_chance_level(labels: LabelsLike) -> float:
+    """Expected χ when each sample's neighbours are drawn at random from the other samples.
+
+    ``Σ_c n_c (n_c - 1) / (n (n - 1))``: the probability that two distinct samples drawn at
+    random share a label. For C balanced classes this is ``(n/C - 1) / (n - 1)`` ≈ ``1/C``.
+
+    Args:
+        labels: one label per sample, ``[n]``, ``n >= 2``.
+
+    Returns:
+        The chance level in ``[0, 1]``.
+
+    Example:
+        >>> round(overlap_chance_level([c for c in range(100) for _ in range(100)]), 6)
+        0.009901
+    """
+    codes = _label_codes(labels)
+    n = codes.shape[0]
+    if n < 2:
+        raise ValueError(f"the chance level needs at least 2 samples; got {n}.")
+    counts = np.bincount(codes).astype(np.float64)
+    return float((counts * (counts - 1)).sum() / (n * (n - 1)))
