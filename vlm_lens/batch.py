@@ -70,3 +70,8 @@ def move_inputs(
             value = value.to(device=device, dtype=cast)
         out[key] = value
     return out
+
+
+def layout_of(batch: Batch | TokenLayout) -> TokenLayout:
+    """The `TokenLayout` of a `Batch`, or the layout itself."""
+    return batch.layout if isinstance(batch, Batch) else batch

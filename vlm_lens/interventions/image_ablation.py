@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlm_lens import hooks as hook_names
-from vlm_lens.batch import Batch
+from vlm_lens.batch import Batch, layout_of
 from vlm_lens.errors import VLMInputError
 from vlm_lens.interventions.intervention import Intervention, first_true
 from vlm_lens.layout import TokenLayout
@@ -52,7 +52,7 @@ def ablate_image_tokens(
     Raises:
         VLMInputError: if a selected position is not in an image span, or nothing is selected.
     """
-    layout = batch.layout if isinstance(batch, Batch) else batch
+    layout = layout_of(batch)
     mask = select(tokens, layout)
     span = layout.mask("image") | layout.mask("image_row_end")
     outside = mask & ~span

@@ -36,7 +36,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from vlm_lens import hooks as hook_names
-from vlm_lens.batch import Batch
+from vlm_lens.batch import Batch, layout_of
 from vlm_lens.errors import VLMInputError
 from vlm_lens.interventions.intervention import Intervention, first_true
 from vlm_lens.layout import TokenLayout
@@ -92,7 +92,7 @@ def knockout(
         raise ValueError(
             f"mode must be 'mask' (pre-softmax) or 'zero' (post-softmax), got {mode!r}"
         )
-    layout = batch.layout if isinstance(batch, Batch) else batch
+    layout = layout_of(batch)
     edges = _EdgeSet(layout, queries, keys)
     if mode == "mask":
         edges.check_rows_keep_a_key()

@@ -35,7 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlm_lens import hooks as hook_names
-from vlm_lens.batch import Batch
+from vlm_lens.batch import Batch, layout_of
 from vlm_lens.errors import VLMInputError
 from vlm_lens.interventions.intervention import Intervention, first_true
 from vlm_lens.layout import TokenLayout
@@ -148,7 +148,7 @@ def patch(
         >>> source = record(model, a, sites=attention_input_sites(3, 32))  # doctest: +SKIP
         >>> logits = model.run_with_hooks(b, fwd_hooks=patch(source, b))  # doctest: +SKIP
     """
-    layout = target.layout if isinstance(target, Batch) else target
+    layout = layout_of(target)
     spec = source.positions if positions is None else positions
     mask = select(spec, layout)
     n_target = layout.shape[0]

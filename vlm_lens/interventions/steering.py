@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlm_lens import hooks as hook_names
-from vlm_lens.batch import Batch
+from vlm_lens.batch import Batch, layout_of
 from vlm_lens.errors import VLMInputError
 from vlm_lens.interventions.intervention import Intervention, first_true
 from vlm_lens.layout import TokenLayout
@@ -104,7 +104,7 @@ def steer(
         scale: multiplier.
         site: a ``[batch, pos, d_model]`` hook kind (``"resid_pre"``, ``"resid_post"``...).
     """
-    layout = batch.layout if isinstance(batch, Batch) else batch
+    layout = layout_of(batch)
     mask = select(positions, layout)
     generated = covers_generated(positions, layout)
     layer_list = [layers] if isinstance(layers, int) else list(layers)
