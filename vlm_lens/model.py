@@ -90,8 +90,9 @@ class HookedVLM(nn.Module):
         TransformerLens' hub path); works offline (``HF_HUB_OFFLINE=1``) on a local folder.
 
         Args:
-            name_or_path: hub id (``"facebook/chameleon-7b"``) or a folder saved with
-                ``save_pretrained``.
+            name_or_path: hub id (``"facebook/chameleon-7b"``), a folder saved with
+                ``save_pretrained``, or a built-in organism (``"organism:native"``,
+                ``"organism:nonnative"``; see `vlm_lens.zoo`).
             device: where to put the model (default: CPU).
             dtype: parameter dtype (default: the checkpoint's).
             **hf_kwargs: passed to ``from_pretrained`` of the model and processor
@@ -105,6 +106,9 @@ class HookedVLM(nn.Module):
         """
         import transformers
 
+        from vlm_lens.zoo.registry import resolve
+
+        name_or_path = resolve(name_or_path)
         config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
         model_cls = _model_class(config)
         model = model_cls.from_pretrained(

@@ -1,0 +1,55 @@
+"""Built-in model organisms: names that `HookedVLM.from_pretrained` resolves to shipped folders.
+
+``HookedVLM.from_pretrained("organism:native")`` loads the native organism (a tiny Chameleon)
+and ``"organism:nonnative"`` the non-native one (a tiny LLaVA), offline, through exactly the same
+Hugging Face path as any checkpoint folder. The ``organism:`` prefix cannot clash with a hub id.
+
+Example:
+    >>> sorted(ORGANISMS)
+    ['native', 'nonnative']
+    >>> resolve("facebook/chameleon-7b")
+    'facebook/chameleon-7b'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PREFIX = "organism:"
+"""Prefix of the built-in names."""
+
+WEIGHTS = Path(__file__).parent / "weights"
+"""Folder that holds one Hugging Face checkpoint folder per organism."""
+
+ORGANISMS: dict[str, str] = {
+    "native": "tiny Chameleon: VQ tokenizer and decoder trained from scratch, both directions",
+    "nonnative": "tiny LLaVA: text decoder, then CLIP tower, then projector on image-to-text",
+}
+"""Built-in organism -> what it is."""
+
+
+def organism_path(name: str) -> Path:
+    """The checkpoint folder of a built-in organism (``"native"`` or ``"nonnative"``).
+
+    Raises:
+        ValueError: for an unknown organism, listing the known ones.
+        FileNotFoundError: if the weights are missing from this installation.
+    """
+    if name not in ORGANISMS:
+        known = ", ".join(PREFIX + n for n in ORGANISMS)
+        raise ValueError(f"unknown organism {PREFIX + name!r}; built-in organisms: {known}")
+    path = WEIGHTS / name
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the weights of {PREFIX + name!r} are missing from {path}; re-create them with "
+            f"python -m vlm_lens.zoo.{name} --out {path}"
+        )
+    return path
+
+
+def resolve(name_or_path: str | os.PathLike[str]) -> str | os.PathLike[str] | Path:
+    """A built-in name's folder, or `name_or_path` unchanged."""
+    if isinstance(name_or_path, str) and name_or_path.startswith(PREFIX):
+        return organism_path(name_or_path[len(PREFIX) :])
+    return name_or_path
