@@ -102,17 +102,28 @@ def covers_generated(spec: PositionSpec, layout: TokenLayout) -> Bool[Tensor, " 
     return select(spec, layout.extend(1))[:, -1]
 
 
-def after(role: str, reference: str) -> Callable[[TokenLayout], Bool[Tensor, "batch pos"]]:
+def after(
+    role: str | Sequence[str], reference: str
+) -> Callable[[TokenLayout], Bool[Tensor, "batch pos"]]:
     """Positions with `role` strictly after the last `reference` position of each sequence.
+
+    `role` may be ``"all"`` or a list of roles; sequences without a `reference` position select
+    nothing.
 
     Example:
         >>> spec = after("text", "gate")  # the text that reads the image, as in the paper
+        >>> everything_after_the_image = after("all", "image")
     """
 
     def resolve(layout: TokenLayout) -> Bool[Tensor, "batch pos"]:
-        return layout.mask(role, after=reference)
+        base = select(role, layout)
+        ref = layout.mask(reference)
+        pos = torch.arange(base.shape[1])
+        last = torch.where(ref, pos, torch.full_like(pos, -1)).max(dim=1).values
+        return base & (pos[None, :] > last[:, None]) & (last[:, None] >= 0)
 
-    resolve.__name__ = f"{role}_after_{reference}"
+    label = role if isinstance(role, str) else "+".join(role)
+    resolve.__name__ = f"{label}_after_{reference}"
     return resolve
 
 
