@@ -76,6 +76,15 @@ class PatchPair:
     source_token: int | Int[Tensor, " batch"]
     target_token: int | Int[Tensor, " batch"]
 
+    def __post_init__(self) -> None:
+        for name in ("source_token", "target_token"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, Tensor)):
+                raise VLMInputError(
+                    f"{name} must be a token id (int) or one per prompt (int tensor), got "
+                    f"{value!r}; look class names up with model.tokenizer"
+                )
+
 
 @dataclass(frozen=True)
 class PatchingSweepResult:
