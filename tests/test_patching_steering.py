@@ -270,3 +270,36 @@ def test_image_ablation_refuses_non_image_positions(wrapped: Wrapped) -> None:
     batch = wrapped.batch(1)
     with pytest.raises(VLMInputError, match="not an image token"):
         ablate_image_tokens(batch, "gate")
+
+
+def test_patch_during_generation_equals_reference(wrapped: Wrapped) -> None:
+    """The patch applies on the prompt pass; cached steps (new positions only) are left alone."""
+    source, target = _pair(wrapped)
+    layers = _decoder_layers(wrapped)
+    recorded = record(wrapped.model, source, sites=[residual_site(1)])
+    tokens = wrapped.model.generate(target, max_new_tokens=3, fwd_hooks=patch(recorded, target))
+    src = _capture_inputs(wrapped, source, [layers[1]])[0]
+
+    def edit(h: Tensor) -> Tensor:
+        if h.shape[1] != target.layout.shape[1]:
+            return h
+        out = h.clone()
+        for b in range(len(target)):
+            out[b, _gate(target, b)] = src[b, _gate(source, b)]
+        return out
+
+    with _pre_hook(layers[1], edit), torch.no_grad():
+        expected = wrapped.reference.generate(**target.inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(tokens, expected)
+
+
+def test_earliest_positions_of_steering_and_ablation(wrapped: Wrapped) -> None:
+    batch = wrapped.batch(2, padding_side="left")
+    vector = torch.ones(wrapped.model.cfg.d_model)
+    gates = [_gate(batch, b) for b in range(2)]
+    assert steer(batch, vector, layers=0).earliest_position.tolist() == gates
+    first_image = [int(p[0]) for p in batch.layout.positions("image")]
+    assert ablate_image_tokens(batch).earliest_position.tolist() == first_image
+    length = batch.layout.shape[1]
+    generated_only = steer(batch, vector, positions=[], layers=0)
+    assert generated_only.earliest_position.tolist() == [length, length]
