@@ -56,6 +56,13 @@ def select(spec: PositionSpec, layout: TokenLayout) -> Bool[Tensor, "batch pos"]
     Raises:
         ValueError: for an unknown role, a mask of the wrong shape, or a position outside the
             sequence; the message names the valid choices.
+
+    Example:
+        >>> from vlm_lens.layout import TokenLayout, TokenSpec
+        >>> spec = TokenSpec(image_token_ids=frozenset({9}))
+        >>> layout = TokenLayout.from_input_ids(torch.tensor([[5, 9, 9, 9, 6, 7]]), spec)
+        >>> select("image", layout).int().tolist()
+        [[0, 1, 1, 1, 0, 0]]
     """
     batch, length = layout.shape
     real = ~layout.mask("pad")
@@ -92,7 +99,15 @@ def select(spec: PositionSpec, layout: TokenLayout) -> Bool[Tensor, "batch pos"]
 
 
 def covers_generated(spec: PositionSpec, layout: TokenLayout) -> Bool[Tensor, " batch"]:
-    """Whether `spec` covers the text tokens that ``generate`` appends, per sequence."""
+    """Whether `spec` covers the text tokens that ``generate`` appends, per sequence.
+
+    Example:
+        >>> from vlm_lens.layout import TokenLayout, TokenSpec
+        >>> spec = TokenSpec(image_token_ids=frozenset({9}))
+        >>> layout = TokenLayout.from_input_ids(torch.tensor([[5, 9, 9, 9, 6, 7]]), spec)
+        >>> covers_generated("text", layout).tolist(), covers_generated("gate", layout).tolist()
+        ([True], [False])
+    """
     if not isinstance(spec, str) and not callable(spec):
         if isinstance(spec, Tensor) and spec.dtype == torch.bool:
             return torch.zeros(layout.shape[0], dtype=torch.bool)
@@ -133,6 +148,13 @@ def image_token(n: int) -> Callable[[TokenLayout], Bool[Tensor, "batch pos"]]:
     ``image_token(0)`` is the first image token, ``image_token(-1)`` the last, and
     ``image_token(31)`` Chameleon-7B's "32nd token" attention sink. Row-end markers are not
     image tokens.
+
+    Example:
+        >>> from vlm_lens.layout import TokenLayout, TokenSpec
+        >>> spec = TokenSpec(image_token_ids=frozenset({9}))
+        >>> layout = TokenLayout.from_input_ids(torch.tensor([[5, 9, 9, 9, 6, 7]]), spec)
+        >>> select(image_token(0), layout).nonzero()[:, 1].tolist()
+        [1]
     """
 
     def resolve(layout: TokenLayout) -> Bool[Tensor, "batch pos"]:
@@ -158,6 +180,13 @@ def random_image_tokens(
         k: tokens per image (all of them when an image has fewer).
         seed: one seed for the batch (sequence `b` uses ``seed + b``), or one seed per sequence
             so draws do not depend on how a dataset was batched.
+
+    Example:
+        >>> from vlm_lens.layout import TokenLayout, TokenSpec
+        >>> spec = TokenSpec(image_token_ids=frozenset({9}))
+        >>> layout = TokenLayout.from_input_ids(torch.tensor([[5, 9, 9, 9, 6, 7]]), spec)
+        >>> int(select(random_image_tokens(2, seed=0), layout).sum())
+        2
     """
 
     def resolve(layout: TokenLayout) -> Bool[Tensor, "batch pos"]:
@@ -180,7 +209,12 @@ def random_image_tokens(
 
 
 def describe(spec: PositionSpec) -> str:
-    """A short label for a spec, for result columns and legends."""
+    """A short label for a spec, for result columns and legends.
+
+    Example:
+        >>> describe(["bos", "gate"]), describe(image_token(31)), describe([0, 4])
+        ('bos+gate', 'image_token_31', 'positions[0, 4]')
+    """
     if isinstance(spec, str):
         return spec
     if callable(spec) and not isinstance(spec, Tensor):

@@ -75,6 +75,11 @@ class AttentionShareResult:
             and normalised like `share`; ``None`` when prompts differ in their number of image
             tokens.
         n_prompts: number of prompts averaged.
+
+    Example:
+        >>> res = attention_share(model, batch, groups={"32nd": image_token(31)})  # doctest: +SKIP
+        >>> res.to_frame().columns.tolist()  # doctest: +SKIP
+        ['layer', 'group', 'share']
     """
 
     layers: tuple[int, ...]

@@ -52,6 +52,12 @@ class LogitLensResult:
         entropy: ``[layers, rows]`` entropy (nats) of the lens distribution.
         tokens: the tracked token ids, or ``None``.
         token_logprobs: ``[layers, rows, len(tokens)]`` log-probabilities of `tokens`, or ``None``.
+
+    Example:
+        >>> lens = logit_lens(model, batch, positions="image", top_k=3)  # doctest: +SKIP
+        >>> lens.top_ids.shape, lens.max_prob.shape  # 2 layers, 16 image tokens  # doctest: +SKIP
+        ((2, 16, 3), (2, 16))
+        >>> lens.summary(token_set=class_token_ids)  # doctest: +SKIP
     """
 
     layers: tuple[int, ...]

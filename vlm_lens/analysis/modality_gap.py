@@ -54,6 +54,12 @@ class ModalityGapResult:
         method: the clustering method, or None when not clustered.
         n_text: text vectors per layer.
         n_image: image vectors per layer.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> res = modality_gap(rng.random((2, 10, 8)), rng.random((2, 12, 8)), cluster=False)
+        >>> res.n_text, res.n_image, res.to_frame()["n_clusters"].tolist()
+        (10, 12, [<NA>, <NA>])
     """
 
     median_abs_cos: np.ndarray
@@ -149,6 +155,12 @@ def modality_gap(
     Raises:
         ValueError: for inputs that are not 3-D or whose layer counts or widths differ.
         ImportError: for ``method="adp"`` without dadapy.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> res = modality_gap(rng.random((3, 10, 8)), rng.random((3, 12, 8)), cluster=False)
+        >>> res.median_abs_cos.shape, res.homogeneity.shape, res.n_clusters
+        ((3,), (3,), None)
     """
     t, v = _as_3d(text, "text"), _as_3d(image, "image")
     if t.shape[0] != v.shape[0] or t.shape[2] != v.shape[2]:

@@ -51,6 +51,12 @@ class OverlapResult:
         chance: χ expected from random neighbours (`overlap_chance_level` of the labels).
         k: neighbours per sample.
         n: samples.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> res = neighbourhood_overlap(rng.normal(size=(2, 10, 4)), [0] * 5 + [1] * 5, k=2)
+        >>> res.roles, round(res.chance, 3), res.k, res.n
+        (('representation',), 0.444, 2, 10)
     """
 
     overlap: Mapping[str, np.ndarray]
@@ -114,6 +120,13 @@ def neighbourhood_overlap(
     Raises:
         ValueError: for arrays that are not 3-D, a sample count different from ``len(labels)``,
             ``k >= n``, or a `role` missing from the mapping.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> labels = [0] * 5 + [1] * 5
+        >>> x = rng.normal(size=(2, 10, 4)) + 10 * np.array(labels)[None, :, None]
+        >>> neighbourhood_overlap(x, labels, k=2).overlap["representation"].tolist()
+        [1.0, 1.0]
     """
     if isinstance(representations, Mapping):
         reps = dict(representations)

@@ -69,6 +69,9 @@ class PatchPair:
         target: prompts that receive them (class B images).
         source_token: token id of the source class name (an int, or one per prompt).
         target_token: token id of the target class name.
+
+    Example:
+        >>> pair = PatchPair(cats, dogs, source_token=cat_id, target_token=dog_id)  # doctest: +SKIP
     """
 
     source: Batch
@@ -100,6 +103,11 @@ class PatchingSweepResult:
         d_clean: ``[n_pairs]`` logit difference (target minus source class) unpatched.
         d_patched: ``[n_layers, n_pairs]`` the same, patched.
         similarity_per_pair: ``[n_layers, n_pairs]``.
+
+    Example:
+        >>> result = patching_sweep(model, pair, site="attention", layers=[0, 1])  # doctest: +SKIP
+        >>> result.flip_rate.shape, result.d_patched.shape  # 2 layers, 1 pair  # doctest: +SKIP
+        ((2,), (2, 1))
     """
 
     site: str
@@ -156,6 +164,10 @@ def patching_sweep(
 
     Returns:
         A `PatchingSweepResult`.
+
+    Example:
+        >>> result = patching_sweep(model, pairs, site="residual", progress=True)  # doctest: +SKIP
+        >>> result.to_frame()[["layer", "flip_rate", "similarity"]]  # doctest: +SKIP
     """
     if site not in ("residual", "attention"):
         raise ValueError(f"site must be 'residual' or 'attention', got {site!r}")

@@ -58,6 +58,10 @@ def representations(
 
     Returns:
         ``[layers, n_prompts, d_model]``, float32 on the CPU.
+
+    Example:
+        >>> x = representations(model, batches, positions="image", reduce="mean")  # doctest: +SKIP
+        >>> neighbourhood_overlap(x, labels, k=30).to_frame()  # doctest: +SKIP
     """
     probe = Probe("x", site=site, positions=positions, reduce=reduce, layers=layers)
     batch_list = [batches] if isinstance(batches, Batch) else list(batches)

@@ -64,6 +64,10 @@ class SinkResult:
         is_sink: ``[rows]`` ``ratio > threshold``.
         dims: per row, every dimension whose |activation| exceeds ``threshold`` times the mean,
             largest first (empty unless a sink).
+
+    Example:
+        >>> result = find_sinks(model, batches, threshold=50.0)  # doctest: +SKIP
+        >>> result.sinks(), result.sink_dims()  # doctest: +SKIP
     """
 
     layers: tuple[int, ...]

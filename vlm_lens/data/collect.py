@@ -183,6 +183,11 @@ def check_probes(model: Any, probes: Sequence[Probe]) -> None:
 
     Raises:
         ValueError: naming the probe and the hook.
+
+    Example:
+        >>> check_probes(model, [Probe("gate"), Probe("gate")])  # doctest: +SKIP
+        Traceback (most recent call last):
+        ValueError: probe names must be unique, got ['gate', 'gate']
     """
     names = [p.name for p in probes]
     if not probes:
@@ -250,6 +255,11 @@ def collect(
         VLMInputError: when a sequence has no selected position (or, for ``"each"``, more than
             one), naming the example.
         ValueError: for a hook the model lacks or a bad position spec.
+
+    Example:
+        >>> out = collect(model, batch, [Probe("gate", layers=[-1])])  # doctest: +SKIP
+        >>> out["gate"].shape, out["gate.position"].shape  # doctest: +SKIP
+        (torch.Size([1, 1, 32]), torch.Size([1]))
     """
     probes = list(probes)
     check_probes(model, probes)

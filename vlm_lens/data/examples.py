@@ -154,7 +154,15 @@ def build_prompt(example: Example, placeholder: str, prompt: PromptSpec = None) 
 
 
 def load_image(image: ImageSource) -> Image.Image | np.ndarray:
-    """Open a path as an RGB PIL image; return in-memory images unchanged."""
+    """Open a path as an RGB PIL image; return in-memory images unchanged.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "grey.png")
+        >>> Image.new("L", (4, 4)).save(path)
+        >>> load_image(path).mode, load_image(np.zeros((4, 4, 3), np.uint8)).shape
+        ('RGB', (4, 4, 3))
+    """
     if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as opened:
             return opened.convert("RGB")
@@ -163,7 +171,14 @@ def load_image(image: ImageSource) -> Image.Image | np.ndarray:
 
 def examples_fingerprint(examples: Sequence[Example], prompts: Sequence[str]) -> str:
     """A hash of the prompts, ids, labels, metadata and images (paths by name, in-memory images
-    by their pixels) of a dataset, so that a store never mixes two datasets."""
+    by their pixels) of a dataset, so that a store never mixes two datasets.
+
+    Example:
+        >>> examples = make_examples(["a.png", "b.png"], "<image> Describe.", labels=[0, 1])
+        >>> prompts = [e.text for e in examples]
+        >>> examples_fingerprint(examples, prompts) == examples_fingerprint(examples[::-1], prompts)
+        False
+    """
     digest = hashlib.sha256()
     for example, prompt in zip(examples, prompts, strict=True):
         record = {**example.record(), "prompt": prompt}

@@ -86,6 +86,10 @@ def run_dataset(
             model rejects (naming its examples).
         StoreConfigError: if `out_dir` holds a different run and `overwrite` is false.
         ValueError: for bad probes (unknown site or role, hook missing in the model).
+
+    Example:
+        >>> store = run_dataset(model, examples, [Probe("gate")], "runs/gate")  # doctest: +SKIP
+        >>> gate = store.load("gate")  # [examples, layers, d_model]  # doctest: +SKIP
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

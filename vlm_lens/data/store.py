@@ -58,11 +58,24 @@ _TMP_RE = re.compile(r"^\..*\.tmp$")
 
 
 class StoreConfigError(VLMLensError, ValueError):
-    """A store folder that holds another run (a different config) or is not a store."""
+    """A store folder that holds another run (a different config) or is not a store.
+
+    Example:
+        >>> ActivationStore("no/such/folder")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        vlm_lens.data.store.StoreConfigError: no/such/folder is not an activation store ...
+    """
 
 
 def fingerprint(config: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of `config`."""
+    """SHA-256 of the canonical JSON of `config`.
+
+    Example:
+        >>> fingerprint({"seed": 0, "batch_size": 8}) == fingerprint({"batch_size": 8, "seed": 0})
+        True
+        >>> fingerprint({"seed": 0})[:12]
+        'bd0488843468'
+    """
     text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -79,6 +92,14 @@ class ActivationStore:
         fingerprint: hash of `config`; every chunk file carries it.
         n_examples: number of examples of the run (done or not).
         chunk_size: examples per chunk (the last chunk may be shorter).
+
+    Example:
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp()
+        >>> ActivationStore.create(path, config={}, records=[{}, {}], chunk_size=1).n_chunks
+        2
+        >>> len(ActivationStore(path)), ActivationStore(path).complete  # reopened, nothing written
+        (0, False)
     """
 
     def __init__(self, path: str | os.PathLike[str]):

@@ -51,6 +51,10 @@ def ablate_image_tokens(
 
     Raises:
         VLMInputError: if a selected position is not in an image span, or nothing is selected.
+
+    Example:
+        >>> ablation = ablate_image_tokens(batch, image_token(0), value="zero")  # doctest: +SKIP
+        >>> logits = model.run_with_hooks(batch, fwd_hooks=ablation)  # doctest: +SKIP
     """
     layout = layout_of(batch)
     mask = select(tokens, layout)

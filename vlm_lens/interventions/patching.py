@@ -56,6 +56,11 @@ class PatchSource:
         n_sequences: number of source sequences.
         last_logits: ``[n_sequences, d_vocab]`` logits of the source run at each sequence's last
             token (the clean source distribution of the patching metrics).
+
+    Example:
+        >>> source = record(model, a, sites=[residual_site(1)], positions="gate")  # doctest: +SKIP
+        >>> source.sites, len(source.activations["blocks.1.hook_resid_pre"])  # doctest: +SKIP
+        (['blocks.1.hook_resid_pre'], 1)
     """
 
     activations: dict[str, list[Tensor]]
@@ -70,13 +75,23 @@ class PatchSource:
 
 
 def residual_site(layer: int) -> str:
-    """The paper's residual patching site: the residual stream entering `layer`."""
+    """The paper's residual patching site: the residual stream entering `layer`.
+
+    Example:
+        >>> residual_site(3)
+        'blocks.3.hook_resid_pre'
+    """
     return hook_names.resid_pre(layer)
 
 
 def attention_input_sites(start_layer: int, n_layers: int) -> list[str]:
     """The paper's attention-block site: the attention input at every layer from `start_layer`
-    to the last (cumulative)."""
+    to the last (cumulative).
+
+    Example:
+        >>> attention_input_sites(2, n_layers=4)
+        ['blocks.2.attn.hook_in', 'blocks.3.attn.hook_in']
+    """
     if not 0 <= start_layer < n_layers:
         raise ValueError(f"start_layer must be in [0, {n_layers}), got {start_layer}")
     return [hook_names.attn_in(layer) for layer in range(start_layer, n_layers)]
@@ -99,6 +114,11 @@ def record(
 
     Returns:
         A `PatchSource` for `patch`.
+
+    Example:
+        >>> source = record(model, a, sites=[residual_site(1)], positions="gate")  # doctest: +SKIP
+        >>> source.activations[residual_site(1)][0].shape  # one gate of width 32  # doctest: +SKIP
+        torch.Size([1, 32])
     """
     site_list = [sites] if isinstance(sites, str) else list(sites)
     _check_sites(site_list)

@@ -45,6 +45,11 @@ def mean_activation(
     """Mean of the `site` activation at `layer` over every selected position of every batch.
 
     Sums inside the hook (float64), so nothing of size ``[batch, pos, d_model]`` is kept.
+
+    Example:
+        >>> mean = mean_activation(model, [a, b], positions="gate", layer=1)  # doctest: +SKIP
+        >>> mean.shape  # doctest: +SKIP
+        torch.Size([32])
     """
     name = hook_names.layer_hook(site, layer)
     total: Tensor | None = None
@@ -77,6 +82,10 @@ def steering_vector(
     """Difference of means, A minus B, of `site` at `layer` over the `positions` of each set.
 
     Adding it to B's activations (`steer`) moves them toward A.
+
+    Example:
+        >>> vector = steering_vector(model, [cats], [dogs], layer=12)  # doctest: +SKIP
+        >>> hooks = steer(dogs, vector, layers=12)  # moves the gate toward cats  # doctest: +SKIP
     """
     mean_a = mean_activation(model, batches_a, positions=positions, layer=layer, site=site)
     mean_b = mean_activation(model, batches_b, positions=positions, layer=layer, site=site)
@@ -103,6 +112,10 @@ def steer(
         layers: one layer or several.
         scale: multiplier.
         site: a ``[batch, pos, d_model]`` hook kind (``"resid_pre"``, ``"resid_post"``...).
+
+    Example:
+        >>> hooks = steer(b, vector, positions="gate", layers=[0, 1], scale=4.0)  # doctest: +SKIP
+        >>> logits = model.run_with_hooks(b, fwd_hooks=hooks)  # doctest: +SKIP
     """
     layout = layout_of(batch)
     mask = select(positions, layout)

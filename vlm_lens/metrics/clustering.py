@@ -80,6 +80,11 @@ class ClusterScore:
         labels: ``[n]`` cluster label of every point as scored, after `NoiseHandling`;
             ``-1`` marks points left out (``noise="exclude"``).
         method: ``"hdbscan"``, ``"adp"`` or ``"given"`` (labels passed in).
+
+    Example:
+        >>> score = homogeneity_from_clusters([0, 0, 1, 1], [0, 0, 1, -1])  # one noise point
+        >>> score.homogeneity, score.n_clusters, score.noise_fraction, score.labels.tolist()
+        (1.0, 2, 0.25, [0, 0, 1, -1])
     """
 
     homogeneity: float
