@@ -1,0 +1,86 @@
+"""The two built-in model organisms: offline loading, bit-exact parity with Hugging Face, held-out
+accuracy above a threshold derived from the accuracy measured at training time, and a knockout
+integration test (reading the image from after the image span is what makes them see)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import transformers
+
+from vlm_lens import HookedVLM
+from vlm_lens.data.world import COLOURS, SHAPES, world_split
+from vlm_lens.interventions import knockout
+from vlm_lens.positions import after
+from vlm_lens.zoo.registry import organism_path
+from vlm_lens.zoo.tasks import answer_accuracy, question_prompt
+
+N_SCENES = 48
+KINDS = ("colour", "shape")
+CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES)}
+
+
+@pytest.fixture(scope="module", params=["nonnative"])
+def organism(request: pytest.FixtureRequest) -> tuple[str, HookedVLM, dict]:
+    name = request.param
+    info = json.loads((organism_path(name) / "training.json").read_text())
+    return name, HookedVLM.from_pretrained(f"organism:{name}"), info
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list:
+    return world_split("test", N_SCENES, seed=0, max_objects=1)
+
+
+def _margin(p: float, n: int) -> float:
+    """Three binomial standard deviations (at least one question)."""
+    return 3 * math.sqrt(max(p * (1 - p), 1 / n) / n)
+
+
+def test_loads_offline_and_is_bit_exact(organism, scenes, monkeypatch) -> None:
+    name, model, _ = organism
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = organism_path(name)
+    hf = getattr(transformers, type(model.hf_model).__name__).from_pretrained(
+        path, attn_implementation="eager"
+    )
+    prompts = [
+        question_prompt(s.qa[k].question, model.image_placeholder) for k, s in enumerate(scenes[:3])
+    ]
+    batch = model.prepare(images=[s.image for s in scenes[:3]], text=prompts, padding_side="left")
+    with torch.no_grad():
+        assert torch.equal(model(batch), hf(**batch.inputs).logits)
+    size = sum(f.stat().st_size for f in path.iterdir())
+    assert size < 12.5e6, "both organisms together must stay under 25 MB"
+    assert any(f.suffix == ".safetensors" for f in path.iterdir())
+
+
+def test_held_out_accuracy_above_measured_threshold(organism, scenes) -> None:
+    _, model, info = organism
+    measured = info["test"]["accuracy"]
+    result = answer_accuracy(model, scenes, kinds=KINDS)
+    for kind in KINDS:
+        n = result.counts[kind]
+        assert measured[kind] >= 0.95, f"{kind}: the shipped organism must reach 95%"
+        threshold = measured[kind] - _margin(measured[kind], n)
+        assert result.accuracy[kind] >= threshold, (kind, result.accuracy[kind], threshold)
+
+
+def test_blocking_the_image_after_its_span_gives_chance(organism, scenes) -> None:
+    """Every position after the image span (the gate included) is blocked from the image
+    positions at every layer: the organism can no longer see, so accuracy falls near chance."""
+    _, model, _ = organism
+
+    def blind(batch):
+        return knockout(batch, queries=after("all", "image"), keys=["image", "image_row_end"])
+
+    result = answer_accuracy(model, scenes, kinds=KINDS, intervention=blind)
+    for kind in KINDS:
+        n = result.counts[kind]
+        assert result.accuracy[kind] <= CHANCE[kind] + _margin(CHANCE[kind], n), (
+            kind,
+            result.accuracy[kind],
+        )
