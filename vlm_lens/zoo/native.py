@@ -15,7 +15,11 @@ the early-fusion family is:
    `CODEBOOK`).
    They are trained with a training-only convolutional pixel decoder (thrown away afterwards) on
    the standard VQ-VAE loss: pixel reconstruction + codebook + 0.25 commitment, straight-through
-   gradients; unused codes are restarted from encoder outputs.
+   gradients; unused codes are restarted from encoder outputs. A training-only linear head on
+   the quantised vectors of the codes that cover the object predicts the object's shape
+   (weight `Settings.vq_shape_weight`), so that a code names the fragment of a shape it shows,
+   as a real tokenizer's codes do after training on millions of images (the pixel loss alone,
+   on this little data, keeps colour and position but blurs a 10-pixel shape's outline).
 2. **Decoder, from scratch, in both directions.** With the tokenizer frozen, the decoder learns
    image -> text, ``"<image>{question}"`` -> answer (every question of
    `vlm_lens.data.world.all_qa`) and ``"<image>describe the image."`` -> caption, and
@@ -128,6 +132,8 @@ class Settings:
         vq_lr: phase 1 peak learning rate.
         vq_object_weight: weight of an object pixel relative to a background pixel in the
             reconstruction loss (objects cover 5-20% of an image; colour and shape live there).
+        vq_shape_weight: weight of the shape loss of the training-only head on object codes
+            (0 trains the tokenizer on pixels alone).
         lm_steps: phase 2 optimiser steps.
         lm_scenes: image -> text scenes per phase 2 step (each with every question and the
             caption prompt).
@@ -156,7 +162,8 @@ class Settings:
     vq_batch: int = 64
     vq_lr: float = 5e-4
     vq_object_weight: float = 10.0
-    lm_steps: int = 1500
+    vq_shape_weight: float = 0.2
+    lm_steps: int = 1200
     lm_scenes: int = 8
     lm_draws: int = 4
     draw_weight: float = 2.0
@@ -285,6 +292,11 @@ def train_pool(settings: Settings, processor: Any) -> tuple[list[world.Scene], T
     return scenes, pixel_values(processor, [s.image for s in scenes])
 
 
+def shape_indices(scenes: Sequence[world.Scene]) -> Tensor:
+    """``[n]`` index in `world.SHAPES` of each single-object scene's shape."""
+    return torch.tensor([world.SHAPES.index(s.objects[0].shape) for s in scenes])
+
+
 def pixel_values(processor: Any, images: Sequence[Any]) -> Tensor:
     """``[n, 3, 32, 32]`` pixel values of `images`, exactly as the processor makes them."""
     chunks = [
@@ -343,7 +355,8 @@ def _vq_forward(vq: Any, decoder: PixelDecoder, pixels: Tensor) -> tuple[Tensor,
     """Encode, quantise (the model's own nearest-code rule) and decode `pixels`.
 
     Returns:
-        ``(reconstruction, codebook loss, commitment loss, code indices, encoder vectors)``.
+        ``(reconstruction, codebook loss, commitment loss, code indices, encoder vectors,
+        quantised vectors with straight-through gradients [b * GRID * GRID, vq_dim])``.
     """
     z = vq.quant_conv(vq.encoder(pixels))  # [b, d, GRID, GRID]
     _, _, indices = vq.quantize(z)
@@ -354,16 +367,26 @@ def _vq_forward(vq: Any, decoder: PixelDecoder, pixels: Tensor) -> tuple[Tensor,
     quantised = flat + (codes - flat).detach()  # straight-through
     quantised = quantised.view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
     recon = decoder(vq.post_quant_conv(quantised))
-    return recon, codebook, commitment, indices, flat.detach()
+    straight = quantised.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    return recon, codebook, commitment, indices, flat.detach(), straight
 
 
-def train_vq(vq: Any, pixels: Tensor, held_out: Tensor, settings: Settings) -> dict[str, Any]:
+def train_vq(
+    vq: Any,
+    pixels: Tensor,
+    shapes: Tensor,
+    held_out: Tensor,
+    held_out_shapes: Tensor,
+    settings: Settings,
+) -> dict[str, Any]:
     """Phase 1: train the VQ encoder, quantizer and ``post_quant_conv`` of `vq` in place.
 
     Args:
         vq: the model's ``ChameleonVQVAE``.
         pixels: training pixel values ``[n, 3, 32, 32]``.
+        shapes: index in `world.SHAPES` of each training image's object ``[n]``.
         held_out: test-split pixel values for the reported reconstruction error.
+        held_out_shapes: their objects' shape indices.
         settings: the recipe.
 
     Returns:
@@ -375,9 +398,11 @@ def train_vq(vq: Any, pixels: Tensor, held_out: Tensor, settings: Settings) -> d
         if isinstance(module, nn.Conv2d):
             module.reset_parameters()
     decoder = PixelDecoder(settings.vq_latent, VQ_LEVELS - 1)
+    shape_head = nn.Linear(settings.vq_dim, len(world.SHAPES))
     vq.train()
     codebook = vq.quantize.embedding.weight
-    others = [p for p in [*vq.parameters(), *decoder.parameters()] if p is not codebook]
+    trained = [*vq.parameters(), *decoder.parameters(), *shape_head.parameters()]
+    others = [p for p in trained if p is not codebook]
     optimiser = torch.optim.Adam(
         [
             {"params": others, "lr_scale": 1.0},
@@ -396,10 +421,12 @@ def train_vq(vq: Any, pixels: Tensor, held_out: Tensor, settings: Settings) -> d
     bar = tqdm(range(settings.vq_steps), desc="phase 1: VQ tokenizer", unit="step")
     for step in bar:
         _set_lr(optimiser, settings.vq_lr * _schedule(step, settings.vq_steps, 30))
-        batch = pixels[torch.randint(len(pixels), (settings.vq_batch,), generator=generator)]
-        recon, codebook, commitment, indices, flat = _vq_forward(vq, decoder, batch)
+        pick = torch.randint(len(pixels), (settings.vq_batch,), generator=generator)
+        batch = pixels[pick]
+        recon, codebook, commitment, indices, flat, straight = _vq_forward(vq, decoder, batch)
         rec = _reconstruction_loss(recon, batch, settings.vq_object_weight)
-        loss = rec + codebook + 0.25 * commitment
+        shape = _shape_loss(shape_head, straight, batch, shapes[pick])
+        loss = rec + codebook + 0.25 * commitment + settings.vq_shape_weight * shape
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -409,12 +436,18 @@ def train_vq(vq: Any, pixels: Tensor, held_out: Tensor, settings: Settings) -> d
             usage.zero_()
         history.append(rec.item())
         if step % 10 == 0:
-            bar.set_postfix(rec=f"{rec.item():.4f}", cb=f"{codebook.item():.4f}")
+            bar.set_postfix(
+                rec=f"{rec.item():.4f}", cb=f"{codebook.item():.4f}", shape=f"{shape.item():.3f}"
+            )
     vq.eval()
     for param in vq.parameters():
         param.requires_grad_(False)
     with torch.no_grad():
-        recon, _, _, indices, _ = _vq_forward(vq, decoder, held_out)
+        recon, _, _, indices, _, straight = _vq_forward(vq, decoder, held_out)
+        covers = _object_codes(held_out)
+        guesses = shape_head(straight).argmax(-1)
+        truth = held_out_shapes[:, None].expand(-1, GRID * GRID).reshape(-1)
+        code_shape_accuracy = (guesses == truth)[covers].float().mean().item()
         counts = torch.bincount(indices, minlength=CODEBOOK).float()
         probs = counts / counts.sum()
         perplexity = math.exp(-(probs[probs > 0] * probs[probs > 0].log()).sum().item())
@@ -432,6 +465,7 @@ def train_vq(vq: Any, pixels: Tensor, held_out: Tensor, settings: Settings) -> d
         "codes_used_on_test": int((counts > 0).sum().item()),
         "code_perplexity_on_test": round(perplexity, 1),
         "dead_code_restarts": restarted,
+        "test_object_code_shape_accuracy": round(code_shape_accuracy, 4),
     }
 
 
@@ -442,6 +476,20 @@ def _reconstruction_loss(recon: Tensor, pixels: Tensor, object_weight: float) ->
     weight = 1.0 + (object_weight - 1.0) * chromatic.float()
     per_pixel = (recon - pixels).square().mean(dim=1)
     return (weight * per_pixel).sum() / weight.sum()
+
+
+def _object_codes(pixels: Tensor) -> Tensor:
+    """``[b * GRID * GRID]`` bool: the codes whose patch holds an object (chromatic) pixel."""
+    chromatic = ((pixels.amax(dim=1) - pixels.amin(dim=1)) > 1e-3).float()  # [b, h, w]
+    side = IMAGE_SIZE // GRID
+    return F.max_pool2d(chromatic[:, None], side).flatten().bool()
+
+
+def _shape_loss(head: nn.Module, straight: Tensor, pixels: Tensor, shapes: Tensor) -> Tensor:
+    """Cross entropy of the object's shape, predicted by `head` from each object code."""
+    covers = _object_codes(pixels)
+    truth = shapes[:, None].expand(-1, GRID * GRID).reshape(-1)
+    return F.cross_entropy(head(straight[covers]), truth[covers])
 
 
 def _restart_dead_codes(vq: Any, usage: Tensor, flat: Tensor, generator: torch.Generator) -> int:
@@ -876,7 +924,14 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     held_out = held_out_scenes(settings)
     held_pixels = pixel_values(processor, [s.image for s in held_out])
     phases["data"] = clock.lap()
-    phases["vq"] = train_vq(model.model.vqmodel, pixels, held_pixels, settings)
+    phases["vq"] = train_vq(
+        model.model.vqmodel,
+        pixels,
+        shape_indices(scenes),
+        held_pixels,
+        shape_indices(held_out),
+        settings,
+    )
     phases["vq"].update(clock.lap())
     codes = image_codes(model, pixels)
     held_codes = image_codes(model, held_pixels)
