@@ -15,7 +15,7 @@ from vlm_lens import HookedVLM
 from vlm_lens.data.world import COLOURS, SHAPES, world_split
 from vlm_lens.interventions import knockout
 from vlm_lens.positions import after
-from vlm_lens.zoo.registry import organism_path
+from vlm_lens.zoo.registry import ORGANISMS, organism_path
 from vlm_lens.zoo.tasks import answer_accuracy, question_prompt
 
 N_SCENES = 48
@@ -23,7 +23,7 @@ KINDS = ("colour", "shape")
 CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES)}
 
 
-@pytest.fixture(scope="module", params=["nonnative"])
+@pytest.fixture(scope="module", params=sorted(ORGANISMS))
 def organism(request: pytest.FixtureRequest) -> tuple[str, HookedVLM, dict]:
     name = request.param
     info = json.loads((organism_path(name) / "training.json").read_text())

@@ -1,8 +1,9 @@
 """Tutorial 2: the Narrow Gate paper's measurements, each in a few lines (runs offline).
 
-Run: ``python tutorials/02_narrow_gate_pipeline.py``. A tiny random Chameleon stands in for
-Chameleon-7B, so the numbers are noise; with ``HookedVLM.from_pretrained("facebook/chameleon-7b")``
-and real images every line stays the same.
+Run: ``python tutorials/02_narrow_gate_pipeline.py``. The native model organism (a tiny
+Chameleon trained from scratch on the synthetic world, shipped with vlm_lens) stands in for
+Chameleon-7B, and held-out world scenes for a dataset; with
+``HookedVLM.from_pretrained("facebook/chameleon-7b")`` and real images every line stays the same.
 
 1. attention share by role (the paper's f^l_j);
 2. neighbourhood overlap χ of the gate and of the mean image token with class labels;
@@ -28,6 +29,7 @@ from vlm_lens.analysis import (
     representations,
 )
 from vlm_lens.data import Probe, make_examples, run_dataset
+from vlm_lens.data.world import world_split
 from vlm_lens.interventions import (
     gate_knockout,
     image_to_text_knockout,
@@ -37,19 +39,19 @@ from vlm_lens.interventions import (
 )
 from vlm_lens.metrics import softmax_intersection
 from vlm_lens.positions import after, image_token
-from vlm_lens.testing import build_tiny, sample_image
+from vlm_lens.zoo.tasks import question_prompt
 
 pd.set_option("display.width", 120)
 pd.set_option("display.max_columns", 10)
-tiny = build_tiny("chameleon")
-model = HookedVLM.from_hf(tiny.model, tiny.processor)
+model = HookedVLM.from_pretrained("organism:native")
 n_layers = model.cfg.n_layers
 
-# A toy "dataset": 12 images of 3 classes, prompts of different lengths (any layout works).
-images = [sample_image(seed=i, size=tiny.image_size) for i in range(12)]
-labels = [i % 3 for i in range(12)]
-prompts = ["<image>This animal is a" + " really" * (i % 2) for i in range(12)]
-batches = [model.prepare(images=images[i : i + 4], text=prompts[i : i + 4]) for i in (0, 4, 8)]
+# A small dataset: 24 held-out scenes, labelled by the object's colour, each asked its colour.
+scenes = world_split("test", 24, seed=0, max_objects=1)
+images = [scene.image for scene in scenes]
+labels = [scene.objects[0].colour for scene in scenes]
+prompts = [question_prompt("what colour is the shape?", model.image_placeholder)] * len(scenes)
+batches = [model.prepare(images=images[i : i + 8], text=prompts[i : i + 8]) for i in (0, 8, 16)]
 
 # 1. Attention share: how the text's attention to the image splits over the gate, named
 #    positions (here the 3rd image token, a possible sink) and the other image tokens.
@@ -75,7 +77,7 @@ with torch.no_grad():
     conditions = {
         "gate": gate_knockout(batch),
         "image->text": image_to_text_knockout(batch),
-        "random": random_image_knockout(batch, k=3, seed=0),
+        "random": random_image_knockout(batch, k=10, seed=0),
         "gate, last layer only": gate_knockout(batch, layers=last_layers(n_layers, 1)),
         "text->image, post-softmax": knockout(
             batch, queries=after("text", "gate"), keys="image", mode="zero"
@@ -88,10 +90,13 @@ with torch.no_grad():
 tokens = model.generate(batch, max_new_tokens=5, fwd_hooks=gate_knockout(batch))
 print("generated with the gate knocked out:", tokens[:, batch.input_ids.shape[1] :].tolist())
 
-# 5. Patching at the gate: class-0 images into class-1 images, one layer at a time.
-source = model.prepare(images=[images[0], images[3]], text=prompts[:2])
-target = model.prepare(images=[images[1], images[4]], text=prompts[2:4])
-pair = PatchPair(source, target, source_token=5, target_token=6)  # class-name token ids
+# 5. Patching at the gate: the gate of one scene into a scene of another colour, layer by layer;
+#    a flip means the model now names the source's colour.
+a, b = next((i, j) for i in range(24) for j in range(24) if labels[i] != labels[j])
+source = model.prepare(images=images[a], text=prompts[a])
+target = model.prepare(images=images[b], text=prompts[b])
+colour_id = model.tokenizer.convert_tokens_to_ids
+pair = PatchPair(source, target, colour_id(labels[a]), colour_id(labels[b]))
 print(patching_sweep(model, pair, site="residual").to_frame().round(3))
 print(patching_sweep(model, pair, site="attention").to_frame().round(3))
 
@@ -100,7 +105,7 @@ print(patching_sweep(model, pair, site="attention").to_frame().round(3))
 examples = make_examples(images, prompts, labels=labels)
 probes = [Probe("gate"), Probe("image_mean", positions="image", reduce="mean")]
 with tempfile.TemporaryDirectory() as folder:
-    store = run_dataset(model, examples, probes, folder, batch_size=4, progress=False)
+    store = run_dataset(model, examples, probes, folder, batch_size=8, progress=False)
     gate_from_disk = store.load("gate").transpose(0, 1)  # [layers, examples, d_model]
     chi_from_disk = neighbourhood_overlap({"gate": gate_from_disk}, store.labels, k=3)
     # the store's batches are left-padded, the ones above right-padded: equal up to rounding
