@@ -1,5 +1,8 @@
-"""``python -m vlm_lens``: the offline demo (see `vlm_lens.demo`)."""
+"""``python -m vlm_lens``: the ``vlm-lens`` command; with no arguments, the default narrow-gate
+report (built-in organisms and images, offline). The older demo is ``python -m vlm_lens.demo``."""
 
-from vlm_lens.demo import main
+import sys
 
-raise SystemExit(main())
+from vlm_lens.cli import main
+
+raise SystemExit(main(sys.argv[1:] or ["narrow-gate"]))

@@ -105,10 +105,14 @@ def model_grid(
         title=title,
         template="plotly_white",
         height=height or (380 * rows + 40),
-        margin={"t": 80, "l": 60, "r": 20, "b": 50},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.06, "x": 0},
+        margin={"t": 90, "l": 60, "r": 20, "b": 50},
     )
     return fig
+
+
+def layer_ticks(fig: go.Figure, n_layers: int, row: int = 1, col: int = 1) -> None:
+    """Integer ticks on a layer axis (about 16 at most)."""
+    fig.update_xaxes(tickmode="linear", tick0=0, dtick=max(1, n_layers // 16), row=row, col=col)
 
 
 def legend_once(fig: go.Figure) -> go.Figure:

@@ -19,7 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from vlm_lens.analysis.attention_share import AttentionShareResult
-from vlm_lens.viz._grid import as_mapping, colour_of, legend_once, model_grid
+from vlm_lens.viz._grid import as_mapping, colour_of, layer_ticks, legend_once, model_grid
 
 
 def attention_share_figure(
@@ -64,6 +64,7 @@ def attention_share_figure(
                 col=col,
             )
         fig.update_xaxes(title_text="layer", row=1, col=col)
+        layer_ticks(fig, len(layers), 1, col)
     fig.update_yaxes(title_text="share of text→image attention", range=[0, 1], row=1, col=1)
     fig.update_layout(barmode="stack", bargap=0.15)
     return legend_once(fig)

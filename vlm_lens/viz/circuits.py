@@ -72,9 +72,7 @@ def _groups(
     return groups, labels
 
 
-def _split(
-    length: int, chunks: int, window: tuple[int, int] | None
-) -> list[tuple[int, int, bool]]:
+def _split(length: int, chunks: int, window: tuple[int, int] | None) -> list[tuple[int, int, bool]]:
     """``(lo, hi, single)`` pieces of a span of `length` positions."""
     if window is None:
         k = max(1, min(chunks, length))

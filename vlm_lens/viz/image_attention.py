@@ -82,9 +82,7 @@ def token_shares(shares: TokenShares, layer: int = -1) -> np.ndarray:
         return np.asarray(shares.per_token[layer], dtype=np.float64)
     values = np.asarray(shares, dtype=np.float64)
     if values.ndim != 1:
-        raise ValueError(
-            f"per-token shares must be 1-D [n_image_tokens]; got shape {values.shape}"
-        )
+        raise ValueError(f"per-token shares must be 1-D [n_image_tokens]; got shape {values.shape}")
     return values
 
 

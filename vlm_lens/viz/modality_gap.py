@@ -19,7 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from vlm_lens.analysis.modality_gap import ModalityGapResult
-from vlm_lens.viz._grid import as_mapping, legend_once, model_grid
+from vlm_lens.viz._grid import as_mapping, layer_ticks, legend_once, model_grid
 
 COS_COLOUR = "#1f77b4"
 HOMOGENEITY_COLOUR = "#d62728"
@@ -108,6 +108,8 @@ def modality_gap_figure(
                 col=col,
             )
         fig.update_xaxes(title_text="layer", row=2, col=col)
+        layer_ticks(fig, len(layers), 1, col)
+        layer_ticks(fig, len(layers), 2, col)
     fig.update_yaxes(title_text="|cos|", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="homogeneity", range=[0, 1.02], row=2, col=1)
     return legend_once(fig)

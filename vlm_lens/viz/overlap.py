@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from vlm_lens.analysis.neighbourhood_overlap import OverlapResult
-from vlm_lens.viz._grid import as_mapping, colour_of, legend_once, model_grid
+from vlm_lens.viz._grid import as_mapping, colour_of, layer_ticks, legend_once, model_grid
 
 
 def overlap_figure(
@@ -70,5 +70,6 @@ def overlap_figure(
             col=col,
         )
         fig.update_xaxes(title_text=f"layer (k={result.k}, n={result.n})", row=1, col=col)
+        layer_ticks(fig, n_layers, 1, col)
     fig.update_yaxes(title_text="χ (neighbourhood overlap)", range=[0, 1.02], row=1, col=1)
     return legend_once(fig)

@@ -19,7 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from vlm_lens.analysis.patching_sweep import PatchingSweepResult
-from vlm_lens.viz._grid import as_mapping, legend_once, model_grid
+from vlm_lens.viz._grid import as_mapping, layer_ticks, legend_once, model_grid
 
 FLIP_COLOUR = "#d62728"
 SIMILARITY_COLOUR = "#1f77b4"
@@ -47,9 +47,7 @@ def patching_figure(
     where = "residual stream at one layer" if sites == ["residual"] else "/".join(sites)
     if sites == ["attention"]:
         where = "attention input from the layer on"
-    fig = model_grid(
-        list(named), title=title or f"Patching the gate from another class ({where})"
-    )
+    fig = model_grid(list(named), title=title or f"Patching the gate from another class ({where})")
     for col, result in enumerate(named.values(), start=1):
         layers = np.asarray(result.layers)
         span = [int(layers.min()), int(layers.max())] if len(layers) else [0, 0]
@@ -88,5 +86,6 @@ def patching_figure(
                 col=col,
             )
         fig.update_xaxes(title_text=f"layer ({result.n_pairs} pairs)", row=1, col=col)
+        layer_ticks(fig, len(layers), 1, col)
     fig.update_yaxes(title_text="fraction / Σ min(p, q)", range=[0, 1.02], row=1, col=1)
     return legend_once(fig)
