@@ -119,6 +119,13 @@ def app() -> None:
 )
 @click.option("--device", default=None, help="cpu, cuda, cuda:1... (default: cpu).")
 @click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch (default: 1 when every model is a built-in organism, whose "
+    "tiny matrices only lose time to threading; else torch's default).",
+)
+@click.option(
     "--attention-view/--no-attention-view",
     default=True,
     show_default=True,
@@ -139,13 +146,22 @@ def narrow_gate(
     heatmap_layer: int | None,
     prompt: str | None,
     device: str | None,
+    threads: int | None,
     attention_view: bool,
     quiet: bool,
     debug: bool,  # noqa: ARG001 - read by main()
 ) -> None:
     """Run the paper's analyses and write one self-contained HTML report."""
     _quiet_libraries()
+    import torch
+
     from vlm_lens.report import Settings, build_report
+    from vlm_lens.report.run import is_organism
+
+    if threads is None and all(is_organism(m) for m in models):
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     settings = Settings(
         batch_size=batch_size,

@@ -74,7 +74,7 @@ def check_model_name(name: str) -> None:
         except (ValueError, FileNotFoundError) as error:
             raise ReportInputError(str(error)) from None
         return
-    looks_like_path = os.sep in name or name.startswith((".", "~"))
+    looks_like_path = name.startswith((".", "~", os.sep))
     if looks_like_path and not Path(name).expanduser().exists():
         raise ReportInputError(f"model folder '{name}' does not exist; {MODEL_HINT}")
 
@@ -146,6 +146,8 @@ def build_report(
     names = list(models) if models else default_models()
     if not names:
         raise ReportInputError(f"no built-in organism weights are installed; {MODEL_HINT}")
+    if len(set(names)) != len(names):
+        raise ReportInputError(f"a model is given twice in {names}; name each model once")
     for name in names:
         check_model_name(name)
     image_set = load_images(images, n_images)

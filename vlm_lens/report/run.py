@@ -11,7 +11,8 @@ Choices for a model and images without answers (documented in the README):
   by greedy answers (`vlm_lens.zoo.tasks.answer_accuracy`) for an organism on the world with its
   question, else top-1 = the label's first token when labels exist.
 * **patching** pairs images of different labels (class tokens: the labels' first tokens), or,
-  without labels, images whose baseline top-1 tokens differ (class tokens: those top-1s).
+  without labels (or labels the tokenizer does not know), images whose baseline top-1 tokens
+  differ (class tokens: those top-1s).
 
 Example:
     >>> from vlm_lens import HookedVLM
@@ -380,13 +381,12 @@ def _patching(
     settings: Settings,
     progress: bool,
 ) -> PatchingSweepResult:
-    tokens: list[int | None]
+    tokens: list[int | None] = [int(t) for t in top1]
+    keys: Sequence[Any] = tokens
     if images.labels is not None and images.n_classes >= 2 and model.tokenizer is not None:
-        tokens = [class_token(model.tokenizer, label) for label in images.labels]
-        keys: Sequence[Any] = images.labels
-    else:
-        tokens = [int(t) for t in top1]
-        keys = tokens
+        named = [class_token(model.tokenizer, label) for label in images.labels]
+        if all(t is not None for t in named):  # else: the labels are not words of the model
+            tokens, keys = named, images.labels
     usable = [i for i, t in enumerate(tokens) if t is not None]
     pairs = [
         (usable[a], usable[b])

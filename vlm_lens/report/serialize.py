@@ -35,7 +35,7 @@ PACKAGES: tuple[str, ...] = (
 
 def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The frame's rows as dicts, NaN and NA as ``None``."""
-    return json.loads(frame.to_json(orient="records"))
+    return json.loads(frame.to_json(orient="records", double_precision=15))
 
 
 def versions() -> dict[str, str]:

@@ -79,6 +79,7 @@ def model_grid(
     title: str | None = None,
     height: int | None = None,
     shared_yaxes: bool = True,
+    horizontal_spacing: float = 0.06,
 ) -> go.Figure:
     """Subplots with one column per model name (titled when there is more than one model)."""
     cols = len(names)
@@ -98,7 +99,7 @@ def model_grid(
         specs=specs or [[{}] * cols for _ in range(rows)],
         row_heights=list(row_heights) if row_heights is not None else None,
         shared_yaxes=shared_yaxes,
-        horizontal_spacing=0.06 if cols > 1 else 0.02,
+        horizontal_spacing=horizontal_spacing if cols > 1 else 0.02,
         vertical_spacing=0.12 if rows > 1 else 0.02,
     )
     fig.update_layout(

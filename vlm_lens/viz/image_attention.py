@@ -98,7 +98,8 @@ def image_attention_figure(
     """A heatmap of the per-token shares on the ``rows x cols`` patch grid, over `image`.
 
     The grid is stretched over the whole image (row-major, the processor's token order); for
-    processors that crop, the image drawn should be the cropped one.
+    processors that crop, the image drawn should be the cropped one. Each model has its own
+    colour scale (0 to its largest share).
 
     Args:
         shares: an `AttentionShareResult` (values at `layer`), a ``[n_image_tokens]`` array, or
@@ -119,12 +120,11 @@ def image_attention_figure(
     """
     named = as_mapping(shares)
     names = list(named)
-    fig = model_grid(names, title=title, shared_yaxes=False, height=460)
+    fig = model_grid(names, title=title, shared_yaxes=False, height=460, horizontal_spacing=0.12)
     values = {}
     for name, item in named.items():
         at = layer[name] if isinstance(layer, Mapping) else layer
         values[name] = (at, token_shares(item, at))
-    zmax = max(float(v.max()) for _, v in values.values()) or 1.0
     for col, name in enumerate(names, start=1):
         at, flat = values[name]
         rows, cols = patch_grid(flat.size, grid)
@@ -140,11 +140,10 @@ def image_attention_figure(
                 x=(np.arange(cols) + 0.5) * width / cols - 0.5,
                 y=(np.arange(rows) + 0.5) * height / rows - 0.5,
                 zmin=0.0,
-                zmax=zmax,
+                zmax=float(flat.max()) or 1.0,
                 opacity=opacity if picture is not None else 1.0,
                 colorscale="Inferno",
-                showscale=col == len(names),
-                colorbar={"title": {"text": "share"}},
+                colorbar={"title": {"text": "share"}, "len": 0.8, "thickness": 14},
                 name=f"layer {shown}",
                 hovertemplate="row %{y:.0f}, col %{x:.0f}: %{z:.4f}<extra></extra>",
             ),
@@ -161,6 +160,9 @@ def image_attention_figure(
             row=1,
             col=col,
         )
+    for col, trace in enumerate((t for t in fig.data if t.type == "heatmap"), start=1):
+        axis = fig.layout[f"xaxis{col if col > 1 else ''}"]
+        trace.colorbar.x = axis.domain[1] + 0.005  # each model its own scale, beside its map
     if title is None:
         fig.update_layout(title="Text→image attention over the image's patch grid")
     return fig
