@@ -3,9 +3,9 @@
 Model-facing analyses take a `HookedVLM` and batches and reduce inside hooks:
 `attention_share` (f^l_j by role), `patching_sweep` (flip rate and similarity per layer),
 `knockout_effect` (next-token change under each knockout), `logit_lens`, `find_sinks`, and
-`representations` (one vector per prompt and layer, the input of the representation analyses). `neighbourhood_overlap` (χ per layer) and `modality_gap` (median
-|cos| and cluster homogeneity) take representations, from `representations` or from a
-`vlm_lens.data.ActivationStore`.
+`representations` (one vector per prompt and layer, the input of the representation analyses).
+`neighbourhood_overlap` (χ per layer) and `modality_gap` (median |cos| and cluster homogeneity)
+take representations, from `representations` or from a `vlm_lens.data.ActivationStore`.
 """
 
 from vlm_lens.analysis.attention_share import (
