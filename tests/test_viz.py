@@ -192,8 +192,8 @@ def _expected_token_shares(w: Wrapped, batch, layer: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("family", ["chameleon", "emu3"])
-def test_image_heatmap_equals_output_attentions(family: str) -> None:
-    w = wrap(family)
+def test_image_heatmap_equals_output_attentions(family: str, request) -> None:
+    w = request.getfixturevalue("chameleon") if family == "chameleon" else wrap(family)
     image = sample_image(seed=1, size=w.tiny.image_size)
     batch = w.model.prepare(images=image, text=w.tiny.prompt)
     layer = w.model.cfg.n_layers - 1
