@@ -22,11 +22,15 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from vlm_lens import __version__
 from vlm_lens.errors import VLMLensError
+
+if TYPE_CHECKING:
+    from vlm_lens.report.run import ModelRun
 
 PROG = "vlm-lens"
 USAGE_ERROR = 2
@@ -167,7 +171,7 @@ def narrow_gate(
         batch_size=batch_size,
         k=k,
         n_pairs=n_pairs,
-        patch_site=patch_site,
+        patch_site="attention" if patch_site == "attention" else "residual",
         heatmap_layer=heatmap_layer,
         prompt=prompt,
         attention_view=attention_view,
@@ -195,14 +199,14 @@ def narrow_gate(
     )
 
 
-def _summary(run: object) -> str:
+def _summary(run: ModelRun) -> str:
     """One line per model: knockout accuracy (or agreement) and the best patching layer."""
-    ko = run.knockout  # type: ignore[attr-defined]
+    ko = run.knockout
     values = ko.accuracy if ko.accuracy is not None else ko.agreement
     what = "accuracy" if ko.accuracy is not None else "agreement"
     parts = ", ".join(f"{c} {v:.2f}" for c, v in zip(ko.conditions, values, strict=True))
-    line = f"{run.name}: knockout {what}: {parts}"  # type: ignore[attr-defined]
-    sweep = run.patching  # type: ignore[attr-defined]
+    line = f"{run.name}: knockout {what}: {parts}"
+    sweep = run.patching
     if sweep is not None and len(sweep.layers):
         best = int(sweep.flip_rate.argmax())
         line += f"; patching flip rate {sweep.flip_rate[best]:.2f} at layer {sweep.layers[best]}"

@@ -51,6 +51,7 @@ from vlm_lens.analysis import (
     patching_sweep,
 )
 from vlm_lens.analysis.knockout_effect import DEFAULT_CONDITIONS
+from vlm_lens.analysis.patching_sweep import PatchSite
 from vlm_lens.batch import Batch
 from vlm_lens.data.collect import Probe, collect
 from vlm_lens.errors import VLMInputError, VLMLensError
@@ -92,7 +93,7 @@ class Settings:
     batch_size: int = 32
     k: int = 10
     n_pairs: int = 12
-    patch_site: str = "residual"
+    patch_site: PatchSite = "residual"
     heatmap_layer: int | None = None
     prompt: str | None = None
     attention_view: bool = True
@@ -403,7 +404,7 @@ def _patching(
         source_token=torch.tensor([tokens[i] for i, _ in pairs]),
         target_token=torch.tensor([tokens[j] for _, j in pairs]),
     )
-    return patching_sweep(model, pair, site=settings.patch_site, progress=progress)  # type: ignore[arg-type]
+    return patching_sweep(model, pair, site=settings.patch_site, progress=progress)
 
 
 def _heatmap(
