@@ -267,6 +267,7 @@ def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
         "bad site": ([*ng, "--patch-site", "mlp"], "--patch-site"),
         "unknown option": ([*ng, "--frobnicate"], "--frobnicate"),
         "info unknown model": (["info", "organism:nosuch"], "unknown organism"),
+        "bad heatmap layer": ([*ng, "--model", ORGANISM, "--heatmap-layer", "7"], "0..2"),
     }
 
 

@@ -57,7 +57,7 @@ from vlm_lens.data.collect import Probe, collect
 from vlm_lens.errors import VLMInputError, VLMLensError
 from vlm_lens.model import HookedVLM
 from vlm_lens.positions import after
-from vlm_lens.report.images import ImageSet, world_images
+from vlm_lens.report.images import ImageSet, ReportInputError, world_images
 from vlm_lens.viz.circuits import attention_heads_view
 from vlm_lens.viz.image_attention import patch_grid
 from vlm_lens.zoo.registry import PREFIX
@@ -159,6 +159,26 @@ def class_token(tokenizer: Any, label: str) -> int | None:
     return None
 
 
+def heatmap_layer(layer: int | None, n_layers: int) -> int:
+    """The layer of the attention map: `layer` (negative counts from the end) or the middle one.
+
+    Raises:
+        ReportInputError: for a layer the model does not have.
+
+    Example:
+        >>> heatmap_layer(None, 32), heatmap_layer(-1, 32)
+        (16, 31)
+    """
+    if layer is None:
+        return n_layers // 2
+    if not -n_layers <= layer < n_layers:
+        raise ReportInputError(
+            f"--heatmap-layer {layer} is outside the model's layers 0..{n_layers - 1}; pick one "
+            "of them (negative counts from the end)"
+        )
+    return layer % n_layers
+
+
 def run_narrow_gate(
     model: HookedVLM,
     images: ImageSet,
@@ -185,6 +205,7 @@ def run_narrow_gate(
     settings = settings or Settings()
     say = log or (lambda _line: None)
     prompt = default_prompt(model, name, settings.prompt)
+    layer = heatmap_layer(settings.heatmap_layer, model.cfg.n_layers)
     batches = _batches(model, images.images, prompt, settings.batch_size)
     cfg = model.cfg
     config = {
@@ -227,11 +248,6 @@ def run_narrow_gate(
         "patching",
         lambda: _patching(model, images, prompt, knock.top1[0], settings, progress),
     )
-    layer = settings.heatmap_layer
-    layer = cfg.n_layers // 2 if layer is None else layer
-    if not 0 <= layer < cfg.n_layers:
-        skipped["heatmap"] = f"--heatmap-layer {layer} is not in [0, {cfg.n_layers - 1}]"
-        layer = cfg.n_layers // 2
     one = model.prepare(images=images.images[0], text=prompt)
     heat = timed("heatmap", lambda: _heatmap(model, one, layer))
     view = None
