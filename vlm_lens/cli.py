@@ -176,7 +176,11 @@ def narrow_gate(
         prompt=prompt,
         attention_view=attention_view,
     )
-    command = " ".join([PROG, *sys.argv[1:]]) if sys.argv[0].endswith(PROG) else None
+    command = None
+    if sys.argv[0].endswith(PROG):
+        command = " ".join([PROG, *sys.argv[1:]])
+    elif sys.argv[0].endswith("__main__.py"):
+        command = " ".join(["python -m vlm_lens", *sys.argv[1:]])
     result = build_report(
         list(models) or None,
         images,
