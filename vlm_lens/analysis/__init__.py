@@ -2,10 +2,10 @@
 
 Model-facing analyses take a `HookedVLM` and batches and reduce inside hooks:
 `attention_share` (f^l_j by role), `patching_sweep` (flip rate and similarity per layer),
-`logit_lens`, `find_sinks`, and `representations` (one vector per prompt and layer, the input of
-the representation analyses). `neighbourhood_overlap` (χ per layer) and `modality_gap` (median
-|cos| and cluster homogeneity) take representations, from `representations` or from a
-`vlm_lens.data.ActivationStore`.
+`knockout_effect` (next-token change under each knockout), `logit_lens`, `find_sinks`, and
+`representations` (one vector per prompt and layer, the input of the representation analyses).
+`neighbourhood_overlap` (χ per layer) and `modality_gap` (median |cos| and cluster homogeneity)
+take representations, from `representations` or from a `vlm_lens.data.ActivationStore`.
 """
 
 from vlm_lens.analysis.attention_share import (
@@ -14,6 +14,7 @@ from vlm_lens.analysis.attention_share import (
     attention_share,
     group_masks,
 )
+from vlm_lens.analysis.knockout_effect import KnockoutResult, knockout_effect
 from vlm_lens.analysis.logit_lens import LogitLensResult, logit_lens
 from vlm_lens.analysis.modality_gap import ModalityGapResult, modality_gap
 from vlm_lens.analysis.neighbourhood_overlap import OverlapResult, neighbourhood_overlap
@@ -24,6 +25,7 @@ from vlm_lens.analysis.sinks import SinkResult, find_sinks
 __all__ = [
     "DEFAULT_GROUPS",
     "AttentionShareResult",
+    "KnockoutResult",
     "LogitLensResult",
     "ModalityGapResult",
     "OverlapResult",
@@ -33,6 +35,7 @@ __all__ = [
     "attention_share",
     "find_sinks",
     "group_masks",
+    "knockout_effect",
     "logit_lens",
     "modality_gap",
     "neighbourhood_overlap",

@@ -1,0 +1,302 @@
+"""The ``vlm-lens`` command (also ``python -m vlm_lens``).
+
+* ``vlm-lens narrow-gate [--model NAME_OR_PATH]... [--images DIR] [--out report.html]
+  [--json results.json]``: attention share, χ, modality gap, the knockout conditions and the
+  patching sweep on each model, written as one self-contained HTML report. Without ``--model``
+  it runs the built-in organisms; without ``--images``, the built-in synthetic world. Offline.
+* ``vlm-lens info NAME_OR_PATH``: the family, the token roles of a sample prompt, the hook names.
+
+Bad arguments print one line, ``vlm-lens: error: ...``, and exit with status 2 (1 for a failure
+while running); ``--debug`` shows the traceback instead.
+
+Example:
+    >>> main(["narrow-gate", "--images", "/no/such/folder"])  # the error line goes to stderr
+    2
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+from vlm_lens import __version__
+from vlm_lens.errors import VLMLensError
+
+if TYPE_CHECKING:
+    from vlm_lens.report.run import ModelRun
+
+PROG = "vlm-lens"
+USAGE_ERROR = 2
+RUN_ERROR = 1
+
+
+def _echo(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _quiet_libraries() -> None:
+    """Keep the output to our lines and progress bars (no library warnings)."""
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name=PROG)
+def app() -> None:
+    """vlm_lens: TransformerLens for vision-language models."""
+
+
+@app.command("narrow-gate")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME_OR_PATH",
+    help="Hub id, local folder or organism:NAME; repeat to compare models side by side "
+    "(default: every built-in organism).",
+)
+@click.option(
+    "--images",
+    metavar="DIR",
+    default=None,
+    help="Folder of images, flat or one subfolder per label (DIR/<label>/*.jpg) "
+    "(default: the built-in synthetic world).",
+)
+@click.option(
+    "--out",
+    default="narrow_gate_report.html",
+    show_default=True,
+    metavar="FILE",
+    help="The HTML report.",
+)
+@click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the numbers.")
+@click.option(
+    "--n-images",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
+    help="Most images to use.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours for χ."
+)
+@click.option(
+    "--n-pairs",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="Most image pairs to patch.",
+)
+@click.option(
+    "--patch-site",
+    type=click.Choice(["residual", "attention"]),
+    default="residual",
+    show_default=True,
+    help="Patch the residual stream at one layer, or the attention input from the layer on.",
+)
+@click.option(
+    "--heatmap-layer",
+    type=int,
+    default=None,
+    help="Layer of the attention map and view (default: the middle layer).",
+)
+@click.option(
+    "--prompt",
+    default=None,
+    help="Prompt with <image> where the image goes (default: the organisms' colour question, "
+    "else '<image>This is a picture of a').",
+)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1... (default: cpu).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch (default: 1 when every model is a built-in organism, whose "
+    "tiny matrices only lose time to threading; else torch's default).",
+)
+@click.option(
+    "--attention-view/--no-attention-view",
+    default=True,
+    show_default=True,
+    help="Include the circuitsvis attention view (1.3 MB of script).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def narrow_gate(
+    models: tuple[str, ...],
+    images: str | None,
+    out: str,
+    json_path: str | None,
+    n_images: int,
+    batch_size: int,
+    k: int,
+    n_pairs: int,
+    patch_site: str,
+    heatmap_layer: int | None,
+    prompt: str | None,
+    device: str | None,
+    threads: int | None,
+    attention_view: bool,
+    quiet: bool,
+    debug: bool,  # noqa: ARG001 - read by main()
+) -> None:
+    """Run the paper's analyses and write one self-contained HTML report."""
+    _quiet_libraries()
+    import torch
+
+    from vlm_lens.report import Settings, build_report
+    from vlm_lens.report.run import is_organism
+
+    if threads is None and all(is_organism(m) for m in models):
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    settings = Settings(
+        batch_size=batch_size,
+        k=k,
+        n_pairs=n_pairs,
+        patch_site="attention" if patch_site == "attention" else "residual",
+        heatmap_layer=heatmap_layer,
+        prompt=prompt,
+        attention_view=attention_view,
+    )
+    command = None
+    if sys.argv[0].endswith(PROG):
+        command = " ".join([PROG, *sys.argv[1:]])
+    elif sys.argv[0].endswith("__main__.py"):
+        command = " ".join(["python -m vlm_lens", *sys.argv[1:]])
+    result = build_report(
+        list(models) or None,
+        images,
+        out=out,
+        json_path=json_path,
+        n_images=n_images,
+        settings=settings,
+        device=device,
+        progress=not quiet,
+        log=None if quiet else _echo,
+        command=command,
+    )
+    for run in result.runs:
+        click.echo(_summary(run))
+    size = result.html_path.stat().st_size / 1e6
+    also = f" and {result.json_path}" if result.json_path else ""
+    click.echo(
+        f"wrote {result.html_path} ({size:.1f} MB){also}: {len(result.runs)} model(s), "
+        f"{len(result.images)} images, {result.seconds:.1f} s"
+    )
+
+
+def _summary(run: ModelRun) -> str:
+    """One line per model: knockout accuracy (or agreement) and the best patching layer."""
+    ko = run.knockout
+    values = ko.accuracy if ko.accuracy is not None else ko.agreement
+    what = "accuracy" if ko.accuracy is not None else "agreement"
+    parts = ", ".join(f"{c} {v:.2f}" for c, v in zip(ko.conditions, values, strict=True))
+    line = f"{run.name}: knockout {what}: {parts}"
+    sweep = run.patching
+    if sweep is not None and len(sweep.layers):
+        best = int(sweep.flip_rate.argmax())
+        line += f"; patching flip rate {sweep.flip_rate[best]:.2f} at layer {sweep.layers[best]}"
+    return line
+
+
+@app.command("info")
+@click.argument("name_or_path", metavar="NAME_OR_PATH")
+@click.option("--prompt", default=None, help="Sample prompt with <image> (default as narrow-gate).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def info(name_or_path: str, prompt: str | None, debug: bool) -> None:  # noqa: ARG001
+    """Show a model's family, the token roles of a sample prompt and its hook names."""
+    _quiet_libraries()
+    from vlm_lens.data.world import generate_scene
+    from vlm_lens.report import load_model
+    from vlm_lens.report.run import default_prompt
+
+    model = load_model(name_or_path)
+    cfg = model.cfg
+    text = default_prompt(model, name_or_path, prompt)
+    batch = model.prepare(images=generate_scene(0, "test", max_objects=1).image, text=text)
+    tokens = model.to_str_tokens(batch)
+    lines = [
+        f"model: {name_or_path}",
+        f"family: {model.family} ({type(model.hf_model).__name__})",
+        f"language model: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, "
+        f"d_vocab {cfg.d_vocab}",
+        f"image placeholder: {model.image_placeholder!r}, "
+        f"{batch.layout.counts()['image'][0]} image tokens in the sample",
+        f"sample prompt: {text!r} ({len(tokens)} positions)",
+        "token roles:",
+        *("    " + line for line in batch.layout.summary(0).splitlines()),
+    ]
+    gates = batch.layout.positions("gate")[0].tolist()
+    lines += [f"gate: position {g}, token {tokens[g]!r}" for g in gates]
+    names = model.hook_names()
+    per_layer = sorted(n[len("blocks.0.") :] for n in names if n.startswith("blocks.0."))
+    others = [n for n in names if not n.startswith("blocks.")]
+    lines.append(f"hook names per layer (blocks.L.<name>, L = 0..{cfg.n_layers - 1}):")
+    lines += ["    " + n for n in per_layer]
+    lines.append("other hook names:")
+    lines += ["    " + n for n in others]
+    click.echo("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (never raises, unless ``--debug``).
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("VLM_LENS_DEBUG") == "1"
+    start = time.perf_counter()
+    try:
+        result = app.main(args=args, prog_name=PROG, standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.exceptions.Abort:
+        _echo(f"{PROG}: aborted")
+        return 130
+    except click.ClickException as error:
+        if debug:
+            raise
+        _echo(f"{PROG}: error: {error.format_message()} (see {PROG} --help)")
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        _echo(f"{PROG}: interrupted after {time.perf_counter() - start:.0f} s")
+        return 130
+    except ValueError as error:  # ReportInputError and other bad-input errors
+        if debug:
+            raise
+        _echo(f"{PROG}: error: {_first_line(error)}")
+        return USAGE_ERROR
+    except (VLMLensError, OSError, RuntimeError) as error:
+        if debug:
+            raise
+        _echo(f"{PROG}: error: {_first_line(error)} (rerun with --debug for the traceback)")
+        return RUN_ERROR
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

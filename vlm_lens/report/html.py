@@ -1,0 +1,219 @@
+"""The narrow-gate report as one self-contained HTML page.
+
+plotly.js is inlined once in the head (no CDN: the page works offline); each figure is a
+``<div>`` from `vlm_lens.viz`, with several models side by side in one figure. Tables are plain
+HTML. The circuitsvis view, when present, carries its own inlined script.
+
+Example:
+    >>> page = render_html([], None, {"title": "empty"})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from vlm_lens.report.images import ImageSet
+from vlm_lens.report.run import ModelRun
+from vlm_lens.viz import (
+    attention_share_figure,
+    image_attention_figure,
+    knockout_figure,
+    knockout_table,
+    modality_gap_figure,
+    overlap_figure,
+    patching_figure,
+)
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+table.data { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+table.data td, table.data th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+table.data th { background: #f3f3f3; } .note { color: #555; font-size: 0.92em; }
+code { background: #f3f3f3; padding: 0 3px; } .skipped { color: #a33; }
+"""
+
+SECTIONS: tuple[tuple[str, str, str], ...] = (
+    (
+        "attention",
+        "Cross-modal attention share",
+        "Share of the text's attention to the image side that each role receives, per layer "
+        "(post-softmax, summed over heads, averaged over the text after the gate and over "
+        "prompts). A narrow gate shows as a large <code>gate</code> share.",
+    ),
+    (
+        "overlap",
+        "Neighbourhood overlap χ",
+        "Fraction of each image's k nearest neighbours (Euclidean, residual stream after each "
+        "layer) with the same label, for the gate, the mean image token and the last token; "
+        "dashed: chance.",
+    ),
+    (
+        "gap",
+        "Modality gap",
+        "Median |cos| between one random text token (after the gate) and one random image "
+        "token per prompt, with the interquartile band; homogeneity of HDBSCAN clusters of both "
+        "with respect to modality (1: the modalities never share a cluster).",
+    ),
+    (
+        "knockout",
+        "Attention knockout",
+        "Every layer and head, pre-softmax mask. <code>gate</code>: no position reads the gate; "
+        "<code>image-&gt;text</code>: the text after the image reads no image token (the gate "
+        "stays readable); <code>random</code>: no position reads 10 random image tokens. "
+        "Agreement: top-1 next token equals the baseline's; similarity: Σ min(p, q) with the "
+        "baseline's next-token distribution.",
+    ),
+    (
+        "patching",
+        "Patching the gate",
+        "The gate's activation of an image of another class written into the run of a target "
+        "image at each layer. Flip rate: the target's prediction moves to the source class; "
+        "similarity: Σ min(p, q) with the clean source distribution; dotted: unpatched.",
+    ),
+    (
+        "heatmap",
+        "Text→image attention over the image",
+        "Per image token, its share of the text's attention to the image side at the chosen "
+        "layer, for the first image, drawn over it.",
+    ),
+)
+
+
+def _figure_div(fig: go.Figure, div_id: str) -> str:
+    return fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=div_id,
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, classes="data", border=0, float_format=lambda v: f"{v:.3f}")
+
+
+def _figures(runs: Sequence[ModelRun]) -> dict[str, str]:
+    """Section id -> HTML (figure div and tables) for the sections with results."""
+    out: dict[str, str] = {}
+    out["attention"] = _figure_div(
+        attention_share_figure({r.name: r.shares for r in runs}), "fig-attention"
+    )
+    overlap = {r.name: r.overlap for r in runs if r.overlap is not None}
+    if overlap:
+        out["overlap"] = _figure_div(overlap_figure(overlap), "fig-overlap")
+    gap = {r.name: r.gap for r in runs if r.gap is not None}
+    if gap:
+        out["gap"] = _figure_div(modality_gap_figure(gap), "fig-gap")
+    tables = "".join(
+        f"<h3>{html.escape(r.name)}</h3>{_table(knockout_table(r.knockout))}"
+        + (
+            f"<p class='note'>accuracy: {html.escape(r.knockout.accuracy_label)}</p>"
+            if r.knockout.accuracy_label
+            else ""
+        )
+        for r in runs
+    )
+    out["knockout"] = (
+        _figure_div(knockout_figure({r.name: r.knockout for r in runs}), "fig-knockout") + tables
+    )
+    patching = {r.name: r.patching for r in runs if r.patching is not None}
+    if patching:
+        out["patching"] = _figure_div(patching_figure(patching), "fig-patching")
+    heat = [r for r in runs if r.heatmap is not None]
+    if heat:
+        fig = image_attention_figure(
+            {r.name: r.heatmap for r in heat},
+            layer=0,
+            image={r.name: r.heatmap_image for r in heat if r.heatmap_image is not None},
+            grid=None if len({r.heatmap_grid for r in heat}) > 1 else heat[0].heatmap_grid,
+        )
+        out["heatmap"] = _figure_div(fig, "fig-heatmap")
+    return out
+
+
+def _details(runs: Sequence[ModelRun], images: ImageSet | None, meta: dict[str, Any]) -> str:
+    models = pd.DataFrame(
+        [
+            {
+                "model": r.name,
+                "family": r.family,
+                **r.config,
+                "prompt": r.prompt,
+                "images": r.n_images,
+                "seconds": round(sum(r.seconds.values()), 1),
+            }
+            for r in runs
+        ]
+    )
+    parts = ["<h2 id='details'>Models, data and versions</h2>", _table(models)]
+    if images is not None:
+        parts.append(f"<p><b>Data</b>: {html.escape(images.source)}</p>")
+    for r in runs:
+        for step, reason in r.skipped.items():
+            parts.append(
+                f"<p class='skipped'>{html.escape(r.name)}: {html.escape(step)} skipped: "
+                f"{html.escape(reason)}</p>"
+            )
+    settings = meta.get("settings", {})
+    if settings:
+        parts.append(
+            "<p><b>Settings</b>: "
+            + html.escape(", ".join(f"{k}={v}" for k, v in settings.items()))
+            + "</p>"
+        )
+    if "command" in meta:
+        parts.append(f"<p><b>Command</b>: <code>{html.escape(meta['command'])}</code></p>")
+    versions = meta.get("versions", {})
+    if versions:
+        parts.append(_table(pd.DataFrame([versions])))
+    return "\n".join(parts)
+
+
+def render_html(runs: Sequence[ModelRun], images: ImageSet | None, meta: dict[str, Any]) -> str:
+    """The whole page: title, one section per analysis, the attention views, the details.
+
+    Args:
+        runs: one `ModelRun` per model (several: side by side in every figure).
+        images: the images the runs used.
+        meta: ``title``, ``command``, ``settings``, ``versions``, ``created`` (all optional).
+
+    Returns:
+        The HTML text (about 5 MB: plotly.js is inlined).
+    """
+    title = meta.get("title", "Narrow-gate report")
+    figures = _figures(runs)
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        "<p class='note'>The analyses of <i>The Narrow Gate</i> (arXiv 2412.06646), made by "
+        f"vlm_lens on {html.escape(', '.join(r.name for r in runs))}"
+        + (f", {html.escape(meta['created'])}" if "created" in meta else "")
+        + ". Details at the <a href='#details'>end</a>.</p>",
+    ]
+    for key, heading, note in SECTIONS:
+        if key not in figures:
+            continue
+        body += [f"<h2 id='{key}'>{heading}</h2>", f"<p class='note'>{note}</p>", figures[key]]
+    views = [r for r in runs if r.view_html]
+    if views:
+        body += [
+            "<h2 id='view'>Attention heads (circuitsvis)</h2>",
+            "<p class='note'>All heads of the heatmap's layer on the first prompt; the image "
+            "span is collapsed into 8 groups (keys summed, queries averaged).</p>",
+        ]
+        for r in views:
+            body += [f"<h3>{html.escape(r.name)}, layer {r.heatmap_layer}</h3>", r.view_html or ""]
+    body.append(_details(runs, images, meta))
+    return (
+        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
