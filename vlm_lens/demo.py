@@ -1,6 +1,6 @@
 """The offline demo: wrap a built-in tiny model, show its token roles and a cache summary.
 
-Run ``python -m vlm_lens`` (or ``vlm-lens-demo``). Nothing is downloaded: the models are tiny,
+Run ``python -m vlm_lens.demo``. Nothing is downloaded: the models are tiny,
 randomly initialised Hugging Face VLMs built in memory (`vlm_lens.testing`), so the numbers
 show the mechanics, not a trained model's behaviour.
 """
@@ -64,7 +64,7 @@ def describe(family: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m vlm_lens``."""
-    parser = argparse.ArgumentParser(prog="python -m vlm_lens", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m vlm_lens.demo", description=__doc__)
     parser.add_argument(
         "--family",
         choices=TINY_FAMILIES,
