@@ -22,6 +22,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
+from vlm_lens import attention_dispatch
 from vlm_lens import hooks as hook_names
 from vlm_lens.adapters import VLMAdapter, adapter_class_for
 from vlm_lens.batch import Batch, move_inputs
@@ -39,7 +40,10 @@ class HookedVLM(nn.Module):
     Build one with `from_pretrained` (hub id or local folder) or `from_hf` (a model in memory).
     `prepare` turns images and prompts into a `Batch` (inputs + `TokenLayout`); `forward`,
     `run_with_cache`, `run_with_hooks`, `hooks` and `generate` take that batch and always pass
-    its image inputs. Logits are bit-identical to the Hugging Face model's eager forward.
+    its image inputs. Logits are bit-identical to the Hugging Face model run with the same
+    attention implementation (`attn_implementation`): with ``"sdpa"`` attention runs through
+    PyTorch's fused kernel, except in layers whose ``hook_attn_scores``/``hook_pattern`` have a
+    hook attached, which run exactly as HF eager (`vlm_lens.attention_dispatch`).
 
     Attributes:
         bridge: the TransformerLens bridge (hooks, cache, ``cfg``).
@@ -73,6 +77,7 @@ class HookedVLM(nn.Module):
             hook_names.INPUTS_EMBEDS: "blocks.0.hook_in",
         }
         bridge._register_aliases()
+        attention_dispatch.install([block.attn for block in bridge.blocks])
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -82,6 +87,7 @@ class HookedVLM(nn.Module):
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        attn_implementation: str = "sdpa",
         **hf_kwargs: Any,
     ) -> HookedVLM:
         """Load a supported VLM and its processor from a hub id or a local folder.
@@ -95,6 +101,9 @@ class HookedVLM(nn.Module):
                 ``"organism:nonnative"``; see `vlm_lens.zoo`).
             device: where to put the model (default: CPU).
             dtype: parameter dtype (default: the checkpoint's).
+            attn_implementation: Hugging Face attention implementation (``"sdpa"``, the
+                default, ``"eager"``, ``"flash_attention_2"``...). Layers with attention-score
+                or pattern hooks run eager whatever this is; see `set_attn_implementation`.
             **hf_kwargs: passed to ``from_pretrained`` of the model and processor
                 (``revision=``, ``local_files_only=``, ``trust_remote_code=`` ...).
 
@@ -112,7 +121,7 @@ class HookedVLM(nn.Module):
         config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
         model_cls = _model_class(config)
         model = model_cls.from_pretrained(
-            name_or_path, dtype=dtype, attn_implementation="eager", **hf_kwargs
+            name_or_path, dtype=dtype, attn_implementation=attn_implementation, **hf_kwargs
         )
         if device is not None:
             model = model.to(device)
@@ -131,7 +140,9 @@ class HookedVLM(nn.Module):
         The bridge rewires the model it wraps in place (its submodules become bridge components
         that fire hooks). By default the model is deep-copied first, so `model` stays a plain
         Hugging Face model; pass ``copy_model=False`` to save memory, after which `model` belongs
-        to the `HookedVLM` (calling it directly fires the hooks).
+        to the `HookedVLM` (calling it directly fires the hooks). The model keeps the attention
+        implementation it was built with (``model.config._attn_implementation``), which
+        TransformerLens would otherwise force to eager.
 
         Args:
             model: a ``*ForConditionalGeneration`` of a supported family.
@@ -154,6 +165,7 @@ class HookedVLM(nn.Module):
             model = copy.deepcopy(model)
         model.eval()
         adapter = adapter_cls(model, processor)
+        chosen = _attn_implementations(model.config)
         bridge = build_bridge_from_module(
             model,
             adapter.architecture,
@@ -161,6 +173,8 @@ class HookedVLM(nn.Module):
             tokenizer=None,
             device=_device_of(model),
         ).eval()
+        if chosen != _attn_implementations(model.config):  # the TL adapter forced eager
+            model.set_attn_implementation(chosen)
         return cls(bridge, adapter, processor)
 
     # ------------------------------------------------------------------ properties
@@ -193,6 +207,34 @@ class HookedVLM(nn.Module):
     def dtype(self) -> torch.dtype:
         """Dtype of the model's parameters."""
         return next(self.hf_model.parameters()).dtype
+
+    @property
+    def attn_implementation(self) -> str:
+        """The language model's attention implementation (``"sdpa"``, ``"eager"``...).
+
+        Layers with a hook on ``hook_attn_scores`` or ``hook_pattern`` run eager regardless.
+        """
+        return str(self.bridge.blocks[0].attn.original_component.config._attn_implementation)
+
+    def set_attn_implementation(self, implementation: str) -> HookedVLM:
+        """Switch every attention (language model and vision tower) to `implementation`.
+
+        Same as Hugging Face's ``model.set_attn_implementation``; returns `self`.
+
+        Example:
+            >>> from vlm_lens.testing import build_tiny
+            >>> tiny = build_tiny("llava")
+            >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
+            >>> model.attn_implementation, model.set_attn_implementation("sdpa").attn_implementation
+            ('eager', 'sdpa')
+        """
+        if implementation not in ("eager", *attention_dispatch.ALL_ATTENTION_FUNCTIONS.keys()):
+            raise ValueError(
+                f"unknown attention implementation {implementation!r}; use 'eager', 'sdpa' or "
+                f"one of {sorted(attention_dispatch.ALL_ATTENTION_FUNCTIONS.keys())}"
+            )
+        self.hf_model.set_attn_implementation(implementation)
+        return self
 
     @property
     def hook_dict(self) -> dict[str, HookPoint]:
@@ -502,6 +544,16 @@ def _model_class(config: Any) -> type[nn.Module]:
         f"{', '.join(supported_architectures())}. To add a family, subclass "
         "vlm_lens.adapters.VLMAdapter and register it (CONTRIBUTING.md)."
     )
+
+
+def _attn_implementations(config: Any) -> dict[str, Any]:
+    """``{"": impl, sub_config: {...}}``: the nested form ``set_attn_implementation`` takes."""
+    out: dict[str, Any] = {"": config._attn_implementation}
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None:
+            out[key] = _attn_implementations(sub)
+    return out
 
 
 def _device_of(model: nn.Module) -> str:
