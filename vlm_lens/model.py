@@ -29,6 +29,8 @@ from vlm_lens.batch import Batch, move_inputs
 from vlm_lens.errors import UnsupportedModelError, VLMInputError
 from vlm_lens.image_features import attach_image_hook, set_images_per_sequence
 from vlm_lens.layout import TokenLayout
+from vlm_lens.prefix import PrefixCache, check_upto, prefix_inputs, suffix_inputs
+from vlm_lens.query_block import query_block
 
 ImageLike = Image.Image | np.ndarray
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
@@ -415,6 +417,74 @@ class HookedVLM(nn.Module):
             return self.bridge.run_with_hooks(
                 input_ids, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **model_kwargs
             )
+
+    def prefix_cache(self, batch: Batch | Mapping[str, Any], *, upto: int) -> PrefixCache:
+        """Run positions ``0 .. upto-1`` of `batch` once (no grad) and keep their KV cache.
+
+        Reuse it with `run_suffix` for every condition that cannot change those positions
+        (``intervention.earliest >= upto``): a sweep of ``k`` conditions then costs one prefix
+        pass plus ``k`` passes over the remaining positions. Hooks active around this call
+        (``with model.hooks(...)``) fire in the prefix pass and shape the cache.
+
+        Args:
+            batch: a `Batch`.
+            upto: number of positions to cache; must include every image token and leave at
+                least one position.
+
+        Returns:
+            A `PrefixCache` (see `vlm_lens.prefix`).
+
+        Raises:
+            VLMInputError: if `upto` splits or precedes an image, or leaves nothing to compute.
+
+        Example:
+            >>> prefix = model.prefix_cache(batch, upto=ko.earliest)  # doctest: +SKIP
+            >>> logits = model.run_suffix(prefix, fwd_hooks=ko)  # doctest: +SKIP
+        """
+        from transformers import DynamicCache
+
+        batch = self._as_batch(batch)
+        check_upto(batch, upto)
+        inputs = prefix_inputs(batch, upto)
+        input_ids = inputs.pop("input_ids")
+        cache = DynamicCache()
+        with self._image_groups(batch), torch.no_grad():
+            self.bridge(input_ids, return_type=None, past_key_values=cache, **inputs)
+        return PrefixCache(batch, upto, cache)
+
+    def run_suffix(
+        self, prefix: PrefixCache, *, fwd_hooks: HookList = (), **kwargs: Any
+    ) -> Float[Tensor, "batch suffix d_vocab"]:
+        """Run positions ``prefix.upto ..`` of the prefix's batch on its cache, with hooks.
+
+        Equal to the same positions of a full `run_with_hooks` for hooks that leave the
+        prefix unchanged (an `Intervention` with ``earliest >= prefix.upto``; patching,
+        steering and knockout hooks know their block's offset, `vlm_lens.query_block`).
+        Activations seen by hooks have ``suffix`` positions. The cache is restored afterwards,
+        also when a hook raises.
+
+        Args:
+            prefix: from `prefix_cache`.
+            fwd_hooks: hooks for this pass.
+            **kwargs: passed to the bridge (``return_type=`` ...).
+
+        Returns:
+            ``[batch, pos - upto, d_vocab]`` logits of the suffix positions.
+        """
+        batch = prefix.batch
+        inputs = suffix_inputs(batch, prefix.upto, self.adapter.image_input_keys)
+        input_ids = inputs.pop("input_ids")
+        try:
+            with query_block(prefix.upto):
+                return self.bridge.run_with_hooks(
+                    input_ids,
+                    fwd_hooks=list(fwd_hooks),
+                    past_key_values=prefix.past_key_values,
+                    **inputs,
+                    **kwargs,
+                )
+        finally:
+            prefix.restore()
 
     @contextmanager
     def hooks(self, fwd_hooks: HookList = (), bwd_hooks: HookList = ()) -> Iterator[HookedVLM]:
