@@ -140,7 +140,7 @@ class DispatchingAttention(PositionEmbeddingsAttentionBridge):
         implementation = self.attention_implementation()
         attention_fn = ALL_ATTENTION_FUNCTIONS[implementation]
         extra = {k: v for k, v in kwargs.items() if k not in _NOT_PASSED_ON}
-        window = getattr(hf_attn, "sliding_window", getattr(hf_attn.config, "sliding_window", None))
+        window = sliding_window(hf_attn)
         if window is not None:
             extra["sliding_window"] = window
         dropout = 0.0 if not self.training else float(getattr(hf_attn, "attention_dropout", 0.0))
@@ -159,6 +159,14 @@ class DispatchingAttention(PositionEmbeddingsAttentionBridge):
         attn_output = self.o(attn_output)
         attn_output = self.hook_out(attn_output)
         return attn_output, attn_weights
+
+
+def sliding_window(hf_attn: Any) -> int | None:
+    """The sliding window HF applies in this attention module (per layer for Qwen2, from the
+    config for Mistral), or ``None``."""
+    if hasattr(hf_attn, "sliding_window"):
+        return hf_attn.sliding_window
+    return getattr(getattr(hf_attn, "config", None), "sliding_window", None)
 
 
 def fused_path_supported(attn: PositionEmbeddingsAttentionBridge) -> bool:

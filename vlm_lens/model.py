@@ -218,10 +218,11 @@ class HookedVLM(nn.Module):
         """
         return str(self.bridge.blocks[0].attn.original_component.config._attn_implementation)
 
-    def set_attn_implementation(self, implementation: str) -> HookedVLM:
-        """Switch every attention (language model and vision tower) to `implementation`.
+    def set_attn_implementation(self, implementation: str | dict[str, Any]) -> HookedVLM:
+        """Switch the attention implementation, as Hugging Face's ``set_attn_implementation``.
 
-        Same as Hugging Face's ``model.set_attn_implementation``; returns `self`.
+        A string applies to every attention (language model and vision tower); a dict such as
+        ``{"text_config": "sdpa"}`` to the named sub-models only. Returns `self`.
 
         Example:
             >>> from vlm_lens.testing import build_tiny
@@ -230,13 +231,22 @@ class HookedVLM(nn.Module):
             >>> model.attn_implementation, model.set_attn_implementation("sdpa").attn_implementation
             ('eager', 'sdpa')
         """
-        if implementation not in ("eager", *attention_dispatch.ALL_ATTENTION_FUNCTIONS.keys()):
+        known = ("eager", *attention_dispatch.ALL_ATTENTION_FUNCTIONS.keys())
+        if isinstance(implementation, str) and implementation not in known:
             raise ValueError(
                 f"unknown attention implementation {implementation!r}; use 'eager', 'sdpa' or "
-                f"one of {sorted(attention_dispatch.ALL_ATTENTION_FUNCTIONS.keys())}"
+                f"one of {sorted(known)}"
             )
         self.hf_model.set_attn_implementation(implementation)
         return self
+
+    def attention_scaling(self, layer: int) -> float:
+        """The factor ``q . k`` is multiplied by in `layer` (usually ``d_head ** -0.5``)."""
+        return float(self._hf_attention(layer).scaling)
+
+    def attention_window(self, layer: int) -> int | None:
+        """The sliding-window size of `layer`'s attention, or ``None`` for full attention."""
+        return attention_dispatch.sliding_window(self._hf_attention(layer))
 
     @property
     def hook_dict(self) -> dict[str, HookPoint]:
@@ -544,6 +554,9 @@ class HookedVLM(nn.Module):
         return self.bridge.adapter.apply_output_logits_transform(logits)
 
     # ------------------------------------------------------------------ internals
+    def _hf_attention(self, layer: int) -> Any:
+        return self.bridge.blocks[layer].attn.original_component
+
     def _as_batch(self, batch: Batch | Mapping[str, Any]) -> Batch:
         if isinstance(batch, Batch):
             self._check(batch)
