@@ -11,8 +11,10 @@ and then, per call:
   ``hook_attn_scores`` or ``hook_pattern`` (forward or backward, however it got there:
   ``run_with_cache`` whose ``names_filter`` matches them, ``run_with_hooks``, ``hooks()``,
   ``generate(fwd_hooks=...)``, a knockout, ``add_hook``), the model's implementation is
-  ``"eager"``, ``output_attentions`` was requested, or a TransformerLens option the fused call
-  does not replicate is on (``use_attn_result``, ``use_split_qkv_input``, ``use_attn_in``);
+  ``"eager"``, or a TransformerLens option the fused call does not replicate is on
+  (``use_attn_result``, ``use_split_qkv_input``, ``use_attn_in``). ``output_attentions`` is
+  not a reason: TransformerLens' ``run_with_cache`` sets it on every call; patterns come from
+  ``hook_pattern``;
 * otherwise calls Hugging Face's own attention function for the model's
   ``config._attn_implementation`` (``ALL_ATTENTION_FUNCTIONS``: ``"sdpa"``, flash, flex...) with
   exactly the arguments the HF attention module passes, so logits are bit-identical to the HF
@@ -68,9 +70,9 @@ class DispatchingAttention(PositionEmbeddingsAttentionBridge):
         config = getattr(self.original_component, "config", None)
         return str(getattr(config, "_attn_implementation", None) or "eager")
 
-    def needs_eager(self, **kwargs: Any) -> bool:
+    def needs_eager(self, **kwargs: Any) -> bool:  # noqa: ARG002 (the forward's kwargs)
         """Whether this call must run the bridge's eager path (see the module docstring)."""
-        if self.attention_implementation() == "eager" or kwargs.get("output_attentions"):
+        if self.attention_implementation() == "eager":
             return True
         if any(has_hooks(getattr(self, name)) for name in EAGER_HOOKS):
             return True
