@@ -58,9 +58,12 @@ def forward_bytes_per_sequence(model: Any, seq_len: int, *, kv_cache: bool = Fal
     return seq_len * per_position
 
 
-def auto_batch_size(model: Any, seq_len: int, *, fraction: float = 0.5, maximum: int = 64) -> int:
+def auto_batch_size(
+    model: Any, seq_len: int, *, fraction: float = 0.5, maximum: int = 64, kv_cache: bool = False
+) -> int:
     """The largest batch (at most `maximum`, at least 1) whose forward pass should fit in
-    `fraction` of the free memory of the model's device.
+    `fraction` of the free memory of the model's device; with `kv_cache`, also the prefix
+    cache a sweep keeps (`vlm_lens.analysis.run_sweep`).
 
     Raises:
         ValueError: for `fraction` outside ``(0, 1]`` or a non-positive `seq_len`.
