@@ -215,3 +215,15 @@ def test_from_hf_keeps_the_chosen_implementation() -> None:
     assert config.vision_config._attn_implementation == "eager"
     with pytest.raises(ValueError, match="unknown attention implementation"):
         model.set_attn_implementation("fast")
+
+
+def test_generate_with_sdpa_equals_hf_sdpa_generate(sdpa: Wrapped) -> None:
+    """Cached generation runs the fused path on every step (the KV cache goes through the
+    same update); greedy tokens equal HF SDPA generate's."""
+    batch = sdpa.batch(2, padding_side="left")
+    ref = copy.deepcopy(sdpa.reference)
+    ref.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        ours = sdpa.model.generate(batch, max_new_tokens=5)
+        theirs = ref.generate(**batch.inputs, max_new_tokens=5, do_sample=False)
+    assert torch.equal(ours, theirs)

@@ -22,7 +22,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-from vlm_lens import attention_dispatch
+from vlm_lens import attention_dispatch, norm_dispatch
 from vlm_lens import hooks as hook_names
 from vlm_lens.adapters import VLMAdapter, adapter_class_for
 from vlm_lens.batch import Batch, move_inputs
@@ -80,6 +80,7 @@ class HookedVLM(nn.Module):
         }
         bridge._register_aliases()
         attention_dispatch.install([block.attn for block in bridge.blocks])
+        norm_dispatch.install(list(bridge.modules()))
 
     # ------------------------------------------------------------------ construction
     @classmethod
