@@ -7,16 +7,16 @@ image index in the layout, and from ``reference(**inputs, output_attentions=True
 
 from __future__ import annotations
 
-import gc
-import weakref
+import copy
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import Wrapped, wrap
-from vlm_lens import Batch
-from vlm_lens.analysis._attention_rows import image_side, key_attention_hooks
+from vlm_lens import Batch, hooks
+from vlm_lens.analysis._attention_rows import image_side, key_attention_hooks, pattern_rows
 from vlm_lens.analysis.attention_share import AttentionShareResult, attention_share, group_masks
 from vlm_lens.positions import image_token
 from vlm_lens.testing import sample_image
@@ -163,22 +163,73 @@ def test_per_token_none_when_image_token_counts_differ() -> None:
     assert result.n_prompts == 2
 
 
-def test_hook_reduces_in_place_and_keeps_no_pattern() -> None:
-    rows = [torch.tensor([3, 4]), torch.tensor([2, 4])]
-    store: dict[int, torch.Tensor] = {}
-    ((name, fn),) = key_attention_hooks([1], rows, store)
-    assert name == "blocks.1.attn.hook_pattern"
-    pattern = torch.rand(2, 3, 5, 5)
-    before = pattern.clone()
-    ref = weakref.ref(pattern)
-    assert fn(pattern, hook=None) is None
-    assert torch.equal(pattern, before)
-    expected = torch.stack([before[b][:, r].sum(0).mean(0) for b, r in enumerate(rows)])
-    torch.testing.assert_close(store[1], expected.double(), rtol=0, atol=1e-6)
-    assert store[1].shape == (2, 5)
-    del pattern
-    gc.collect()
-    assert ref() is None, "the hook kept a reference to the attention pattern"
+def test_hooks_read_rotated_queries_and_keys_only(wrapped: Wrapped) -> None:
+    """The analysis hooks never touch hook_pattern/hook_attn_scores, so no layer is forced to
+    the eager path."""
+    batch = wrapped.batch(1)
+    rows = query_rows_of(batch)
+    names = [name for name, _ in key_attention_hooks(wrapped.model, batch.layout, [0, 1], rows, {})]
+    assert names == [hooks.rot_q(0), hooks.rot_k(0), hooks.rot_q(1), hooks.rot_k(1)]
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("case", ["single", "left", "right"])
+def test_pattern_rows_equal_hf_eager_attentions(wrapped: Wrapped, case: str, impl: str) -> None:
+    """The rows computed from hook_rot_q/hook_rot_k equal those rows of the HF eager
+    reference's output_attentions: torch.equal in every layer of the eager model, and while
+    the model runs SDPA (every layer fused) torch.equal in layer 0 (same input) and to float
+    rounding after it (SDPA's layer outputs differ from eager's in the last bits)."""
+    batch = _batch(wrapped, case)
+    with torch.no_grad():
+        attentions = wrapped.reference(**batch.inputs, output_attentions=True).attentions
+    model = copy.deepcopy(wrapped.model)  # the language model only: the tower stays eager
+    config = model.hf_model.config
+    model.set_attn_implementation({"text_config": impl} if hasattr(config, "text_config") else impl)
+    rows = query_rows_of(batch)
+    seen: dict[int, list[torch.Tensor]] = {}
+    fused: list[bool] = []
+
+    def capture(layer: int) -> Any:
+        scaling, window = model.attention_scaling(layer), model.attention_window(layer)
+        kept: dict[str, torch.Tensor] = {}
+
+        def keep_q(q: torch.Tensor, hook: Any) -> None:
+            kept["q"] = q
+            fused.append(not model.bridge.blocks[layer].attn.needs_eager())
+
+        def rows_from_k(k: torch.Tensor, hook: Any) -> None:
+            n = k.shape[1]
+            valid = ~batch.layout.mask("pad")
+            out = []
+            for b, r in enumerate(rows):
+                visible = (torch.arange(n)[None] <= r[:, None]) & valid[b][None]
+                if window is not None:
+                    visible &= torch.arange(n)[None] > r[:, None] - window
+                out.append(pattern_rows(kept["q"][b, r], k[b], visible, scaling))
+            seen[layer] = out
+
+        return [(hooks.rot_q(layer), keep_q), (hooks.rot_k(layer), rows_from_k)]
+
+    fwd_hooks = [h for layer in range(model.cfg.n_layers) for h in capture(layer)]
+    with torch.no_grad():
+        model.run_with_hooks(batch, fwd_hooks=fwd_hooks)
+    assert len(seen) == model.cfg.n_layers
+    if impl == "sdpa":
+        assert fused and all(fused), "a row hook forced a layer to the eager path"
+    for layer, per_seq in seen.items():
+        for b, r in enumerate(rows):
+            expected = attentions[layer][b][:, r]
+            if impl == "eager" or layer == 0:
+                assert torch.equal(per_seq[b], expected), (layer, b)
+            else:
+                torch.testing.assert_close(per_seq[b], expected, rtol=1.3e-6, atol=1e-5)
+
+
+def query_rows_of(batch: Batch) -> list[torch.Tensor]:
+    from vlm_lens.analysis._attention_rows import query_rows
+    from vlm_lens.positions import after
+
+    return query_rows(after("text", "gate"), batch.layout)
 
 
 def test_result_holds_no_attention_pattern(wrapped: Wrapped) -> None:

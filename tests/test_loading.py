@@ -20,34 +20,39 @@ from vlm_lens import HookedVLM
 from vlm_lens.testing import sample_image
 for case in json.loads(sys.argv[1]):
     dtype = getattr(torch, case["dtype"])
-    model = HookedVLM.from_pretrained(case["path"], dtype=dtype)
+    impl = case["attn"]
+    kwargs = {} if impl == "sdpa" else {"attn_implementation": impl}  # sdpa is the default
+    model = HookedVLM.from_pretrained(case["path"], dtype=dtype, **kwargs)
     assert model.family == case["family"], model.family
     assert model.dtype == dtype, model.dtype
+    assert model.attn_implementation == impl, model.attn_implementation
     ref = AutoModelForImageTextToText.from_pretrained(
-        case["path"], dtype=dtype, attn_implementation="eager"
+        case["path"], dtype=dtype, attn_implementation=impl
     ).eval()
     batch = model.prepare(images=sample_image(size=tuple(case["size"])), text=case["prompt"])
     with torch.no_grad():
         ours, theirs = model(batch), ref(**batch.inputs).logits
     assert torch.equal(ours, theirs), (case, (ours - theirs).abs().max())
-    print("OK", case["family"], case["dtype"])
+    print("OK", case["family"], case["dtype"], impl)
 """
 
 
 def test_from_pretrained_offline(tmp_path: Path) -> None:
-    """Every family loads from a saved folder with HF_HUB_OFFLINE=1, in fp32 and bf16, and
-    its logits equal those of the same folder loaded by transformers (one fresh process, so
-    that the offline flag is read at import)."""
+    """Every family loads from a saved folder with HF_HUB_OFFLINE=1, in fp32 and bf16, with
+    the default (SDPA) and eager attention, and its logits equal those of the same folder
+    loaded by transformers with that attention (one fresh process, so that the offline flag is
+    read at import)."""
     cases = []
     for family in TINY_FAMILIES:
         tiny = build_tiny(family)
         folder = save_tiny(tiny, tmp_path / family)
-        for dtype in ("float32", "bfloat16"):
+        for dtype, attn in (("float32", "sdpa"), ("bfloat16", "sdpa"), ("float32", "eager")):
             cases.append(
                 {
                     "path": str(folder),
                     "family": family,
                     "dtype": dtype,
+                    "attn": attn,
                     "size": list(tiny.image_size),
                     "prompt": tiny.prompt,
                 }

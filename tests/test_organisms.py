@@ -40,22 +40,34 @@ def _margin(p: float, n: int) -> float:
     return 3 * math.sqrt(max(p * (1 - p), 1 / n) / n)
 
 
-def test_loads_offline_and_is_bit_exact(organism, scenes, monkeypatch) -> None:
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_loads_offline_and_is_bit_exact(organism, scenes, monkeypatch, implementation) -> None:
+    """Logits equal those of the Hugging Face model loaded from the same folder, with the same
+    attention implementation (SDPA, the default of `from_pretrained`, and eager)."""
     name, model, _ = organism
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = organism_path(name)
     hf = getattr(transformers, type(model.hf_model).__name__).from_pretrained(
-        path, attn_implementation="eager"
+        path, attn_implementation=implementation
     )
     prompts = [
         question_prompt(s.qa[k].question, model.image_placeholder) for k, s in enumerate(scenes[:3])
     ]
     batch = model.prepare(images=[s.image for s in scenes[:3]], text=prompts, padding_side="left")
-    with torch.no_grad():
-        assert torch.equal(model(batch), hf(**batch.inputs).logits)
-    size = sum(f.stat().st_size for f in path.iterdir())
-    assert size < 12.5e6, "both organisms together must stay under 25 MB"
-    assert any(f.suffix == ".safetensors" for f in path.iterdir())
+    default = model.attn_implementation
+    try:
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            assert torch.equal(model(batch), hf(**batch.inputs).logits)
+    finally:
+        model.set_attn_implementation(default)
+
+
+def test_shipped_weights_stay_small() -> None:
+    files = [f for name in ORGANISMS for f in organism_path(name).iterdir()]
+    assert sum(f.stat().st_size for f in files) < 25e6, "both organisms must stay under 25 MB"
+    for name in ORGANISMS:
+        assert (organism_path(name) / "model.safetensors").is_file()
 
 
 def test_held_out_accuracy_above_measured_threshold(organism, scenes) -> None:

@@ -22,12 +22,15 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
+from vlm_lens import attention_dispatch, norm_dispatch
 from vlm_lens import hooks as hook_names
 from vlm_lens.adapters import VLMAdapter, adapter_class_for
 from vlm_lens.batch import Batch, move_inputs
 from vlm_lens.errors import UnsupportedModelError, VLMInputError
 from vlm_lens.image_features import attach_image_hook, set_images_per_sequence
 from vlm_lens.layout import TokenLayout
+from vlm_lens.prefix import PrefixCache, check_upto, prefix_inputs, suffix_inputs
+from vlm_lens.query_block import query_block
 
 ImageLike = Image.Image | np.ndarray
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
@@ -39,7 +42,10 @@ class HookedVLM(nn.Module):
     Build one with `from_pretrained` (hub id or local folder) or `from_hf` (a model in memory).
     `prepare` turns images and prompts into a `Batch` (inputs + `TokenLayout`); `forward`,
     `run_with_cache`, `run_with_hooks`, `hooks` and `generate` take that batch and always pass
-    its image inputs. Logits are bit-identical to the Hugging Face model's eager forward.
+    its image inputs. Logits are bit-identical to the Hugging Face model run with the same
+    attention implementation (`attn_implementation`): with ``"sdpa"`` attention runs through
+    PyTorch's fused kernel, except in layers whose ``hook_attn_scores``/``hook_pattern`` have a
+    hook attached, which run exactly as HF eager (`vlm_lens.attention_dispatch`).
 
     Attributes:
         bridge: the TransformerLens bridge (hooks, cache, ``cfg``).
@@ -73,6 +79,8 @@ class HookedVLM(nn.Module):
             hook_names.INPUTS_EMBEDS: "blocks.0.hook_in",
         }
         bridge._register_aliases()
+        attention_dispatch.install([block.attn for block in bridge.blocks])
+        norm_dispatch.install(list(bridge.modules()))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -82,6 +90,7 @@ class HookedVLM(nn.Module):
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        attn_implementation: str = "sdpa",
         **hf_kwargs: Any,
     ) -> HookedVLM:
         """Load a supported VLM and its processor from a hub id or a local folder.
@@ -95,6 +104,9 @@ class HookedVLM(nn.Module):
                 ``"organism:nonnative"``; see `vlm_lens.zoo`).
             device: where to put the model (default: CPU).
             dtype: parameter dtype (default: the checkpoint's).
+            attn_implementation: Hugging Face attention implementation (``"sdpa"``, the
+                default, ``"eager"``, ``"flash_attention_2"``...). Layers with attention-score
+                or pattern hooks run eager whatever this is; see `set_attn_implementation`.
             **hf_kwargs: passed to ``from_pretrained`` of the model and processor
                 (``revision=``, ``local_files_only=``, ``trust_remote_code=`` ...).
 
@@ -112,7 +124,7 @@ class HookedVLM(nn.Module):
         config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
         model_cls = _model_class(config)
         model = model_cls.from_pretrained(
-            name_or_path, dtype=dtype, attn_implementation="eager", **hf_kwargs
+            name_or_path, dtype=dtype, attn_implementation=attn_implementation, **hf_kwargs
         )
         if device is not None:
             model = model.to(device)
@@ -131,7 +143,9 @@ class HookedVLM(nn.Module):
         The bridge rewires the model it wraps in place (its submodules become bridge components
         that fire hooks). By default the model is deep-copied first, so `model` stays a plain
         Hugging Face model; pass ``copy_model=False`` to save memory, after which `model` belongs
-        to the `HookedVLM` (calling it directly fires the hooks).
+        to the `HookedVLM` (calling it directly fires the hooks). The model keeps the attention
+        implementation it was built with (``model.config._attn_implementation``), which
+        TransformerLens would otherwise force to eager.
 
         Args:
             model: a ``*ForConditionalGeneration`` of a supported family.
@@ -154,6 +168,7 @@ class HookedVLM(nn.Module):
             model = copy.deepcopy(model)
         model.eval()
         adapter = adapter_cls(model, processor)
+        chosen = _attn_implementations(model.config)
         bridge = build_bridge_from_module(
             model,
             adapter.architecture,
@@ -161,6 +176,8 @@ class HookedVLM(nn.Module):
             tokenizer=None,
             device=_device_of(model),
         ).eval()
+        if chosen != _attn_implementations(model.config):  # the TL adapter forced eager
+            model.set_attn_implementation(chosen)
         return cls(bridge, adapter, processor)
 
     # ------------------------------------------------------------------ properties
@@ -193,6 +210,44 @@ class HookedVLM(nn.Module):
     def dtype(self) -> torch.dtype:
         """Dtype of the model's parameters."""
         return next(self.hf_model.parameters()).dtype
+
+    @property
+    def attn_implementation(self) -> str:
+        """The language model's attention implementation (``"sdpa"``, ``"eager"``...).
+
+        Layers with a hook on ``hook_attn_scores`` or ``hook_pattern`` run eager regardless.
+        """
+        return str(self.bridge.blocks[0].attn.original_component.config._attn_implementation)
+
+    def set_attn_implementation(self, implementation: str | dict[str, Any]) -> HookedVLM:
+        """Switch the attention implementation, as Hugging Face's ``set_attn_implementation``.
+
+        A string applies to every attention (language model and vision tower); a dict such as
+        ``{"text_config": "sdpa"}`` to the named sub-models only. Returns `self`.
+
+        Example:
+            >>> from vlm_lens.testing import build_tiny
+            >>> tiny = build_tiny("llava")
+            >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
+            >>> model.attn_implementation, model.set_attn_implementation("sdpa").attn_implementation
+            ('eager', 'sdpa')
+        """
+        known = ("eager", *attention_dispatch.ALL_ATTENTION_FUNCTIONS.keys())
+        if isinstance(implementation, str) and implementation not in known:
+            raise ValueError(
+                f"unknown attention implementation {implementation!r}; use 'eager', 'sdpa' or "
+                f"one of {sorted(known)}"
+            )
+        self.hf_model.set_attn_implementation(implementation)
+        return self
+
+    def attention_scaling(self, layer: int) -> float:
+        """The factor ``q . k`` is multiplied by in `layer` (usually ``d_head ** -0.5``)."""
+        return float(self._hf_attention(layer).scaling)
+
+    def attention_window(self, layer: int) -> int | None:
+        """The sliding-window size of `layer`'s attention, or ``None`` for full attention."""
+        return attention_dispatch.sliding_window(self._hf_attention(layer))
 
     @property
     def hook_dict(self) -> dict[str, HookPoint]:
@@ -374,6 +429,74 @@ class HookedVLM(nn.Module):
                 input_ids, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **model_kwargs
             )
 
+    def prefix_cache(self, batch: Batch | Mapping[str, Any], *, upto: int) -> PrefixCache:
+        """Run positions ``0 .. upto-1`` of `batch` once (no grad) and keep their KV cache.
+
+        Reuse it with `run_suffix` for every condition that cannot change those positions
+        (``intervention.earliest >= upto``): a sweep of ``k`` conditions then costs one prefix
+        pass plus ``k`` passes over the remaining positions. Hooks active around this call
+        (``with model.hooks(...)``) fire in the prefix pass and shape the cache.
+
+        Args:
+            batch: a `Batch`.
+            upto: number of positions to cache; must include every image token and leave at
+                least one position.
+
+        Returns:
+            A `PrefixCache` (see `vlm_lens.prefix`).
+
+        Raises:
+            VLMInputError: if `upto` splits or precedes an image, or leaves nothing to compute.
+
+        Example:
+            >>> prefix = model.prefix_cache(batch, upto=ko.earliest)  # doctest: +SKIP
+            >>> logits = model.run_suffix(prefix, fwd_hooks=ko)  # doctest: +SKIP
+        """
+        from transformers import DynamicCache
+
+        batch = self._as_batch(batch)
+        check_upto(batch, upto)
+        inputs = prefix_inputs(batch, upto)
+        input_ids = inputs.pop("input_ids")
+        cache = DynamicCache()
+        with self._image_groups(batch), torch.no_grad():
+            self.bridge(input_ids, return_type=None, past_key_values=cache, **inputs)
+        return PrefixCache(batch, upto, cache)
+
+    def run_suffix(
+        self, prefix: PrefixCache, *, fwd_hooks: HookList = (), **kwargs: Any
+    ) -> Float[Tensor, "batch suffix d_vocab"]:
+        """Run positions ``prefix.upto ..`` of the prefix's batch on its cache, with hooks.
+
+        Equal to the same positions of a full `run_with_hooks` for hooks that leave the
+        prefix unchanged (an `Intervention` with ``earliest >= prefix.upto``; patching,
+        steering and knockout hooks know their block's offset, `vlm_lens.query_block`).
+        Activations seen by hooks have ``suffix`` positions. The cache is restored afterwards,
+        also when a hook raises.
+
+        Args:
+            prefix: from `prefix_cache`.
+            fwd_hooks: hooks for this pass.
+            **kwargs: passed to the bridge (``return_type=`` ...).
+
+        Returns:
+            ``[batch, pos - upto, d_vocab]`` logits of the suffix positions.
+        """
+        batch = prefix.batch
+        inputs = suffix_inputs(batch, prefix.upto, self.adapter.image_input_keys)
+        input_ids = inputs.pop("input_ids")
+        try:
+            with query_block(prefix.upto):
+                return self.bridge.run_with_hooks(
+                    input_ids,
+                    fwd_hooks=list(fwd_hooks),
+                    past_key_values=prefix.past_key_values,
+                    **inputs,
+                    **kwargs,
+                )
+        finally:
+            prefix.restore()
+
     @contextmanager
     def hooks(self, fwd_hooks: HookList = (), bwd_hooks: HookList = ()) -> Iterator[HookedVLM]:
         """Context manager that adds hooks for every call inside it and removes them on exit,
@@ -432,6 +555,9 @@ class HookedVLM(nn.Module):
         return self.bridge.adapter.apply_output_logits_transform(logits)
 
     # ------------------------------------------------------------------ internals
+    def _hf_attention(self, layer: int) -> Any:
+        return self.bridge.blocks[layer].attn.original_component
+
     def _as_batch(self, batch: Batch | Mapping[str, Any]) -> Batch:
         if isinstance(batch, Batch):
             self._check(batch)
@@ -502,6 +628,16 @@ def _model_class(config: Any) -> type[nn.Module]:
         f"{', '.join(supported_architectures())}. To add a family, subclass "
         "vlm_lens.adapters.VLMAdapter and register it (CONTRIBUTING.md)."
     )
+
+
+def _attn_implementations(config: Any) -> dict[str, Any]:
+    """``{"": impl, sub_config: {...}}``: the nested form ``set_attn_implementation`` takes."""
+    out: dict[str, Any] = {"": config._attn_implementation}
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None:
+            out[key] = _attn_implementations(sub)
+    return out
 
 
 def _device_of(model: nn.Module) -> str:

@@ -1,9 +1,10 @@
 """Shared machinery of the analyses: layers, batches, the image side, and attention row sums.
 
 Private to `vlm_lens.analysis`. The one non-trivial piece is `key_attention_hooks`: hooks on
-``blocks.{l}.attn.hook_pattern`` that reduce the ``[batch, head, q, k]`` pattern *inside the hook*
-to a ``[batch, k]`` vector per layer (mean over the selected query rows, sum over heads) and keep
-only that, so no analysis ever holds a full attention pattern.
+``blocks.{l}.attn.hook_rot_q``/``hook_rot_k`` that compute only the selected query rows of the
+attention pattern (`pattern_rows`, as HF eager attention does) and reduce them *inside the hook*
+to a ``[batch, k]`` vector per layer (mean over the rows, sum over heads), so no analysis builds
+or keeps a ``[q, k]`` pattern and the layers keep their fast attention path.
 """
 
 from __future__ import annotations
@@ -97,52 +98,103 @@ def query_rows(
 
 
 def key_attention_hooks(
-    layers: Iterable[int], rows: list[Tensor], store: dict[int, Tensor]
+    model: HookedVLM,
+    layout: TokenLayout,
+    layers: Iterable[int],
+    rows: list[Tensor],
+    store: dict[int, Tensor],
 ) -> list[Hook]:
     """Hooks that store, per layer, the attention each key receives from the query `rows`.
 
-    For layer ``l`` the hook on ``hooks.pattern(l)`` writes
-    ``store[l][b, k] = sum_h mean_{i in rows[b]} pattern[b, h, i, k]`` (float64, CPU) and returns
-    ``None``: the pattern is neither modified nor retained.
+    For layer ``l``, ``store[l][b, k] = sum_h mean_{i in rows[b]} pattern[b, h, i, k]``
+    (float64, CPU). Only the selected rows of the pattern are computed, from the rotated
+    queries and keys (``hook_rot_q``/``hook_rot_k``) with the model's scaling, causal and
+    padding mask (and sliding window) and an fp32 softmax, as Hugging Face's eager attention
+    computes them; the layer itself keeps its fast attention path (no ``hook_pattern`` hook) and
+    no ``[q, k]`` pattern is ever built or kept.
 
     Args:
+        model: the model (for each layer's scaling and window).
+        layout: the batch's layout (for the padding mask).
         layers: layers to hook.
         rows: per sequence, the query positions.
         store: dict the hooks fill.
     """
     hook_list: list[Hook] = []
+    valid = ~layout.mask("pad")
     for layer in layers:
-        hook_list.append((hooks.pattern(layer), _key_attention_fn(layer, rows, store)))
+        hook_list.extend(_pattern_row_hooks(model, layer, rows, valid, store))
     return hook_list
 
 
-def _key_attention_fn(
-    layer: int, rows: list[Tensor], store: dict[int, Tensor]
-) -> Callable[..., None]:
-    cache: dict[torch.device, list[Tensor]] = {}
+def pattern_rows(
+    query: Float[Tensor, "n_rows head d_head"],
+    keys: Float[Tensor, "pos kv_head d_head"],
+    visible: Bool[Tensor, "n_rows pos"],
+    scaling: float,
+) -> Float[Tensor, "head n_rows pos"]:
+    """Post-softmax attention rows of one sequence, as HF eager attention computes them.
 
-    def hook_fn(pattern: Float[Tensor, "batch head q k"], hook: Any) -> None:  # noqa: ARG001
-        if pattern.shape[0] != len(rows):
+    Scores ``q k^T * scaling``, blocked keys at the dtype's minimum (HF eager adds that value,
+    which gives the same softmax), softmax in float32, cast back to the query dtype. Keys with
+    fewer heads (GQA) are repeated over the query heads.
+
+    Example:
+        >>> import torch
+        >>> q, k = torch.randn(2, 4, 8), torch.randn(5, 2, 8)
+        >>> visible = torch.ones(2, 5, dtype=torch.bool).tril(diagonal=3)
+        >>> rows = pattern_rows(q, k, visible, scaling=8**-0.5)
+        >>> rows.shape, bool(torch.allclose(rows.sum(-1), torch.ones(4, 2)))
+        (torch.Size([4, 2, 5]), True)
+    """
+    groups = query.shape[1] // keys.shape[1]
+    k = keys.transpose(0, 1)
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=0)
+    scores = torch.matmul(query.transpose(0, 1), k.transpose(-2, -1)) * scaling
+    scores = scores.masked_fill(~visible[None], torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+def _pattern_row_hooks(
+    model: HookedVLM, layer: int, rows: list[Tensor], valid: Tensor, store: dict[int, Tensor]
+) -> list[Hook]:
+    scaling = model.attention_scaling(layer)
+    window = model.attention_window(layer)
+    queries: dict[str, Tensor] = {}
+
+    def check(tensor: Tensor, what: str) -> None:
+        if tensor.shape[0] != len(rows):
             raise ValueError(
-                f"attention pattern has batch size {pattern.shape[0]} but the batch has "
+                f"attention {what} have batch size {tensor.shape[0]} but the batch has "
                 f"{len(rows)} sequences"
             )
         longest = max(int(r.max()) for r in rows)
-        if pattern.shape[2] <= longest:
+        if tensor.shape[1] <= longest:
             raise ValueError(
-                f"attention pattern has {pattern.shape[2]} query rows; the analysis needs the "
+                f"attention {what} have {tensor.shape[1]} positions; the analysis needs the "
                 "full prompt in one forward pass (no KV cache)"
             )
-        idx = cache.setdefault(pattern.device, [r.to(pattern.device) for r in rows])
-        out = torch.stack(
-            [
-                pattern[b].index_select(1, i).sum(dim=(0, 1), dtype=torch.float32) / len(i)
-                for b, i in enumerate(idx)
-            ]
-        )
-        store[layer] = out.detach().to("cpu", torch.float64)
 
-    return hook_fn
+    def keep_queries(q: Float[Tensor, "batch pos head d_head"], hook: Any) -> None:  # noqa: ARG001
+        check(q, "queries")
+        queries["q"] = q
+
+    def reduce_rows(k: Float[Tensor, "batch pos kv_head d_head"], hook: Any) -> None:  # noqa: ARG001
+        check(k, "keys")
+        q = queries.pop("q")
+        pos = torch.arange(k.shape[1], device=k.device)
+        out = []
+        for b, idx in enumerate(rows):
+            i = idx.to(k.device)
+            visible = (pos[None, :] <= i[:, None]) & valid[b].to(k.device)[None, :]
+            if window is not None:
+                visible &= pos[None, :] > i[:, None] - window
+            pattern = pattern_rows(q[b, i], k[b], visible, scaling)
+            out.append(pattern.sum(dim=(0, 1), dtype=torch.float32) / len(i))
+        store[layer] = torch.stack(out).detach().to("cpu", torch.float64)
+
+    return [(hooks.rot_q(layer), keep_queries), (hooks.rot_k(layer), reduce_rows)]
 
 
 def run(model: HookedVLM, batch: Batch, fwd_hooks: list[Hook], layers: tuple[int, ...]) -> None:

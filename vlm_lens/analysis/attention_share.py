@@ -112,8 +112,10 @@ def attention_share(
 ) -> AttentionShareResult:
     """Measure how the text's attention to the image splits over image-side positions.
 
-    Hooks every selected layer's post-softmax pattern and reduces it inside the hook to one
-    ``[batch, k]`` vector (mean over `queries` rows, sum over heads); no pattern is kept.
+    Computes only the `queries` rows of every selected layer's post-softmax pattern (from the
+    rotated queries and keys, as HF eager attention does; the layers themselves keep their fast
+    attention path) and reduces them inside the hook to one ``[batch, k]`` vector (mean over the
+    rows, sum over heads); no ``[q, k]`` pattern is built or kept.
 
     Args:
         model: the `HookedVLM`.
@@ -154,7 +156,8 @@ def attention_share(
     for batch in iter_batches(batches, progress=progress, desc="attention_share"):
         rows = query_rows(queries, batch.layout, what="attention_share")
         store: dict[int, Tensor] = {}
-        run(model, batch, key_attention_hooks(layer_ids, rows, store), layer_ids)
+        fwd_hooks = key_attention_hooks(model, batch.layout, layer_ids, rows, store)
+        run(model, batch, fwd_hooks, layer_ids)
         keys = torch.stack([store[layer] for layer in layer_ids])  # [layers, batch, k]
         member = group_masks(batch.layout, named).to(torch.float64)  # [batch, groups, k]
         masses.extend(torch.einsum("lbk,bgk->blg", keys, member).numpy())

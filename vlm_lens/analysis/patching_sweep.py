@@ -41,6 +41,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlm_lens.analysis.sweep import CLEAN, run_sweep
 from vlm_lens.batch import Batch
 from vlm_lens.errors import VLMInputError
 from vlm_lens.interventions.patching import (
@@ -149,6 +150,7 @@ def patching_sweep(
     layers: Sequence[int] | None = None,
     positions: PositionSpec = "gate",
     progress: bool = False,
+    reuse_prefix: bool = True,
 ) -> PatchingSweepResult:
     """Patch the source's `positions` into the target at each layer and measure the effect.
 
@@ -161,6 +163,9 @@ def patching_sweep(
         positions: where to patch (default: the gate; aligned by role, so source and target
             prompts may differ in length).
         progress: show a progress bar over pairs.
+        reuse_prefix: run the target's clean prefix (everything before the first patched
+            position) once and only the rest per layer (`vlm_lens.analysis.sweep.run_sweep`);
+            ``False`` runs each layer in full.
 
     Returns:
         A `PatchingSweepResult`.
@@ -189,18 +194,17 @@ def patching_sweep(
         )
         assert source.last_logits is not None
         q_logits = source.last_logits
-        with torch.no_grad():
-            clean = _last_logits(model(pair.target), pair.target)
+        conditions = {
+            str(layer): patch(source, pair.target, sites=sites[layer]) for layer in layer_list
+        }
+        runs = run_sweep(model, pair.target, conditions, reuse_prefix=reuse_prefix)
+        clean = runs.logits[CLEAN]
         d0 = logit_difference(clean, _ids(pair.target_token), _ids(pair.source_token))
         d_clean.append(d0)
         base_sims.append(softmax_intersection(clean, q_logits))
         per_layer_d, per_layer_sim = [], []
         for layer in layer_list:
-            hooks = patch(source, pair.target, sites=sites[layer])
-            with torch.no_grad():
-                logits = _last_logits(
-                    model.run_with_hooks(pair.target, fwd_hooks=hooks), pair.target
-                )
+            logits = runs.logits[str(layer)]
             per_layer_d.append(
                 logit_difference(logits, _ids(pair.target_token), _ids(pair.source_token))
             )
@@ -228,10 +232,6 @@ def _sites(site: PatchSite, layers: list[int], n_layers: int) -> dict[int, list[
     if site == "residual":
         return {layer: [residual_site(layer)] for layer in layers}
     return {layer: attention_input_sites(layer, n_layers) for layer in layers}
-
-
-def _last_logits(logits: Tensor, batch: Batch) -> Tensor:
-    return logits[batch.layout.mask("last").to(logits.device)].float().cpu()
 
 
 def _ids(token: int | Tensor) -> int | Tensor:

@@ -153,7 +153,7 @@ def find_sinks(
         real = ~layout.mask("pad")
         attention: dict[int, Tensor] = {}
         massive: dict[int, dict[str, Tensor]] = {}
-        fwd_hooks = key_attention_hooks(layer_ids, queries_b, attention)
+        fwd_hooks = key_attention_hooks(model, layout, layer_ids, queries_b, attention)
         fwd_hooks += [
             (hooks.resid_post(layer), _massive_fn(layer, side, real, threshold, massive))
             for layer in layer_ids

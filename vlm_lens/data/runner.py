@@ -35,6 +35,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from vlm_lens.data.batch_size import auto_batch_size
 from vlm_lens.data.collect import Probe, check_probes, collect
 from vlm_lens.data.examples import Example, PromptSpec, build_prompt, examples_fingerprint
 from vlm_lens.data.store import ActivationStore, StoreConfigError
@@ -47,7 +48,7 @@ def run_dataset(
     probes: Sequence[Probe],
     out_dir: str | os.PathLike[str],
     *,
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     seed: int = 0,
     resume: bool = True,
     overwrite: bool = False,
@@ -64,7 +65,10 @@ def run_dataset(
         examples: the dataset (a list, or any sequence with ``len`` and indexing).
         probes: what to collect (see `Probe`).
         out_dir: the store folder.
-        batch_size: examples per forward pass and per chunk file. Part of the run config:
+        batch_size: examples per forward pass and per chunk file, or ``"auto"``: as many as
+            should fit in half the free memory of the model's device
+            (`vlm_lens.data.batch_size.auto_batch_size`, sized on the first example's prompt
+            length), or the chunk size of the store being resumed. Part of the run config:
             resuming needs the same value.
         seed: seed of the ``"random"`` probes (draws depend on the seed and the example index
             only, not on the batching).
@@ -91,8 +95,8 @@ def run_dataset(
         >>> store = run_dataset(model, examples, [Probe("gate")], "runs/gate")  # doctest: +SKIP
         >>> gate = store.load("gate")  # [examples, layers, d_model]  # doctest: +SKIP
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be an int >= 1 or 'auto', got {batch_size!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if len(examples) == 0:
@@ -114,6 +118,8 @@ def run_dataset(
         "examples": examples_fingerprint(examples, prompts),
     }
     records = [ex.record() for ex in examples]
+    if batch_size == "auto":
+        batch_size = _auto_batch_size(model, examples, prompts, out_dir, resume and not overwrite)
     store = ActivationStore.create(
         out_dir, config=config, records=records, chunk_size=batch_size, overwrite=overwrite
     )
@@ -177,6 +183,28 @@ def _run_chunk(
     )
     del batch
     store.write_chunk(chunk, tensors)
+
+
+def _auto_batch_size(
+    model: Any,
+    examples: Sequence[Example],
+    prompts: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    resume: bool,
+) -> int:
+    """The chunk size of the store being resumed, else `auto_batch_size` for the longest of the
+    first few prompts (padding makes a batch as long as its longest prompt)."""
+    if resume:
+        try:
+            return ActivationStore(out_dir).chunk_size
+        except (StoreConfigError, OSError, KeyError, ValueError):
+            pass
+    sample = range(min(4, len(examples)))
+    lengths = [
+        int(model.prepare(images=examples[i].load_images(), text=prompts[i]).input_ids.shape[1])
+        for i in sample
+    ]
+    return auto_batch_size(model, max(lengths))
 
 
 def _check_placeholders(index: int, example: Example, prompt: str, placeholder: str) -> None:

@@ -40,6 +40,7 @@ from vlm_lens.errors import VLMInputError
 from vlm_lens.interventions.intervention import Intervention, first_true
 from vlm_lens.layout import TokenLayout
 from vlm_lens.positions import PositionSpec, describe, select
+from vlm_lens.query_block import query_offset
 
 
 class _Runs(Protocol):
@@ -200,17 +201,27 @@ def patch(
                 f"{hook.name}: the patch was built for {n_target} sequences but the model ran "
                 f"{tensor.shape[0]}; build it from the batch you run"
             )
-        if tensor.shape[1] != length:
+        offset = query_offset()
+        if offset is None:
             if tensor.shape[1] < length:  # a cached generation step: only new positions
                 return None
+            offset = 0
+        if offset + tensor.shape[1] != length:
             raise VLMInputError(
                 f"{hook.name}: the patch was built for {length} positions but the model ran "
-                f"{tensor.shape[1]}; build it from the batch you run"
+                f"positions {offset}..{offset + tensor.shape[1] - 1}; build it from the batch "
+                "you run"
             )
         out = tensor.clone()
         for b, idx in enumerate(index):
             values = source.activations[site][b if source.n_sequences > 1 else 0]
-            out[b, idx.to(tensor.device)] = values.to(tensor.device, tensor.dtype)
+            if len(idx) and int(idx.min()) < offset:
+                raise VLMInputError(
+                    f"{hook.name}: the patch writes position {int(idx.min())} of sequence {b}, "
+                    f"inside the cached prefix (positions < {offset}); reuse a prefix only up "
+                    "to the intervention's earliest position"
+                )
+            out[b, (idx - offset).to(tensor.device)] = values.to(tensor.device, tensor.dtype)
         return out
 
     return Intervention([(site, writer(site)) for site in site_list], first_true(mask, length))

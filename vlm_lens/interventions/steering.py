@@ -28,6 +28,7 @@ from vlm_lens.errors import VLMInputError
 from vlm_lens.interventions.intervention import Intervention, first_true
 from vlm_lens.layout import TokenLayout
 from vlm_lens.positions import PositionSpec, covers_generated, describe, select
+from vlm_lens.query_block import query_offset
 
 
 class _Runs(Protocol):
@@ -124,12 +125,23 @@ def steer(
     length = layout.shape[1]
 
     def add(tensor: Tensor, hook: Any) -> Tensor:
-        if tensor.shape[0] != layout.shape[0] or tensor.shape[1] > length:
+        offset = query_offset()
+        too_long = tensor.shape[1] > length or (
+            offset is not None and offset + tensor.shape[1] != length
+        )
+        if tensor.shape[0] != layout.shape[0] or too_long:
             raise VLMInputError(
                 f"{hook.name}: steering was built for a batch of shape {layout.shape} but the "
                 f"model ran {tuple(tensor.shape[:2])}; build it from the batch you run"
             )
-        if tensor.shape[1] == length:
+        if offset is not None:  # a suffix pass on a cached prefix (HookedVLM.run_suffix)
+            if bool(mask[:, :offset].any()):
+                raise VLMInputError(
+                    f"{hook.name}: steering changes positions inside the cached prefix "
+                    f"(< {offset}); reuse a prefix only up to the intervention's earliest position"
+                )
+            where = mask[:, offset:]
+        elif tensor.shape[1] == length:
             where = mask
         else:  # a cached generation step: every position is a generated token
             where = generated[:, None].expand(-1, tensor.shape[1])

@@ -1,0 +1,264 @@
+"""Shared set-up of the speed benchmarks: model shapes, the variants, timing and peak memory.
+
+Two prompt shapes, random weights, images given as model inputs:
+
+* ``chameleon``: BOS + BOI + ``--image-tokens`` (1,024) VQ codes + EOI (the gate) + text,
+  images pre-tokenised (the VQ encoder is not timed);
+* ``llava``: Llama decoder, ``USER:`` + 576 image positions from a small CLIP tower (96 px,
+  patch 4: 24 x 24 patches; hidden 32, 2 layers, the same in every variant) + text.
+
+Every script builds, side by side in one process: Hugging Face with eager attention and with
+SDPA (deep copies of one model), TransformerLens' bridge as vlm_lens used it before the fast path
+(HookedVLM on the eager model: every layer rebuilds attention eagerly), and vlm_lens with SDPA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import (
+    ChameleonForConditionalGeneration,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
+
+from vlm_lens import Batch, HookedVLM
+from vlm_lens.testing import tiny_chameleon, tiny_llava
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """Arguments every script takes (shape, size, device, repeats)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--shape", choices=["chameleon", "llava"], default="chameleon")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--mlp", type=int, default=None, help="MLP width (default: ~8/3 hidden)")
+    p.add_argument("--vocab", type=int, default=None, help="vocabulary (default: tokenizer's)")
+    p.add_argument("--image-tokens", type=int, default=1024, help="Chameleon only")
+    p.add_argument("--text-tokens", type=int, default=31)
+    p.add_argument("--batch", type=int, default=1, help="prompts per forward")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+@dataclass
+class Setup:
+    """The models and the prompt of one benchmark run."""
+
+    hf_eager: torch.nn.Module
+    hf_sdpa: torch.nn.Module
+    bridge: HookedVLM
+    fast: HookedVLM
+    batch: Batch
+    args: argparse.Namespace
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return dict(self.batch.inputs)
+
+    def sync(self) -> None:
+        if self.args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def describe(self) -> str:
+        a = self.args
+        n = self.batch.input_ids.shape[1]
+        image = self.batch.layout.counts()["image"][0]
+        return (
+            f"{a.shape}-shaped: hidden {a.hidden}, {a.layers} layers, {a.heads} heads, "
+            f"{n} positions ({image} image), batch {a.batch}, {a.dtype} on {a.device}, "
+            f"{torch.get_num_threads()} thread(s), median of {a.repeats}"
+        )
+
+
+def build(args: argparse.Namespace) -> Setup:
+    """The four variants of the chosen shape, on `args.device` in `args.dtype`."""
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    mlp = args.mlp or max(64, int(args.hidden * 8 / 3) // 64 * 64)
+    torch.manual_seed(0)
+    if args.shape == "chameleon":
+        tiny = tiny_chameleon()
+        config = copy.deepcopy(tiny.model.config)
+        config.hidden_size, config.num_hidden_layers = args.hidden, args.layers
+        config.num_attention_heads = config.num_key_value_heads = args.heads
+        config.intermediate_size = mlp
+        config.max_position_embeddings = 8192
+        if args.vocab:
+            config.vocab_size = args.vocab
+        model = ChameleonForConditionalGeneration(config)
+    else:
+        tiny = tiny_llava()
+        base = tiny.model.config
+        text = base.text_config.to_dict()
+        text.update(
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            num_key_value_heads=args.heads,
+            intermediate_size=mlp,
+            max_position_embeddings=8192,
+            head_dim=args.hidden // args.heads,
+        )
+        if args.vocab:
+            text["vocab_size"] = args.vocab
+        vision = base.vision_config.to_dict()
+        vision.update(image_size=96, patch_size=4)
+        config = LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=base.image_token_index,
+            image_seq_length=576,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
+        config.architectures = ["LlavaForConditionalGeneration"]
+        model = LlavaForConditionalGeneration(config)
+    model = model.to(device=args.device, dtype=dtype).eval()
+    model.set_attn_implementation("eager")
+    hf_sdpa = copy.deepcopy(model)
+    hf_sdpa.set_attn_implementation("sdpa")
+    bridge = HookedVLM.from_hf(model, tiny.processor)  # deep copy, eager
+    fast = HookedVLM.from_hf(hf_sdpa, tiny.processor)  # deep copy, sdpa
+    batch = _prompt(fast, tiny, args, model)
+    return Setup(model, hf_sdpa, bridge, fast, batch, args)
+
+
+def _prompt(model: HookedVLM, tiny: Any, args: argparse.Namespace, hf: Any) -> Batch:
+    tok = tiny.tokenizer
+    gen = torch.Generator().manual_seed(0)
+    text = tok("x" * args.text_tokens, add_special_tokens=False)["input_ids"][: args.text_tokens]
+    if args.shape == "chameleon":
+        codes = list(hf.model.vocabulary_mapping.image_tokens)
+        image = [codes[i] for i in torch.randint(len(codes), (args.image_tokens,), generator=gen)]
+        ids = [tok.bos_token_id, tok.convert_tokens_to_ids("<racm3:break>"), *image]
+        ids += [tok.convert_tokens_to_ids("<eoss>"), *text]
+        inputs: dict[str, Any] = {"input_ids": torch.tensor([ids] * args.batch)}
+    else:
+        user = tok("USER: ", add_special_tokens=False)["input_ids"]
+        ids = [tok.bos_token_id, *user] + [hf.config.image_token_index] * 576 + text
+        pixels = torch.rand(args.batch, 3, 96, 96, generator=gen)
+        inputs = {"input_ids": torch.tensor([ids] * args.batch), "pixel_values": pixels}
+    dtype = getattr(torch, args.dtype)
+    inputs = {
+        k: v.to(args.device, dtype if v.is_floating_point() else None) for k, v in inputs.items()
+    }
+    return model.batch_from_inputs(inputs)
+
+
+def median_times(
+    variants: dict[str, Callable[[], object]],
+    repeats: int,
+    sync: Callable[[], None],
+    *,
+    warmup: bool = True,
+) -> dict[str, float]:
+    """Median seconds of each variant, interleaved round-robin (after one warm-up each)."""
+
+    def once(fn: Callable[[], object]) -> float:
+        sync()
+        start = time.perf_counter()
+        with torch.no_grad():
+            fn()
+        sync()
+        return time.perf_counter() - start
+
+    if warmup:
+        for fn in variants.values():
+            once(fn)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(once(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def print_table(title: str, medians: dict[str, float], base: str, extra: str = "") -> None:
+    """Median ms and ratios to the `base` variant and to HF eager / HF sdpa when present."""
+    print(title)
+    refs = [r for r in ("HF eager", "HF sdpa") if r in medians]
+    head = f"{'variant':52s} {'ms':>10s}" + "".join(f" {'x ' + r:>11s}" for r in refs)
+    print(head + (f" {'x ' + base:>14s}" if base not in refs else "") + extra)
+    for name, value in medians.items():
+        row = f"{name:52s} {value * 1000:10.1f}"
+        row += "".join(f" {value / medians[r]:11.2f}" for r in refs)
+        if base not in refs:
+            row += f" {value / medians[base]:14.2f}"
+        print(row)
+
+
+# ---------------------------------------------------------------------- peak memory
+def peak_memory(script: str, argv: list[str], variant: str) -> float:
+    """Peak memory growth (MiB) of one call of `variant`: CUDA ``max_memory_allocated`` over
+    the allocation before the call; on CPU, the peak RSS growth over the RSS before the call,
+    in a fresh process with glibc's mmap threshold fixed at 128 KiB (so freed tensors are
+    returned to the system), sampled every 0.2 ms, after one warm-up call."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run(
+        [sys.executable, script, *argv, "--child", variant],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def child_peak(fn: Callable[[], object], device: str) -> float:
+    """Run `fn` twice (warm-up, measured) and return the measured call's peak growth in MiB."""
+    with torch.no_grad():
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * page
+
+    import gc
+
+    gc.collect()
+    before = rss()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    with torch.no_grad():
+        fn()
+    done.set()
+    thread.join()
+    peak[0] = max(peak[0], rss())
+    return (peak[0] - before) / 2**20
