@@ -9,7 +9,7 @@ and attention-input sites), on held-out single-object scenes of the synthetic wo
 
 Command (writes ``benchmarks/results/organisms_narrow_gate.{md,json}``)::
 
-    python benchmarks/organisms_narrow_gate.py --scenes 300
+    python benchmarks/organisms_narrow_gate.py --scenes 200
 
 Any other supported model works too: ``--models organism:native /path/to/folder``.
 """
