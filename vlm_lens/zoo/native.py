@@ -48,13 +48,11 @@ Nothing trains at import; the functions below are the command's steps.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import random
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +66,7 @@ from tqdm.auto import tqdm
 
 from vlm_lens.data import world
 from vlm_lens.zoo import tasks
+from vlm_lens.zoo.command import Clock, command_line, parse_settings, print_summary
 
 logger = logging.getLogger(__name__)
 
@@ -903,13 +902,13 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     random.seed(settings.seed)
-    clock = _Clock()
+    clock = Clock()
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer)
     config = build_config(tokenizer, settings)
     model = build_model(config, settings.seed)
     record: dict[str, Any] = {
-        "command": f"python -m vlm_lens.zoo.native --out {out} --seed {settings.seed}",
+        "command": command_line(PROG, settings, out),
         "settings": asdict(settings),
         "data": "single-object world scenes (max_objects=1), 32x32; train split for training, "
         "test split for evaluation",
@@ -966,43 +965,18 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     return record
 
 
-class _Clock:
-    """CPU and wall seconds since the last lap."""
-
-    def __init__(self) -> None:
-        self.cpu = time.process_time()
-        self.wall = time.perf_counter()
-
-    def lap(self) -> dict[str, float]:
-        cpu, wall = time.process_time(), time.perf_counter()
-        out = {"cpu_seconds": round(cpu - self.cpu, 1), "wall_seconds": round(wall - self.wall, 1)}
-        self.cpu, self.wall = cpu, wall
-        return out
-
-
-def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, Path]:
-    """The command's options: ``--out`` and every field of `Settings` (``--lm-steps`` ...)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vlm_lens.zoo.native",
-        description="Train the native organism (a tiny Chameleon) and write its folder.",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
-    defaults = Settings()
-    for name, value in asdict(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    return Settings(**args), out
+PROG = "python -m vlm_lens.zoo.native"
+"""The training command."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m vlm_lens.zoo.native``."""
+    """Entry point of ``python -m vlm_lens.zoo.native`` (options: ``--out`` and every field of
+    `Settings`, e.g. ``--seed``)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    settings, out = parse_args(argv)
-    record = run(settings, out)
-    test = record["test"]
-    lines = [f"{kind}: {acc:.3f} (n={test['n'][kind]})" for kind, acc in test["accuracy"].items()]
-    sys.stdout.write(f"wrote {out}; held-out accuracy:\n  " + "\n  ".join(lines) + "\n")
+    settings, out = parse_settings(
+        Settings, PROG, "Train the native organism (a tiny Chameleon) and write its folder.", argv
+    )
+    print_summary(run(settings, out), out)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,10 @@ Nothing trains at import; the functions below are the command's steps.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +52,7 @@ from tqdm.auto import tqdm
 
 from vlm_lens.data import world
 from vlm_lens.zoo import tasks
+from vlm_lens.zoo.command import Clock, command_line, parse_settings, print_summary
 
 logger = logging.getLogger(__name__)
 
@@ -645,7 +644,7 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     processor = build_processor(tokenizer)
     config = build_config(tokenizer, settings)
     record: dict[str, Any] = {
-        "command": command(settings, out),
+        "command": command_line(PROG, settings, out),
         "settings": asdict(settings),
         "data": "single-object world scenes (max_objects=1), 32x32, train split for training",
         "torch": torch.__version__,
@@ -653,7 +652,7 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         "phases": {},
     }
     phases = record["phases"]
-    clock = _Clock()
+    clock = Clock()
     decoder, phases["text"] = train_text_decoder(config, tokenizer, settings)
     phases["text"].update(clock.lap())
     tower, phases["vision"] = train_vision_tower(config, processor, settings)
@@ -681,58 +680,18 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     return record
 
 
-def command(settings: Settings, out: Path) -> str:
-    """The command line that re-creates `out` with `settings` (non-default options spelled out).
-
-    Example:
-        >>> command(Settings(projector_steps=10), Path("w"))
-        'python -m vlm_lens.zoo.nonnative --out w --seed 0 --projector-steps 10'
-    """
-    words = ["python -m vlm_lens.zoo.nonnative", f"--out {out}", f"--seed {settings.seed}"]
-    defaults = asdict(Settings())
-    for name, value in asdict(settings).items():
-        if name != "seed" and value != defaults[name]:
-            words.append(f"--{name.replace('_', '-')} {value}")
-    return " ".join(words)
-
-
-class _Clock:
-    """CPU and wall seconds since the last lap."""
-
-    def __init__(self) -> None:
-        self.cpu = time.process_time()
-        self.wall = time.perf_counter()
-
-    def lap(self) -> dict[str, float]:
-        cpu, wall = time.process_time(), time.perf_counter()
-        out = {"cpu_seconds": round(cpu - self.cpu, 1), "wall_seconds": round(wall - self.wall, 1)}
-        self.cpu, self.wall = cpu, wall
-        return out
-
-
-def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, Path]:
-    """The command's options: ``--out`` and every field of `Settings` (``--text-steps`` ...)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vlm_lens.zoo.nonnative",
-        description="Train the non-native organism (a tiny LLaVA) and write its folder.",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
-    defaults = Settings()
-    for name, value in asdict(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    return Settings(**args), out
+PROG = "python -m vlm_lens.zoo.nonnative"
+"""The training command."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m vlm_lens.zoo.nonnative``."""
+    """Entry point of ``python -m vlm_lens.zoo.nonnative`` (options: ``--out`` and every field of
+    `Settings`, e.g. ``--seed``)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    settings, out = parse_args(argv)
-    record = run(settings, out)
-    test = record["test"]
-    lines = [f"{kind}: {acc:.3f} (n={test['n'][kind]})" for kind, acc in test["accuracy"].items()]
-    sys.stdout.write(f"wrote {out}; held-out accuracy:\n  " + "\n  ".join(lines) + "\n")
+    settings, out = parse_settings(
+        Settings, PROG, "Train the non-native organism (a tiny LLaVA) and write its folder.", argv
+    )
+    print_summary(run(settings, out), out)
 
 
 if __name__ == "__main__":

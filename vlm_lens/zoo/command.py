@@ -1,0 +1,75 @@
+"""What the two training commands share: options from a settings dataclass, the command line
+that re-creates a folder, CPU/wall clocks per phase and the closing summary.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Recipe:
+    ...     seed: int = 0
+    ...     steps: int = 100
+    >>> argv = ["--out", "w", "--steps", "5"]
+    >>> recipe, out = parse_settings(Recipe, "python -m demo", "Train.", argv)
+    >>> recipe, out
+    (Recipe(seed=0, steps=5), PosixPath('w'))
+    >>> command_line("python -m demo", recipe, out)
+    'python -m demo --out w --seed 0 --steps 5'
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+SettingsT = TypeVar("SettingsT")
+
+
+def parse_settings(
+    settings_class: type[SettingsT], prog: str, description: str, argv: Sequence[str] | None
+) -> tuple[SettingsT, Path]:
+    """Parse ``--out`` and one option per field of `settings_class` (``lm_steps`` ->
+    ``--lm-steps``), each defaulting to the field's default."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    for name, value in asdict(settings_class()).items():  # type: ignore[call-overload]
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    return settings_class(**args), out
+
+
+def command_line(prog: str, settings: Any, out: Path) -> str:
+    """The command that re-creates `out` with `settings`: ``--out``, ``--seed`` and every option
+    that differs from its default."""
+    words = [prog, f"--out {out}", f"--seed {settings.seed}"]
+    defaults = asdict(type(settings)())
+    for name, value in asdict(settings).items():
+        if name != "seed" and value != defaults[name]:
+            words.append(f"--{name.replace('_', '-')} {value}")
+    return " ".join(words)
+
+
+class Clock:
+    """CPU and wall seconds since the last lap."""
+
+    def __init__(self) -> None:
+        self.cpu = time.process_time()
+        self.wall = time.perf_counter()
+
+    def lap(self) -> dict[str, float]:
+        """``{"cpu_seconds", "wall_seconds"}`` since the last lap (or the start)."""
+        cpu, wall = time.process_time(), time.perf_counter()
+        out = {"cpu_seconds": round(cpu - self.cpu, 1), "wall_seconds": round(wall - self.wall, 1)}
+        self.cpu, self.wall = cpu, wall
+        return out
+
+
+def print_summary(record: Mapping[str, Any], out: Path) -> None:
+    """Write the held-out accuracy per question kind of a training record to stdout."""
+    test = record["test"]
+    lines = [f"{kind}: {acc:.3f} (n={test['n'][kind]})" for kind, acc in test["accuracy"].items()]
+    sys.stdout.write(f"wrote {out}; held-out accuracy:\n  " + "\n  ".join(lines) + "\n")
