@@ -18,9 +18,10 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +67,29 @@ class Clock:
         out = {"cpu_seconds": round(cpu - self.cpu, 1), "wall_seconds": round(wall - self.wall, 1)}
         self.cpu, self.wall = cpu, wall
         return out
+
+
+def finish_record(
+    record: dict[str, Any],
+    out: Path,
+    evaluate: Callable[[], dict[str, Any]],
+    clock: Clock,
+    eval_scenes: int,
+) -> dict[str, Any]:
+    """Add the total CPU time of ``record["phases"]``, the folder's file sizes and the held-out
+    evaluation (`evaluate` of the saved folder, timed) to `record`; write ``training.json``."""
+    record["training_cpu_seconds"] = round(
+        sum(p["cpu_seconds"] for p in record["phases"].values()), 1
+    )
+    record["files"] = {
+        p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.name != "training.json"
+    }
+    record["folder_bytes"] = sum(record["files"].values())
+    record["test"] = evaluate()
+    record["test"].update(clock.lap())
+    record["test"]["scenes"] = f"test split, indices 0-{eval_scenes - 1}, single-object"
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def print_summary(record: Mapping[str, Any], out: Path) -> None:

@@ -36,7 +36,6 @@ Nothing trains at import; the functions below are the command's steps.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -52,7 +51,13 @@ from tqdm.auto import tqdm
 
 from vlm_lens.data import world
 from vlm_lens.zoo import tasks
-from vlm_lens.zoo.command import Clock, command_line, parse_settings, print_summary
+from vlm_lens.zoo.command import (
+    Clock,
+    command_line,
+    finish_record,
+    parse_settings,
+    print_summary,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -668,16 +673,7 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         "language_model": sum(p.numel() for p in model.model.language_model.parameters())
         + sum(p.numel() for p in model.lm_head.parameters()),
     }
-    record["training_cpu_seconds"] = round(sum(p["cpu_seconds"] for p in phases.values()), 1)
-    record["files"] = {
-        p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.name != "training.json"
-    }
-    record["folder_bytes"] = sum(record["files"].values())
-    record["test"] = evaluate(out, settings)
-    record["test"].update(clock.lap())
-    record["test"]["scenes"] = f"test split, indices 0-{settings.eval_scenes - 1}, single-object"
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return finish_record(record, out, lambda: evaluate(out, settings), clock, settings.eval_scenes)
 
 
 PROG = "python -m vlm_lens.zoo.nonnative"
