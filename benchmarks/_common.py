@@ -206,6 +206,54 @@ def print_table(title: str, medians: dict[str, float], base: str, extra: str = "
         print(row)
 
 
+# ---------------------------------------------------------------------- sweeps
+def time_sweep(
+    args: argparse.Namespace,
+    s: Setup,
+    sweep: Callable[..., object],
+    compare: Callable[[object, object], str],
+) -> None:
+    """Time a sweep side by side and print it in full-forward equivalents.
+
+    `sweep(model, reuse_prefix=..., per_pass=...)` runs the sweep. Variants: the naive sweep
+    (every condition in full), prefix reuse one condition per pass, prefix reuse with
+    conditions stacked (``per_pass="auto"``), and with ``--with-bridge`` the naive sweep on
+    the eager bridge. The sweeps are long: one warm-up forward, no warm-up sweep.
+    `compare(stacked, naive)` describes how the results agree (printed in the title).
+    """
+    out: dict[str, object] = {}
+
+    def run(model: HookedVLM, name: str, reuse: bool, per_pass: int | str) -> Callable[[], None]:
+        def go() -> None:
+            out[name] = sweep(model, reuse_prefix=reuse, per_pass=per_pass)
+
+        return go
+
+    variants: dict[str, Callable[[], object]] = {
+        "HF sdpa forward": lambda: s.hf_sdpa(**s.inputs),
+        "vlm_lens forward (SDPA)": lambda: s.fast(s.batch),
+        "naive sweep, vlm_lens SDPA (full runs)": run(s.fast, "naive", False, 1),
+        "prefix reuse, one condition per pass": run(s.fast, "single", True, 1),
+        "prefix reuse, conditions stacked (auto)": run(s.fast, "stacked", True, "auto"),
+    }
+    if args.with_bridge:
+        variants["naive sweep, TL bridge eager (before)"] = run(s.bridge, "bridge", False, 1)
+    median_times({k: v for k, v in variants.items() if "forward" in k}, 1, s.sync)
+    medians = median_times(variants, args.repeats, s.sync, warmup=False)
+    title = (
+        f"{s.describe()}; stacked vs naive: {compare(out['stacked'], out['naive'])}; "
+        f"one per pass vs naive: {compare(out['single'], out['naive'])}"
+    )
+    print_table(title, medians, "vlm_lens forward (SDPA)")
+
+
+def sweep_parser(description: str) -> argparse.ArgumentParser:
+    """`parser` plus ``--with-bridge`` (also time the naive sweep on the eager bridge)."""
+    p = parser(description)
+    p.add_argument("--with-bridge", action="store_true", help="also time the eager bridge")
+    return p
+
+
 # ---------------------------------------------------------------------- peak memory
 def peak_memory(script: str, argv: list[str], variant: str) -> float:
     """Peak memory growth (MiB) of one call of `variant`: CUDA ``max_memory_allocated`` over

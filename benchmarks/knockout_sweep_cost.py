@@ -2,8 +2,9 @@
 
 `knockout_sweep` with `gate_knockout` (mask mode; the knocked-out layers run eager because their
 scores are edited, the others SDPA). Naive: the clean run and every window in full
-(``reuse_prefix=False``); reused: the prefix before the gate once, then only the positions from
-the gate on per window. Costs in full-forward equivalents (over one vlm_lens SDPA forward).
+(``reuse_prefix=False``); reused: the prefix before the gate once, the clean suffix, then the
+windows' suffixes, one per pass or stacked several per pass (each pass starting at the first
+knocked-out layer). Costs in full-forward equivalents (over one vlm_lens SDPA forward).
 
     taskset -c 1 python benchmarks/knockout_sweep_cost.py --threads 1 --layers 32 --repeats 3
     taskset -c 1 python benchmarks/knockout_sweep_cost.py --threads 1 --layers 32 --repeats 3 \\
@@ -13,41 +14,22 @@ the gate on per window. Costs in full-forward equivalents (over one vlm_lens SDP
 from __future__ import annotations
 
 import numpy as np
-from _common import build, median_times, parser, print_table
+from _common import build, sweep_parser, time_sweep
 
-from vlm_lens.analysis import knockout_sweep
+from vlm_lens.analysis import KnockoutSweepResult, knockout_sweep
+
+
+def agreement(fast: KnockoutSweepResult, naive: KnockoutSweepResult) -> str:
+    """Largest log-prob difference and whether every top token matches."""
+    diff = float(np.abs(fast.clean_token_logprob - naive.clean_token_logprob).max())
+    same = bool((fast.tokens == naive.tokens).all())
+    return f"max |dlogprob| {diff:.2e}, top tokens equal {same}"
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--with-bridge", action="store_true", help="also time the eager bridge")
-    args = p.parse_args()
+    args = sweep_parser(__doc__.splitlines()[0]).parse_args()
     s = build(args)
-    out: dict[str, object] = {}
-
-    def sweep(model, name: str, reuse: bool):
-        def run() -> None:
-            out[name] = knockout_sweep(model, s.batch, reuse_prefix=reuse)
-
-        return run
-
-    variants = {
-        "HF sdpa forward": lambda: s.hf_sdpa(**s.inputs),
-        "vlm_lens forward (SDPA)": lambda: s.fast(s.batch),
-        "naive sweep, vlm_lens SDPA (full runs)": sweep(s.fast, "naive", False),
-        "sweep with prefix reuse, vlm_lens SDPA": sweep(s.fast, "reuse", True),
-    }
-    if args.with_bridge:
-        variants["naive sweep, TL bridge eager (before)"] = sweep(s.bridge, "bridge", False)
-    median_times({k: v for k, v in variants.items() if "forward" in k}, 1, s.sync)
-    medians = median_times(variants, args.repeats, s.sync, warmup=False)
-    fast, naive = out["reuse"], out["naive"]
-    diff = float(np.abs(fast.clean_token_logprob - naive.clean_token_logprob).max())
-    title = (
-        f"{s.describe()}; {len(fast.windows)} windows; max |logprob reuse - naive| = {diff:.2e}; "
-        f"top tokens equal: {bool((fast.tokens == naive.tokens).all())}"
-    )
-    print_table(title, medians, "vlm_lens forward (SDPA)")
+    time_sweep(args, s, lambda model, **kw: knockout_sweep(model, s.batch, **kw), agreement)
 
 
 if __name__ == "__main__":

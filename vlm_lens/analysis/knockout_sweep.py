@@ -5,7 +5,8 @@ For each window (by default the last ``w`` layers for ``w = 1 .. n_layers``, as 
 in those layers only, and the last-token prediction is compared with the clean run's: the top
 token, and the log-probability the knocked-out run gives to the clean top token. The windows share
 the clean prefix before the knockout's earliest position (`vlm_lens.analysis.sweep.run_sweep`),
-so ``k`` windows cost one prefix pass plus ``k + 1`` short suffix passes.
+so ``k`` windows cost one prefix pass, the clean suffix and a few wide suffix passes that each
+start at the first knocked-out layer (`vlm_lens.suffix_stack`).
 
 Example:
     >>> from vlm_lens import HookedVLM
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -85,6 +86,7 @@ def knockout_sweep(
     windows: Sequence[int | Iterable[int]] | None = None,
     reuse_prefix: bool = True,
     progress: bool = False,
+    per_pass: int | Literal["auto"] = "auto",
     **knockout_kwargs: Any,
 ) -> KnockoutSweepResult:
     """Apply `knockout` in each layer window and measure the last-token prediction.
@@ -98,6 +100,7 @@ def knockout_sweep(
             (default: the last ``1 .. n_layers``).
         reuse_prefix: share the clean prefix between windows (``False``: full runs).
         progress: show a progress bar over batches.
+        per_pass: windows stacked in one suffix pass (`vlm_lens.analysis.sweep.run_sweep`).
         **knockout_kwargs: passed to `knockout` (``mode=``, ``heads=``...).
 
     Returns:
@@ -115,7 +118,7 @@ def knockout_sweep(
             str(i): knockout(batch, layers=list(layers), **knockout_kwargs)
             for i, layers in enumerate(window_layers)
         }
-        runs = run_sweep(model, batch, conditions, reuse_prefix=reuse_prefix)
+        runs = run_sweep(model, batch, conditions, reuse_prefix=reuse_prefix, per_pass=per_pass)
         clean = torch.log_softmax(runs.logits[CLEAN].double(), dim=-1)
         top = clean.argmax(dim=-1)
         clean_tokens.append(top)

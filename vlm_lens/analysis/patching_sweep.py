@@ -151,6 +151,7 @@ def patching_sweep(
     positions: PositionSpec = "gate",
     progress: bool = False,
     reuse_prefix: bool = True,
+    per_pass: int | Literal["auto"] = "auto",
 ) -> PatchingSweepResult:
     """Patch the source's `positions` into the target at each layer and measure the effect.
 
@@ -166,6 +167,7 @@ def patching_sweep(
         reuse_prefix: run the target's clean prefix (everything before the first patched
             position) once and only the rest per layer (`vlm_lens.analysis.sweep.run_sweep`);
             ``False`` runs each layer in full.
+        per_pass: layers stacked in one suffix pass (`vlm_lens.analysis.sweep.run_sweep`).
 
     Returns:
         A `PatchingSweepResult`.
@@ -197,7 +199,9 @@ def patching_sweep(
         conditions = {
             str(layer): patch(source, pair.target, sites=sites[layer]) for layer in layer_list
         }
-        runs = run_sweep(model, pair.target, conditions, reuse_prefix=reuse_prefix)
+        runs = run_sweep(
+            model, pair.target, conditions, reuse_prefix=reuse_prefix, per_pass=per_pass
+        )
         clean = runs.logits[CLEAN]
         d0 = logit_difference(clean, _ids(pair.target_token), _ids(pair.source_token))
         d_clean.append(d0)

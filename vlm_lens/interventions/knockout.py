@@ -4,7 +4,9 @@ Two modes, because papers differ:
 
 * ``mode="mask"`` (Geva et al. 2023): the blocked scores are set to the dtype's minimum before
   the softmax, so each row renormalises over the keys it may still read. Hook:
-  ``blocks.{l}.attn.hook_attn_scores``.
+  ``blocks.{l}.attn.hook_attn_scores``, marked mask-only (`vlm_lens.score_mask`): under SDPA
+  the layer stays on the fused kernel with the blocked edges taken out of its mask; under eager
+  attention, or when another hook reads that layer's scores or pattern, it edits the scores.
 * ``mode="zero"`` (the Narrow Gate paper's code): the blocked weights are set to zero after the
   softmax and rows are *not* renormalised (they sum to less than one). Hook:
   ``blocks.{l}.attn.hook_pattern``.
@@ -48,6 +50,7 @@ from vlm_lens.positions import (
     random_image_tokens,
     select,
 )
+from vlm_lens.score_mask import mask_only
 
 KnockoutMode = Literal["mask", "zero"]
 IMAGE_SIDE_KEYS: tuple[str, ...] = ("image_start", "image", "image_row_end")
@@ -99,14 +102,20 @@ def knockout(
     head_index = _as_list(heads)
     hook_fn = _mask_scores if mode == "mask" else _zero_pattern
 
-    def knock(tensor: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
-        blocked = edges.for_shape(tensor.shape[0], tensor.shape[2], tensor.shape[3], hook.name)
-        blocked = blocked.to(tensor.device)[:, None]
+    def blocked(shape: tuple[int, int, int, int], name: str, device: Any) -> Tensor:
+        batch_size, n_heads, q_len, k_len = shape
+        edge = edges.for_shape(batch_size, q_len, k_len, name).to(device)[:, None]
         if head_index is not None:
-            per_head = torch.zeros(tensor.shape[1], dtype=torch.bool, device=tensor.device)
+            per_head = torch.zeros(n_heads, dtype=torch.bool, device=device)
             per_head[head_index] = True
-            blocked = blocked & per_head[None, :, None, None]
-        return hook_fn(tensor, blocked)
+            edge = edge & per_head[None, :, None, None]
+        return edge
+
+    def knock(tensor: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
+        return hook_fn(tensor, blocked(tuple(tensor.shape), hook.name, tensor.device))
+
+    if mode == "mask":  # under SDPA the layer stays fused, the edges leave its mask
+        mask_only(knock, blocked)
 
     site = hook_names.attn_scores if mode == "mask" else hook_names.pattern
     names: list[Any]

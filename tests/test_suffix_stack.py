@@ -1,0 +1,181 @@
+"""Stacked suffix passes (`vlm_lens.suffix_stack`): several conditions per pass, each from the
+first layer it hooks, equal one `run_suffix` per condition and the naive full runs.
+
+Eager attention: `torch.equal`. SDPA: float32's default tolerance (the fused kernel tiles by the
+stacked batch and query length; a group runs a layer eager when one of its conditions edits that
+layer's scores), with equal top tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from conftest import FAMILY_VARIANTS, Wrapped, wrap
+
+from vlm_lens import VLMInputError
+from vlm_lens import hooks as hook_names
+from vlm_lens.interventions import gate_knockout, knockout, steer
+from vlm_lens.interventions.patching import attention_input_sites, patch, record, residual_site
+from vlm_lens.positions import after
+from vlm_lens.suffix_stack import _decoder_owner, first_layer, run_suffixes
+from vlm_lens.testing import sample_image
+
+
+@pytest.fixture(scope="module", params=FAMILY_VARIANTS, ids=[v[0] for v in FAMILY_VARIANTS])
+def both(request: pytest.FixtureRequest) -> dict[str, Wrapped]:
+    """The same tiny model of each family with eager attention and with SDPA."""
+    _, family, kwargs = request.param
+    eager, sdpa = wrap(family, **kwargs), wrap(family, **kwargs)
+    sdpa.model.set_attn_implementation("sdpa")
+    return {"eager": eager, "sdpa": sdpa}
+
+
+def _pair(w: Wrapped) -> tuple[Any, Any]:
+    size = w.tiny.image_size
+    target = w.model.prepare(
+        images=[sample_image(seed=s, size=size) for s in (5, 6)],
+        text=[w.tiny.prompt] * 2,
+        padding_side="right",
+    )
+    source = w.model.prepare(
+        images=[sample_image(seed=s, size=size) for s in (3, 4)],
+        text=[w.tiny.prompt] * 2,
+        padding_side="right",
+    )
+    return source, target
+
+
+def _conditions(w: Wrapped, source: Any, target: Any) -> list[Any]:
+    """Knockouts (scores and pattern), patches (residual, attention input), steering, a
+    filter-named hook, a final-norm hook and a hook that edits in place: every kind of hook a
+    sweep stacks, starting at layers 0 .. n_layers."""
+    n = w.model.cfg.n_layers
+    sites = [residual_site(layer) for layer in range(n)] + attention_input_sites(0, n)
+    recorded = record(w.model, source, sites=sites, positions="gate")
+    vector = torch.randn(w.model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+
+    def halve_in_place(tensor: torch.Tensor, hook: Any) -> None:  # noqa: ARG001
+        tensor[:, -1] *= 0.5
+
+    def scale_final(tensor: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
+        return tensor * 1.5
+
+    return [
+        *(gate_knockout(target, layers=[layer]) for layer in range(n)),
+        gate_knockout(target, layers=range(n), mode="zero"),
+        *(patch(recorded, target, sites=[residual_site(layer)]) for layer in range(n)),
+        patch(recorded, target, sites=attention_input_sites(1, n)),
+        steer(target, vector, positions=after("text", "gate"), layers=[1], scale=2.0),
+        knockout(target, queries="last", keys="gate"),  # a filter over every layer
+        [(hook_names.FINAL_NORM, scale_final)],
+        [(hook_names.resid_post(n - 1), halve_in_place)],
+    ]
+
+
+def _check(a: torch.Tensor, b: torch.Tensor, impl: str) -> None:
+    if impl == "eager":
+        assert torch.equal(a, b), (a - b).abs().max()
+    else:
+        torch.testing.assert_close(a, b, rtol=1.3e-6, atol=1e-5)
+        assert torch.equal(a[:, -1].argmax(-1), b[:, -1].argmax(-1))
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("per_pass", [1, 3, "auto"])
+def test_stacked_equals_one_pass_per_condition_and_full_runs(
+    both: dict[str, Wrapped], impl: str, per_pass: int | str
+) -> None:
+    w = both[impl]
+    source, target = _pair(w)
+    conditions = _conditions(w, source, target)
+    upto = min(c.earliest for c in conditions if hasattr(c, "earliest"))
+    prefix = w.model.prefix_cache(target, upto=upto)
+    cached = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.past_key_values.layers]
+    runs = run_suffixes(w.model, prefix, conditions, per_pass=per_pass)
+    n = w.model.cfg.n_layers
+    assert runs.first_layers == (*range(n), 0, *range(n), 1, 1, 0, n, n - 1)
+    with torch.no_grad():
+        clean_full = w.model(target)[:, upto:]
+        for hooks, stacked in zip(conditions, runs.logits, strict=True):
+            single = w.model.run_suffix(prefix, fwd_hooks=hooks)
+            full = w.model.run_with_hooks(target, fwd_hooks=hooks)[:, upto:]
+            _check(stacked, single, impl)
+            _check(stacked, full, impl)
+    _check(runs.clean, clean_full, impl)
+    # the prefix cache is untouched, and nothing is left hooked
+    for layer, (keys, values) in zip(prefix.past_key_values.layers, cached, strict=True):
+        assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+    assert not any(h._forward_hooks or h.fwd_hooks for h in w.model.hook_dict.values())
+
+
+def test_conditions_change_the_output(both: dict[str, Wrapped]) -> None:
+    """The equalities above are not vacuous: every condition but the patch at layer 0 (the
+    gate's layer-0 input is its token embedding in both images) moves some logit."""
+    w = both["eager"]
+    source, target = _pair(w)
+    conditions = _conditions(w, source, target)
+    prefix = w.model.prefix_cache(target, upto=min(c.earliest for c in conditions[:3]))
+    runs = run_suffixes(w.model, prefix, conditions, per_pass="auto")
+    changed = [not torch.equal(logits, runs.clean) for logits in runs.logits]
+    n = w.model.cfg.n_layers
+    assert changed == [i != n + 1 for i in range(len(conditions))]
+
+
+def test_layers_below_a_group_do_not_run(both: dict[str, Wrapped]) -> None:
+    """A group whose conditions start at layer 1 runs block 0 only in the clean pass."""
+    w = both["eager"]
+    source, target = _pair(w)
+    conditions = [gate_knockout(target, layers=[1]), gate_knockout(target, layers=[1], mode="zero")]
+    prefix = w.model.prefix_cache(target, upto=conditions[0].earliest)
+    calls = {0: 0, 1: 0}
+    handles = [
+        w.model.bridge.blocks[i].register_forward_pre_hook(
+            lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)
+        )
+        for i in calls
+    ]
+    try:
+        runs = run_suffixes(w.model, prefix, conditions, per_pass=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert runs.passes == 1 and runs.first_layers == (1, 1)
+    assert calls == {0: 1, 1: 2}
+    with torch.no_grad():
+        for hooks, stacked in zip(conditions, runs.logits, strict=True):
+            assert torch.equal(stacked, w.model.run_suffix(prefix, fwd_hooks=hooks))
+
+
+def test_first_layer_reads_hook_names() -> None:
+    names = ["blocks.0.attn.hook_pattern", "blocks.3.attn.hook_pattern", "blocks.3.hook_in"]
+    assert first_layer([], names, 4) == 4
+    assert first_layer([(hook_names.resid_pre(2), print)], names, 4) == 2
+    assert first_layer([(hook_names.UNEMBED, print), (hook_names.FINAL_NORM, print)], names, 4) == 4
+    assert first_layer([(hook_names.IMAGE_EMBEDS, print)], names, 4) == 0
+    assert first_layer([(hook_names.lm_filter("hook_pattern"), print)], names, 4) == 0
+    assert first_layer([(lambda n: n.startswith("blocks.3."), print)], names, 4) == 3
+
+
+def test_bad_stacks_raise_and_leave_nothing_behind(both: dict[str, Wrapped]) -> None:
+    w = both["eager"]
+    _, target = _pair(w)
+    ko = gate_knockout(target, layers=[1])
+    prefix = w.model.prefix_cache(target, upto=ko.earliest)
+    with pytest.raises(VLMInputError, match="per_pass must be at least 1"):
+        run_suffixes(w.model, prefix, [ko], per_pass=0)
+    rotary = [name for name in w.model.hook_dict if name.endswith("hook_cos")]
+    if rotary:  # broadcast [1, pos, d] tensors cannot be split by condition
+        bad = [(rotary[-1], lambda tensor, hook: tensor)]
+        with pytest.raises(VLMInputError, match="per_pass=1"):
+            run_suffixes(w.model, prefix, [ko, bad], per_pass=2)
+
+    def boom(tensor: torch.Tensor, hook: Any) -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_suffixes(w.model, prefix, [ko, [(hook_names.resid_pre(1), boom)]], per_pass=2)
+    assert not any(h._forward_hooks or h.fwd_hooks for h in w.model.hook_dict.values())
+    assert list(_decoder_owner(w.model)._modules["layers"]) == list(w.model.bridge.blocks)
+    assert prefix.past_key_values.get_seq_length() == ko.earliest
