@@ -155,7 +155,8 @@ def _paths(w: Wrapped) -> Iterator[list[tuple[int, bool]]]:
 
 def test_what_attached_means(sdpa: Wrapped) -> None:
     """Every route that puts a hook on hook_attn_scores/hook_pattern makes that layer eager
-    for that call only; other hooks (residual caches, q/k rows) keep it fused."""
+    for that call only, except mask-mode knockout hooks alone; other hooks (residual caches,
+    q/k rows) keep it fused."""
     w = sdpa
     batch = w.batch(1)
 
@@ -176,7 +177,14 @@ def test_what_attached_means(sdpa: Wrapped) -> None:
             w.model.run_with_cache(batch)  # names_filter=None caches every pattern
         assert eager_layers(rec) == {0, 1}
         with _paths(w) as rec:
+            w.model.run_with_hooks(batch, fwd_hooks=gate_knockout(batch, layers=[1], mode="zero"))
+        assert eager_layers(rec) == {1}
+        with _paths(w) as rec:  # mask-mode knockout: fused, its edges leave the SDPA mask
             w.model.run_with_hooks(batch, fwd_hooks=gate_knockout(batch, layers=[1]))
+        assert eager_layers(rec) == set()
+        with _paths(w) as rec:  # ... unless something else reads that layer's scores
+            mixed = [*gate_knockout(batch, layers=[0, 1]), (hooks.attn_scores(1), noop)]
+            w.model.run_with_hooks(batch, fwd_hooks=mixed)
         assert eager_layers(rec) == {1}
         with _paths(w) as rec, w.model.hooks(fwd_hooks=[(hooks.attn_scores(0), noop)]):
             w.model(batch)

@@ -197,6 +197,67 @@ def test_knockout_equals_hand_masked_hf(wrapped: Wrapped, mode: str, condition: 
     assert torch.equal(ours[real], expected[real])
 
 
+@contextmanager
+def hand_sdpa_knockout(w: Wrapped, edge: EdgeFn, layers: set[int], heads: set[int] | None):
+    """Make HF's SDPA attention of the reference decoder drop the blocked edges from its
+    boolean mask (the causal triangle when HF passes none), by hand."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    original = ALL_ATTENTION_FUNCTIONS._global_mapping["sdpa"]
+
+    def patched(module, query, key, value, attention_mask, *args, **kwargs):
+        if getattr(module, "layer_idx", None) in layers and hasattr(module, "num_key_value_groups"):
+            b_n, h_n, q_len, k_len = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
+            if attention_mask is None:
+                causal = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len)
+                attention_mask = causal[None, None]
+            allowed = attention_mask[..., :k_len].expand(b_n, h_n, q_len, k_len).clone()
+            for b in range(b_n):
+                for qi in range(q_len):
+                    for k in range(k_len):
+                        if edge(b, k_len - q_len + qi, k):
+                            for h in range(h_n):
+                                if heads is None or h in heads:
+                                    allowed[b, h, qi, k] = False
+            attention_mask = allowed
+        return original(module, query, key, value, attention_mask, *args, **kwargs)
+
+    ALL_ATTENTION_FUNCTIONS._global_mapping["sdpa"] = patched
+    try:
+        yield
+    finally:
+        ALL_ATTENTION_FUNCTIONS._global_mapping["sdpa"] = original
+
+
+@pytest.mark.parametrize("condition", [0, 1, 2], ids=["gate", "image-to-text", "last-image-head"])
+def test_mask_knockout_under_sdpa_equals_hand_masked_hf_sdpa(
+    wrapped: Wrapped, condition: int
+) -> None:
+    """Under SDPA a mask-mode knockout keeps its layers fused: bit-equal to HF's SDPA with the
+    blocked edges removed from the boolean mask by hand, and close to the eager knockout."""
+    batch = wrapped.batch(2, padding_side="left")
+    name, build, q_ok, k_ok, layers, heads = _conditions(wrapped.model.cfg.n_layers)[condition]
+    ko = build(batch, "mask")
+    edge = _hand_edges(batch, _resolve(batch, q_ok), _resolve(batch, k_ok))
+    real = ~batch.layout.mask("pad")
+    with torch.no_grad():
+        eager = wrapped.model.run_with_hooks(batch, fwd_hooks=ko)
+    wrapped.model.set_attn_implementation("sdpa")
+    wrapped.reference.set_attn_implementation("sdpa")
+    try:
+        with torch.no_grad():
+            ours = wrapped.model.run_with_hooks(batch, fwd_hooks=ko)
+        with hand_sdpa_knockout(wrapped, edge, layers, heads):
+            expected = _reference_logits(wrapped, batch)
+        clean = _reference_logits(wrapped, batch)
+    finally:
+        wrapped.model.set_attn_implementation("eager")
+        wrapped.reference.set_attn_implementation("eager")
+    assert not torch.equal(expected[real], clean[real]), f"{name}: knockout must change logits"
+    assert torch.equal(ours[real], expected[real])
+    torch.testing.assert_close(ours[real], eager[real], rtol=1e-5, atol=1e-5)
+
+
 def test_mask_mode_rows_renormalise_and_zero_mode_does_not(wrapped: Wrapped) -> None:
     batch = wrapped.batch(1)
     layer = wrapped.model.cfg.n_layers - 1

@@ -8,6 +8,8 @@ layer's scores), with equal top tokens.
 
 from __future__ import annotations
 
+import itertools
+import random
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from vlm_lens import hooks as hook_names
 from vlm_lens.interventions import gate_knockout, knockout, steer
 from vlm_lens.interventions.patching import attention_input_sites, patch, record, residual_site
 from vlm_lens.positions import after
-from vlm_lens.suffix_stack import _decoder_owner, first_layer, run_suffixes
+from vlm_lens.suffix_stack import _decoder_owner, first_layer, plan_passes, run_suffixes
 from vlm_lens.testing import sample_image
 
 
@@ -179,3 +181,30 @@ def test_bad_stacks_raise_and_leave_nothing_behind(both: dict[str, Wrapped]) -> 
     assert not any(h._forward_hooks or h.fwd_hooks for h in w.model.hook_dict.values())
     assert list(_decoder_owner(w.model)._modules["layers"]) == list(w.model.bridge.blocks)
     assert prefix.past_key_values.get_seq_length() == ko.earliest
+
+
+def _brute_force_cost(starts: list[int], n_layers: int, width: int, cost: float) -> float:
+    """The cheapest split of sorted `starts` into consecutive passes, by enumerating every
+    composition (2 ** (n - 1) of them)."""
+    n = len(starts)
+    best = float("inf")
+    for cuts in itertools.product([False, True], repeat=n - 1):
+        bounds = [0, *[i + 1 for i, cut in enumerate(cuts) if cut], n]
+        passes = list(itertools.pairwise(bounds))
+        if any(b - a > width for a, b in passes):
+            continue
+        best = min(best, sum((n_layers - starts[a]) * (cost + b - a) for a, b in passes))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plan_passes_is_the_cheapest_split(seed: int) -> None:
+    gen = random.Random(seed)
+    n_layers, n = gen.randint(1, 12), gen.randint(1, 9)
+    starts = sorted(gen.randint(0, n_layers) for _ in range(n))
+    width, cost = gen.randint(1, 5), gen.choice([0.0, 0.5, 2.0, 8.0])
+    passes = plan_passes(starts, n_layers, width, cost)
+    assert [a for a, _ in passes] == [0, *[b for _, b in passes[:-1]]] and passes[-1][1] == n
+    assert all(0 < b - a <= width for a, b in passes)
+    ours = sum((n_layers - starts[a]) * (cost + b - a) for a, b in passes)
+    assert ours == pytest.approx(_brute_force_cost(starts, n_layers, width, cost))

@@ -10,11 +10,14 @@ and then, per call:
 * runs the bridge's exact eager path when the layer *needs* it: a hook is attached to its
   ``hook_attn_scores`` or ``hook_pattern`` (forward or backward, however it got there:
   ``run_with_cache`` whose ``names_filter`` matches them, ``run_with_hooks``, ``hooks()``,
-  ``generate(fwd_hooks=...)``, a knockout, ``add_hook``), the model's implementation is
-  ``"eager"``, or a TransformerLens option the fused call does not replicate is on
+  ``generate(fwd_hooks=...)``, a zero-mode knockout, ``add_hook``), the model's implementation
+  is ``"eager"``, or a TransformerLens option the fused call does not replicate is on
   (``use_attn_result``, ``use_split_qkv_input``, ``use_attn_in``). ``output_attentions`` is
   not a reason: TransformerLens' ``run_with_cache`` sets it on every call; patterns come from
-  ``hook_pattern``;
+  ``hook_pattern``. One exception: when every hook on ``hook_attn_scores`` is a mask-only
+  knockout hook (`vlm_lens.score_mask`, mask-mode knockouts) and nothing hooks the pattern,
+  an SDPA layer stays fused and the blocked edges are removed from its boolean mask (the
+  causal triangle when HF passes none);
 * otherwise calls Hugging Face's own attention function for the model's
   ``config._attn_implementation`` (``ALL_ATTENTION_FUNCTIONS``: ``"sdpa"``, flash, flex...) with
   exactly the arguments the HF attention module passes, so logits are bit-identical to the HF
@@ -40,6 +43,8 @@ from transformer_lens.model_bridge.generalized_components import (
 )
 from transformer_lens.utilities.hf_utils import get_rotary_pct_from_config
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from vlm_lens.score_mask import BlockedEdges, blocked_edges, causal_allowed, without_blocked
 
 EAGER_HOOKS: tuple[str, ...] = ("hook_attn_scores", "hook_pattern")
 """Attention hook points whose presence makes a layer run the eager path."""
@@ -70,13 +75,29 @@ class DispatchingAttention(PositionEmbeddingsAttentionBridge):
         config = getattr(self.original_component, "config", None)
         return str(getattr(config, "_attn_implementation", None) or "eager")
 
-    def needs_eager(self, **kwargs: Any) -> bool:  # noqa: ARG002 (the forward's kwargs)
+    def needs_eager(self, **kwargs: Any) -> bool:
         """Whether this call must run the bridge's eager path (see the module docstring)."""
-        if self.attention_implementation() == "eager":
+        implementation = self.attention_implementation()
+        if implementation == "eager" or has_hooks(self.hook_pattern):
             return True
-        if any(has_hooks(getattr(self, name)) for name in EAGER_HOOKS):
+        if has_hooks(self.hook_attn_scores) and not (
+            implementation == "sdpa"
+            and self.score_masks() is not None
+            and _boolean_or_none(kwargs.get("attention_mask"))
+        ):
             return True
         return any(bool(getattr(self.config, flag, False)) for flag in _RUNTIME_EAGER_FLAGS)
+
+    def score_masks(self) -> list[BlockedEdges] | None:
+        """The blocked edges of the hooks on ``hook_attn_scores`` when every one is a
+        mask-only knockout hook (`vlm_lens.score_mask`), else ``None``."""
+        hook = self.hook_attn_scores
+        handles = list(hook.fwd_hooks)
+        extra = hook._forward_pre_hooks or hook._backward_hooks or hook._backward_pre_hooks
+        if extra or len(handles) != len(hook._forward_hooks):
+            return None
+        edges = [blocked_edges(h.user_hook) if h.user_hook else None for h in handles]
+        return None if any(e is None for e in edges) else edges  # type: ignore[return-value]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Eager (the bridge's own forward) when `needs_eager`, else the fused HF kernel."""
@@ -139,6 +160,17 @@ class DispatchingAttention(PositionEmbeddingsAttentionBridge):
 
         key, value = self._update_kv_cache(key, value, **kwargs)
 
+        masks = self.score_masks() if has_hooks(self.hook_attn_scores) else None
+        if masks:  # mask-only knockout hooks: their edges leave the boolean mask
+            q_len, k_len = query.shape[-2], key.shape[-2]
+            allowed = (
+                causal_allowed(q_len, k_len, query.device)
+                if attention_mask is None
+                else attention_mask[..., :k_len]
+            )
+            shape = (query.shape[0], query.shape[1], q_len, k_len)
+            attention_mask = without_blocked(allowed, masks, shape, str(self.hook_attn_scores.name))
+
         implementation = self.attention_implementation()
         attention_fn = ALL_ATTENTION_FUNCTIONS[implementation]
         extra = {k: v for k, v in kwargs.items() if k not in _NOT_PASSED_ON}
@@ -161,6 +193,11 @@ class DispatchingAttention(PositionEmbeddingsAttentionBridge):
         attn_output = self.o(attn_output)
         attn_output = self.hook_out(attn_output)
         return attn_output, attn_weights
+
+
+def _boolean_or_none(mask: Any) -> bool:
+    """Whether an HF attention mask is one mask-only hooks can edit (SDPA's ``None``/bool)."""
+    return mask is None or (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool)
 
 
 def sliding_window(hf_attn: Any) -> int | None:

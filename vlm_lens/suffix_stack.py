@@ -52,6 +52,7 @@ from vlm_lens.data.batch_size import available_memory, forward_bytes_per_sequenc
 from vlm_lens.errors import VLMInputError
 from vlm_lens.prefix import PrefixCache, suffix_inputs
 from vlm_lens.query_block import query_block
+from vlm_lens.score_mask import blocked_edges, mask_only
 
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
 MAX_CONDITIONS_PER_PASS = 16
@@ -138,6 +139,53 @@ def conditions_per_pass(
     return max(1, min(maximum, int(budget // per_condition)))
 
 
+def pass_cost(device: torch.device | str) -> float:
+    """What one more stacked pass costs per layer, in conditions' worth of suffix compute:
+    2 on CPU (measured: a pass's fixed cost per layer is about 1.6 conditions' at hidden 256),
+    8 elsewhere (a guess: on a GPU reading a layer's weights dominates a short suffix)."""
+    return 2.0 if torch.device(device).type == "cpu" else 8.0
+
+
+def plan_passes(
+    starts: Sequence[int], n_layers: int, width: int, cost: float
+) -> list[tuple[int, int]]:
+    """Split conditions sorted by first layer into passes of at most `width`, cheapest first.
+
+    A pass ``[a, b)`` runs layers ``starts[a] ..`` for ``b - a`` conditions and costs
+    ``(n_layers - starts[a]) * (cost + b - a)``: wide passes share the fixed cost of a pass,
+    but every condition computes the layers from the pass's first one. Dynamic programming
+    over the split points gives the cheapest split.
+
+    Args:
+        starts: first layer of each condition, in ascending order.
+        n_layers: number of decoder layers.
+        width: the most conditions in one pass.
+        cost: a pass's fixed cost per layer (`pass_cost`).
+
+    Returns:
+        ``(a, b)`` index ranges into `starts`, in order.
+
+    Example:
+        >>> plan_passes([0, 1, 2, 30, 31], 32, width=8, cost=2.0)
+        [(0, 3), (3, 5)]
+    """
+    if list(starts) != sorted(starts):
+        raise ValueError("starts must be sorted")
+    n = len(starts)
+    best = [0.0] + [float("inf")] * n
+    split = [0] * (n + 1)
+    for b in range(1, n + 1):
+        for a in range(max(0, b - width), b):
+            total = best[a] + (n_layers - starts[a]) * (cost + b - a)
+            if total < best[b]:
+                best[b], split[b] = total, a
+    passes, b = [], n
+    while b > 0:
+        passes.append((split[b], b))
+        b = split[b]
+    return passes[::-1]
+
+
 def run_suffixes(
     model: Any,
     prefix: PrefixCache,
@@ -154,8 +202,9 @@ def run_suffixes(
             (an `Intervention` with ``earliest >= prefix.upto``).
         conditions: one ``fwd_hooks`` list per condition. Each hook sees only its condition's
             rows; a hook on a tensor without a batch dimension (rotary ``hook_cos``) raises.
-        per_pass: conditions per stacked pass (``"auto"``: from free memory, at most
-            `MAX_CONDITIONS_PER_PASS`; 1 runs one condition per pass).
+        per_pass: the most conditions in one stacked pass (``"auto"``: from free memory, at
+            most `MAX_CONDITIONS_PER_PASS`; 1 runs one condition per pass). Conditions are
+            grouped by first layer into passes by `plan_passes`.
         skip_clean_layers: start each group at the first layer its hooks touch, from the clean
             residual stream (``False`` runs every layer).
 
@@ -183,7 +232,12 @@ def run_suffixes(
         clean = model.run_suffix(prefix, fwd_hooks=record)
         out: list[Tensor | None] = [None] * len(conditions)
         order = sorted(range(len(conditions)), key=lambda i: starts[i])
-        groups = [order[i : i + width] for i in range(0, len(order), width)]
+        groups = [
+            order[a:b]
+            for a, b in plan_passes(
+                [starts[i] for i in order], n_layers, width, pass_cost(model.device)
+            )
+        ]
         scratch: dict[tuple[Any, ...], Tensor] = {}  # key/value buffers shared by the passes
         for group in groups:
             start = min(starts[i] for i in group)
@@ -354,6 +408,17 @@ def _rows_hook(
         tensor[rows] = result
         return tensor
 
+    edges = blocked_edges(fn)
+    if edges is not None:  # a mask-only knockout stays mask-only on its rows
+
+        def rows_edges(shape: tuple[int, int, int, int], name: str, device: Any) -> Tensor:
+            inner = edges((rows.stop - rows.start, *shape[1:]), name, device)
+            inner = inner.expand(rows.stop - rows.start, *inner.shape[1:])
+            out = torch.zeros(shape[0], *inner.shape[1:], dtype=torch.bool, device=device)
+            out[rows] = inner
+            return out
+
+        mask_only(on_rows, rows_edges)
     return on_rows
 
 
