@@ -208,3 +208,24 @@ def test_plan_passes_is_the_cheapest_split(seed: int) -> None:
     assert all(0 < b - a <= width for a, b in passes)
     ours = sum((n_layers - starts[a]) * (cost + b - a) for a, b in passes)
     assert ours == pytest.approx(_brute_force_cost(starts, n_layers, width, cost))
+
+
+def test_conditions_per_pass_follows_free_memory(
+    both: dict[str, Wrapped], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 when nothing fits, the cap when everything does, and in between proportional to the
+    free memory (twice the memory, twice the conditions, up to rounding)."""
+    import vlm_lens.suffix_stack as stack
+
+    w = both["eager"]
+    _, target = _pair(w)
+    prefix = w.model.prefix_cache(target, upto=gate_knockout(target).earliest)
+
+    def with_memory(free: int) -> int:
+        monkeypatch.setattr(stack, "available_memory", lambda device: free)
+        return stack.conditions_per_pass(w.model, prefix, maximum=1000)
+
+    assert with_memory(0) == 1
+    assert with_memory(2**50) == 1000
+    one = next(m for m in (2**k for k in range(10, 40)) if with_memory(m) >= 8)
+    assert abs(with_memory(2 * one) - 2 * with_memory(one)) <= 1

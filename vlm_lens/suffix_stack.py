@@ -121,7 +121,8 @@ def conditions_per_pass(
     maximum: int = MAX_CONDITIONS_PER_PASS,
 ) -> int:
     """How many conditions one stacked pass can hold in `fraction` of the free memory: each
-    needs its copy of the prefix keys and values of every layer and the suffix activations.
+    needs the suffix activations, its rows of the key/value buffers (one layer's worth: the
+    layers of a pass share them, `_StackedLayer`) and of an eager layer's scores.
 
     Example:
         >>> 1 <= conditions_per_pass(model, prefix) <= 16  # doctest: +SKIP
@@ -132,7 +133,7 @@ def conditions_per_pass(
     size = torch.finfo(model.dtype).bits // 8
     kv_heads = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
     total = prefix.upto + prefix.suffix_length
-    kv = 2 * int(cfg.n_layers) * kv_heads * int(cfg.d_head) * total * size
+    kv = 2 * kv_heads * int(cfg.d_head) * total * size
     scores = 3 * int(cfg.n_heads) * prefix.suffix_length * total * size  # a layer run eager
     per_condition = rows * (kv + scores + forward_bytes_per_sequence(model, prefix.suffix_length))
     budget = available_memory(model.device) * fraction
