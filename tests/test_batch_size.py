@@ -76,3 +76,34 @@ def test_run_dataset_auto_equals_explicit(llava: tuple, tmp_path: Path, monkeypa
     assert again.chunk_size == 2 and ActivationStore(tmp_path / "auto").complete
     with pytest.raises(ValueError, match="auto"):
         run_dataset(model, examples, probes, tmp_path / "bad", batch_size="big", **kwargs)
+
+
+def test_prepare_batches_sizes_from_memory_and_sweeps_agree(llava: tuple, monkeypatch: Any) -> None:
+    """``prepare_batches`` cuts prompts into batches of the `auto_batch_size` the free memory
+    allows (with the prefix cache counted); a knockout sweep over those batches equals the
+    sweep of each prompt alone (eager: bit for bit)."""
+    from vlm_lens import VLMInputError
+    from vlm_lens.analysis import knockout_sweep
+    from vlm_lens.data import prepare_batches
+    from vlm_lens.testing import build_tiny, sample_image
+
+    model, _, _ = llava
+    images = [sample_image(seed=i, size=build_tiny("llava").image_size) for i in range(5)]
+    prompt = "USER: <image>\nWhat colour is it? ASSISTANT:"
+    length = int(model.prepare(images=images[0], text=prompt).input_ids.shape[1])
+    need = bs.forward_bytes_per_sequence(model, length, kv_cache=True)
+    monkeypatch.setattr(bs, "available_memory", lambda device: 2 * need * 2 + 1)
+    batches = list(prepare_batches(model, images, prompt))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    for start, batch in zip((0, 2, 4), batches, strict=True):
+        alone = model.prepare(images=images[start : start + len(batch)], text=[prompt] * len(batch))
+        assert torch.equal(batch.input_ids, alone.input_ids)
+        assert torch.equal(batch.inputs["pixel_values"], alone.inputs["pixel_values"])
+    together = knockout_sweep(model, batches)
+    apart = knockout_sweep(model, [model.prepare(images=im, text=prompt) for im in images])
+    assert (together.tokens == apart.tokens).all()
+    assert (together.clean_token_logprob == apart.clean_token_logprob).all()
+    with pytest.raises(VLMInputError, match="5 images but 2 prompts"):
+        list(prepare_batches(model, images, [prompt, prompt]))
+    with pytest.raises(VLMInputError, match="batch_size must be positive"):
+        list(prepare_batches(model, images, prompt, batch_size=0))
