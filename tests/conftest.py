@@ -60,3 +60,12 @@ def wrapped(request: pytest.FixtureRequest) -> Wrapped:
     """One wrapped tiny model per family (Chameleon, Emu3, Janus, LLaVA)."""
     _, family, kwargs = request.param
     return wrap(family, **kwargs)
+
+
+@pytest.fixture(scope="module", params=FAMILY_VARIANTS, ids=[v[0] for v in FAMILY_VARIANTS])
+def both(request: pytest.FixtureRequest) -> dict[str, Wrapped]:
+    """The same tiny model of each family with eager attention and with SDPA."""
+    _, family, kwargs = request.param
+    eager, sdpa = wrap(family, **kwargs), wrap(family, **kwargs)
+    sdpa.model.set_attn_implementation("sdpa")
+    return {"eager": eager, "sdpa": sdpa}

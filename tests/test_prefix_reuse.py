@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILY_VARIANTS, Wrapped, wrap
+from conftest import Wrapped
 
 from vlm_lens import VLMInputError
 from vlm_lens.analysis import PatchPair, knockout_sweep, patching_sweep, run_sweep
@@ -23,15 +23,6 @@ from vlm_lens.interventions import (
     steer,
 )
 from vlm_lens.positions import after
-
-
-@pytest.fixture(scope="module", params=FAMILY_VARIANTS, ids=[v[0] for v in FAMILY_VARIANTS])
-def both(request: pytest.FixtureRequest) -> dict[str, Wrapped]:
-    """The same tiny model of each family with eager attention and with SDPA."""
-    _, family, kwargs = request.param
-    eager, sdpa = wrap(family, **kwargs), wrap(family, **kwargs)
-    sdpa.model.set_attn_implementation("sdpa")
-    return {"eager": eager, "sdpa": sdpa}
 
 
 def _gate(batch) -> int:

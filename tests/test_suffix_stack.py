@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import FAMILY_VARIANTS, Wrapped, wrap
+from conftest import Wrapped
 
 from vlm_lens import VLMInputError
 from vlm_lens import hooks as hook_names
@@ -23,15 +23,6 @@ from vlm_lens.interventions.patching import attention_input_sites, patch, record
 from vlm_lens.positions import after
 from vlm_lens.suffix_stack import _decoder_owner, first_layer, plan_passes, run_suffixes
 from vlm_lens.testing import sample_image
-
-
-@pytest.fixture(scope="module", params=FAMILY_VARIANTS, ids=[v[0] for v in FAMILY_VARIANTS])
-def both(request: pytest.FixtureRequest) -> dict[str, Wrapped]:
-    """The same tiny model of each family with eager attention and with SDPA."""
-    _, family, kwargs = request.param
-    eager, sdpa = wrap(family, **kwargs), wrap(family, **kwargs)
-    sdpa.model.set_attn_implementation("sdpa")
-    return {"eager": eager, "sdpa": sdpa}
 
 
 def _pair(w: Wrapped) -> tuple[Any, Any]:
