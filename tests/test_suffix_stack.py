@@ -14,14 +14,20 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Wrapped
+from conftest import Wrapped, wrap
 
 from vlm_lens import VLMInputError
 from vlm_lens import hooks as hook_names
 from vlm_lens.interventions import gate_knockout, knockout, steer
 from vlm_lens.interventions.patching import attention_input_sites, patch, record, residual_site
 from vlm_lens.positions import after
-from vlm_lens.suffix_stack import _decoder_owner, first_layer, plan_passes, run_suffixes
+from vlm_lens.suffix_stack import (
+    _decoder_owner,
+    first_layer,
+    layers_can_be_skipped,
+    plan_passes,
+    run_suffixes,
+)
 from vlm_lens.testing import sample_image
 
 
@@ -220,3 +226,26 @@ def test_conditions_per_pass_follows_free_memory(
     assert with_memory(2**50) == 1000
     one = next(m for m in (2**k for k in range(10, 40)) if with_memory(m) >= 8)
     assert abs(with_memory(2 * one) - 2 * with_memory(one)) <= 1
+
+
+@pytest.mark.parametrize("backbone", ["mistral", "qwen2"])
+def test_sliding_window_backbones(backbone: str) -> None:
+    """LLaVA on Mistral and Qwen2 (sliding-window configs): stacked passes equal one pass per
+    condition; a decoder whose layers differ in attention type is never entered mid-way."""
+    w = wrap("llava", text_backbone=backbone)
+    source, target = _pair(w)
+    conditions = _conditions(w, source, target)
+    prefix = w.model.prefix_cache(target, upto=min(c.earliest for c in conditions[:3]))
+    runs = run_suffixes(w.model, prefix, conditions, per_pass=4)
+    with torch.no_grad():
+        for hooks, stacked in zip(conditions, runs.logits, strict=True):
+            assert torch.equal(stacked, w.model.run_suffix(prefix, fwd_hooks=hooks))
+    decoder = _decoder_owner(w.model)
+    assert layers_can_be_skipped(decoder) == (max(runs.first_layers) > 0)
+    types = getattr(decoder.config, "layer_types", None)
+    assert layers_can_be_skipped(decoder) == (types is None or len(set(types)) == 1)
+
+    class Mixed:
+        config = type("Config", (), {"layer_types": ["full_attention", "sliding_attention"]})
+
+    assert not layers_can_be_skipped(Mixed())  # type: ignore[arg-type]

@@ -67,7 +67,9 @@ class SuffixRuns:
         clean: ``[batch, suffix, d_vocab]`` logits of the clean suffix pass.
         logits: one ``[batch, suffix, d_vocab]`` tensor per condition, in the order given.
         first_layers: the first decoder layer each condition's hooks touch (its pass starts
-            there; ``n_layers`` for hooks only on the final norm or unembedding).
+            there; ``n_layers`` for hooks only on the final norm or unembedding); all 0 when
+            layers are not skipped (``skip_clean_layers=False``, or a decoder whose layers
+            differ in attention type, `layers_can_be_skipped`).
         passes: number of stacked passes run (the clean pass not counted).
 
     Example:
@@ -218,9 +220,8 @@ def run_suffixes(
     """
     n_layers = int(model.cfg.n_layers)
     names = list(model.hook_dict)
-    starts = tuple(
-        first_layer(hooks, names, n_layers) if skip_clean_layers else 0 for hooks in conditions
-    )
+    skip = skip_clean_layers and layers_can_be_skipped(_decoder_owner(model))
+    starts = tuple(first_layer(hooks, names, n_layers) if skip else 0 for hooks in conditions)
     width = conditions_per_pass(model, prefix) if per_pass == "auto" else int(per_pass)
     if width < 1:
         raise VLMInputError(f"per_pass must be at least 1 (or 'auto'), got {per_pass!r}")
@@ -440,6 +441,14 @@ def _layers_from(model: Any, start: int) -> Iterator[None]:
         yield
     finally:
         owner._modules["layers"] = full
+
+
+def layers_can_be_skipped(decoder: nn.Module) -> bool:
+    """Whether a pass may start at any layer of `decoder`: HF decoders that pick each layer's
+    mask by its index (``config.layer_types[i]``, Qwen2's sliding-window layers) would give a
+    shortened layer list the wrong masks unless every layer has the same type."""
+    types = getattr(getattr(decoder, "config", None), "layer_types", None)
+    return types is None or len(set(types)) <= 1
 
 
 def _decoder_owner(model: Any) -> nn.Module:
