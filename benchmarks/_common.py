@@ -212,6 +212,7 @@ def time_sweep(
     s: Setup,
     sweep: Callable[..., object],
     compare: Callable[[object, object], str],
+    extra: dict[str, Callable[[], object]] | None = None,
 ) -> None:
     """Time a sweep side by side and print it in full-forward equivalents.
 
@@ -219,7 +220,8 @@ def time_sweep(
     (every condition in full), prefix reuse one condition per pass, prefix reuse with
     conditions stacked (``per_pass="auto"``), and with ``--with-bridge`` the naive sweep on
     the eager bridge. The sweeps are long: one warm-up forward, no warm-up sweep.
-    `compare(stacked, naive)` describes how the results agree (printed in the title).
+    `compare(stacked, naive)` describes how the results agree (printed in the title); `extra`
+    adds variants timed alongside (a part of the sweep, say).
     """
     out: dict[str, object] = {}
 
@@ -236,6 +238,7 @@ def time_sweep(
         "prefix reuse, one condition per pass": run(s.fast, "single", True, 1),
         "prefix reuse, conditions stacked (auto)": run(s.fast, "stacked", True, "auto"),
     }
+    variants.update(extra or {})
     if args.with_bridge:
         variants["naive sweep, TL bridge eager (before)"] = run(s.bridge, "bridge", False, 1)
     forwards = {k: v for k, v in variants.items() if k in ("HF sdpa", "vlm_lens forward (SDPA)")}

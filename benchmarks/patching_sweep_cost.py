@@ -21,6 +21,7 @@ import torch
 from _common import build, sweep_parser, time_sweep
 
 from vlm_lens.analysis import PatchingSweepResult, PatchPair, patching_sweep
+from vlm_lens.interventions.patching import record, residual_site
 
 
 def other_prompt(s) -> object:
@@ -51,7 +52,13 @@ def main() -> None:
     args = sweep_parser(__doc__.splitlines()[0]).parse_args()
     s = build(args)
     pair = PatchPair(other_prompt(s), s.batch, source_token=5, target_token=6)
-    time_sweep(args, s, lambda model, **kw: patching_sweep(model, pair, **kw), agreement)
+    sites = [residual_site(layer) for layer in range(args.layers)]
+    recording = {
+        "of which: recording the source": lambda: record(
+            s.fast, pair.source, sites=sites, positions="gate"
+        )
+    }
+    time_sweep(args, s, lambda model, **kw: patching_sweep(model, pair, **kw), agreement, recording)
 
 
 if __name__ == "__main__":

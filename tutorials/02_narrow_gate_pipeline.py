@@ -28,7 +28,7 @@ from vlm_lens.analysis import (
     patching_sweep,
     representations,
 )
-from vlm_lens.data import Probe, make_examples, run_dataset
+from vlm_lens.data import Probe, make_examples, prepare_batches, run_dataset
 from vlm_lens.data.world import world_split
 from vlm_lens.interventions import (
     gate_knockout,
@@ -51,7 +51,8 @@ scenes = world_split("test", 24, seed=0, max_objects=1)
 images = [scene.image for scene in scenes]
 labels = [scene.objects[0].colour for scene in scenes]
 prompts = [question_prompt("what colour is the shape?", model.image_placeholder)] * len(scenes)
-batches = [model.prepare(images=images[i : i + 8], text=prompts[i : i + 8]) for i in (0, 8, 16)]
+# Batches of 8 (batch_size="auto" sizes them from free memory); a list, as it is used 5 times.
+batches = list(prepare_batches(model, images, prompts, batch_size=8))
 
 # 1. Attention share: how the text's attention to the image splits over the gate, named
 #    positions (here the 3rd image token, a possible sink) and the other image tokens.

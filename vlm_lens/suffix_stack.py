@@ -144,8 +144,8 @@ def conditions_per_pass(
 
 def pass_cost(device: torch.device | str) -> float:
     """What one more stacked pass costs per layer, in conditions' worth of suffix compute:
-    2 on CPU (measured: a pass's fixed cost per layer is about 1.6 conditions' at hidden 256),
-    8 elsewhere (a guess: on a GPU reading a layer's weights dominates a short suffix)."""
+    2 on CPU (measured at hidden 256: about 2.5, see ``benchmarks/README.md``), 8 elsewhere
+    (a guess: on a GPU reading a layer's weights dominates a short suffix)."""
     return 2.0 if torch.device(device).type == "cpu" else 8.0
 
 
