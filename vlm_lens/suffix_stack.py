@@ -12,8 +12,10 @@ model then computes about half the layers per condition, in a few wide passes in
 ones, which is what makes it cost a few full forwards rather than one per condition.
 
 Exactness: with eager attention the logits are bit-identical to one `HookedVLM.run_suffix` per
-condition (and to the naive full runs); with SDPA they agree to float rounding (a group runs a
-layer eager when any of its conditions hooks that layer's scores or pattern).
+condition (and to the naive full runs); with SDPA they agree to float rounding (the fused
+kernel tiles by batch and query length, and a group runs a layer eager when any of its
+conditions reads or edits that layer's scores or pattern; mask-mode knockouts do not count,
+`vlm_lens.score_mask`).
 
 The first layer of a condition is read off its hook names (``blocks.{l}.…`` is layer ``l``;
 ``ln_final``/``unembed`` hooks come after every layer; any other hook, and a filter that matches
@@ -205,6 +207,8 @@ def run_suffixes(
             (an `Intervention` with ``earliest >= prefix.upto``).
         conditions: one ``fwd_hooks`` list per condition. Each hook sees only its condition's
             rows; a hook on a tensor without a batch dimension (rotary ``hook_cos``) raises.
+            Hooks already active around the call (``with model.hooks(...)``) fire on the whole
+            stacked batch.
         per_pass: the most conditions in one stacked pass (``"auto"``: from free memory, at
             most `MAX_CONDITIONS_PER_PASS`; 1 runs one condition per pass). Conditions are
             grouped by first layer into passes by `plan_passes`.
