@@ -11,7 +11,9 @@ the direct measure is what the knockout does to the model's prediction at the la
 
 The baseline condition (no hooks) is always measured first and always reads 1 for agreement
 and similarity. `with_accuracy` replaces the accuracy by a task score computed elsewhere (for
-the organisms: `vlm_lens.zoo.tasks.answer_accuracy` under the same knockouts).
+the organisms: `vlm_lens.zoo.tasks.answer_accuracy` under the same knockouts). The conditions
+of a batch run as one sweep (`vlm_lens.analysis.sweep.run_sweep`): those that leave every image
+token alone share the clean prefix, the others (a random image-token knockout) run in full.
 
 Example:
     >>> from vlm_lens import HookedVLM
@@ -40,8 +42,10 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlm_lens.analysis.sweep import CLEAN, run_sweep
 from vlm_lens.batch import Batch
 from vlm_lens.errors import VLMInputError
+from vlm_lens.interventions.intervention import Intervention
 from vlm_lens.interventions.knockout import (
     gate_knockout,
     image_to_text_knockout,
@@ -128,6 +132,14 @@ class KnockoutResult:
         return replace(self, accuracy=values, accuracy_label=label)
 
 
+def _hooks(build: Condition, batch: Batch) -> Any:
+    """The condition's hooks on `batch`; no hooks (``None``) change nothing."""
+    if build is None:
+        length = int(batch.input_ids.shape[1])
+        return Intervention([], torch.full((len(batch),), length))
+    return build(batch)
+
+
 def knockout_effect(
     model: HookedVLM,
     batches: Batch | Iterable[Batch],
@@ -164,17 +176,13 @@ def knockout_effect(
     top1: list[list[Tensor]] = [[] for _ in names]
     sims: list[list[Tensor]] = [[] for _ in names]
     for batch in tqdm(batch_list, desc="knockout", disable=not progress):
-        last = batch.layout.mask("last")
-        with torch.no_grad():
-            base = model(batch)[last.to(model.device)].float().cpu()
-            outs = [base]
-            for build in named.values():
-                hooks = build(batch) if build is not None else ()
-                logits = model.run_with_hooks(batch, fwd_hooks=hooks)
-                outs.append(logits[last.to(model.device)].float().cpu())
+        # keyed by index: a condition may be called anything, "clean" included
+        built = {str(i): _hooks(build, batch) for i, build in enumerate(named.values())}
+        runs = run_sweep(model, batch, built)
+        outs = [runs.logits[CLEAN], *(runs.logits[key] for key in built)]
         for i, logits in enumerate(outs):
             top1[i].append(logits.argmax(dim=-1))
-            sims[i].append(softmax_intersection(logits, base))
+            sims[i].append(softmax_intersection(logits, outs[0]))
     ids = torch.stack([torch.cat(t) for t in top1])  # [conditions, n]
     sim = torch.stack([torch.cat(s) for s in sims]).double()
     n = ids.shape[1]
