@@ -111,7 +111,8 @@ def test_stacked_equals_one_pass_per_condition_and_full_runs(
 
 def test_conditions_change_the_output(both: dict[str, Wrapped]) -> None:
     """The equalities above are not vacuous: every condition but the patch at layer 0 (the
-    gate's layer-0 input is its token embedding in both images) moves some logit."""
+    gate's layer-0 input is its token embedding in both images) moves some logit. A readout
+    keeps only what it returns."""
     w = both["eager"]
     source, target = _pair(w)
     conditions = _conditions(w, source, target)
@@ -120,6 +121,9 @@ def test_conditions_change_the_output(both: dict[str, Wrapped]) -> None:
     changed = [not torch.equal(logits, runs.clean) for logits in runs.logits]
     n = w.model.cfg.n_layers
     assert changed == [i != n + 1 for i in range(len(conditions))]
+    last = run_suffixes(w.model, prefix, conditions, readout=lambda logits: logits[:, -1].clone())
+    assert torch.equal(last.clean, runs.clean[:, -1])
+    assert all(torch.equal(a, b[:, -1]) for a, b in zip(last.logits, runs.logits, strict=True))
 
 
 def test_layers_below_a_group_do_not_run(both: dict[str, Wrapped]) -> None:

@@ -66,8 +66,9 @@ class SuffixRuns:
     """Logits of the clean suffix pass and of every condition.
 
     Attributes:
-        clean: ``[batch, suffix, d_vocab]`` logits of the clean suffix pass.
-        logits: one ``[batch, suffix, d_vocab]`` tensor per condition, in the order given.
+        clean: ``[batch, suffix, d_vocab]`` logits of the clean suffix pass (or their readout).
+        logits: one ``[batch, suffix, d_vocab]`` tensor (or readout) per condition, in the order
+            given.
         first_layers: the first decoder layer each condition's hooks touch (its pass starts
             there; ``n_layers`` for hooks only on the final norm or unembedding); all 0 when
             layers are not skipped (``skip_clean_layers=False``, or a decoder whose layers
@@ -198,6 +199,7 @@ def run_suffixes(
     *,
     per_pass: int | Literal["auto"] = "auto",
     skip_clean_layers: bool = True,
+    readout: Callable[[Tensor], Tensor] | None = None,
 ) -> SuffixRuns:
     """Run the clean suffix and every condition's suffix on `prefix`, several per pass.
 
@@ -214,6 +216,9 @@ def run_suffixes(
             grouped by first layer into passes by `plan_passes`.
         skip_clean_layers: start each group at the first layer its hooks touch, from the clean
             residual stream (``False`` runs every layer).
+        readout: applied to each run's ``[batch, suffix, d_vocab]`` logits as soon as its pass
+            ends, so only what it returns is kept (e.g. the last token's logits); default:
+            keep the logits.
 
     Returns:
         A `SuffixRuns`.
@@ -234,8 +239,9 @@ def run_suffixes(
         (_residual_name(layer, n_layers), _keep(residuals, layer))
         for layer in sorted({s for s in starts if s > 0})
     ]
+    keep = readout or (lambda logits: logits)
     with torch.no_grad():
-        clean = model.run_suffix(prefix, fwd_hooks=record)
+        clean = keep(model.run_suffix(prefix, fwd_hooks=record))
         out: list[Tensor | None] = [None] * len(conditions)
         order = sorted(range(len(conditions)), key=lambda i: starts[i])
         groups = [
@@ -251,7 +257,8 @@ def run_suffixes(
                 model, prefix, [conditions[i] for i in group], start, residuals, scratch
             )
             for slot, index in enumerate(group):
-                out[index] = logits[slot]
+                out[index] = keep(logits[slot])
+            del logits
     return SuffixRuns(clean, [t for t in out if t is not None], starts, len(groups))
 
 

@@ -137,11 +137,14 @@ def run_sweep(
         if upto is not None:
             prefix = model.prefix_cache(batch, upto=upto)
             runs = run_suffixes(
-                model, prefix, [list(conditions[n]) for n in shared], per_pass=per_pass
+                model,
+                prefix,
+                [list(conditions[n]) for n in shared],
+                per_pass=per_pass,
+                readout=lambda logits: readout(logits, batch, upto),
             )
-            out[CLEAN] = readout(runs.clean, batch, upto)
-            for name, logits in zip(shared, runs.logits, strict=True):
-                out[name] = readout(logits, batch, upto)
+            out[CLEAN] = runs.clean
+            out.update(zip(shared, runs.logits, strict=True))
             for name in unchanged:  # affects no prompt position: the clean run's readout
                 out[name] = out[CLEAN]
             del prefix
