@@ -280,3 +280,27 @@ def test_bad_arguments_give_one_line(tmp_path: Path, capsys) -> None:
         assert len(errors) == 1 and lines[-1] == errors[0], (case, err)
         assert needle in errors[0], (case, errors[0])
         assert "Traceback" not in out + err, case
+
+
+def test_inapplicable_analyses_are_skipped_and_bugs_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without labels χ is skipped with its reason; an error that is not an inapplicable
+    analysis (a bug) stops the report instead of being shown as a skip."""
+    from vlm_lens import HookedVLM
+    from vlm_lens.report import run as report_run
+    from vlm_lens.report.images import ImageSet
+    from vlm_lens.testing import sample_image
+
+    tiny = build_tiny("chameleon")
+    model = HookedVLM.from_hf(tiny.model, tiny.processor)
+    images = [sample_image(seed=i, size=tiny.image_size) for i in range(4)]
+    unlabelled = ImageSet(tuple(images), None, tuple(f"{i}.png" for i in range(4)), "test")
+    result = report_run.run_narrow_gate(model, unlabelled, name="tiny", settings=None)
+    assert result.overlap is None
+    assert "labels" in result.skipped["neighbourhood overlap"]
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("a bug in the modality gap")  # was shown as a skip before
+
+    monkeypatch.setattr(report_run, "modality_gap", broken)
+    with pytest.raises(ValueError, match="a bug in the modality gap"):
+        report_run.run_narrow_gate(model, unlabelled, name="tiny")

@@ -63,6 +63,12 @@ from vlm_lens.viz.image_attention import patch_grid
 from vlm_lens.zoo.registry import PREFIX
 from vlm_lens.zoo.tasks import answer_accuracy, question_prompt
 
+
+class AnalysisSkipped(VLMLensError):
+    """An analysis that does not apply to these inputs (no labels, no text after the gate...);
+    the report leaves it out and says why. Any other error stops the report."""
+
+
 __all__ = ["ModelRun", "Settings", "default_prompt", "run_narrow_gate", "world_images"]
 
 ORGANISM_QUESTION = "what colour is the shape?"
@@ -224,7 +230,7 @@ def run_narrow_gate(
         start = time.perf_counter()
         try:
             return fn()
-        except (VLMLensError, ValueError) as error:
+        except (AnalysisSkipped, VLMInputError) as error:  # any other error is a bug: raise
             skipped[step] = str(error).splitlines()[0]
             say(f"[{name}] {step} skipped: {skipped[step]}")
             return None
@@ -326,7 +332,7 @@ def _representations(
 
 def _overlap(reps: dict[str, Tensor], images: ImageSet, settings: Settings) -> OverlapResult:
     if images.labels is None or images.n_classes < 2:
-        raise ValueError("χ needs labels of at least two classes (DIR/<label>/*.jpg)")
+        raise AnalysisSkipped("χ needs labels of at least two classes (DIR/<label>/*.jpg)")
     k = max(1, min(settings.k, len(images) - 1))
     roles = {name: reps[name] for name in ("gate", "image_mean", "last")}
     return neighbourhood_overlap(roles, list(images.labels), k=k)
@@ -334,7 +340,7 @@ def _overlap(reps: dict[str, Tensor], images: ImageSet, settings: Settings) -> O
 
 def _gap(reps: dict[str, Tensor]) -> ModalityGapResult:
     if "text_random" not in reps:
-        raise ValueError("the prompt has no text after the gate to compare with image tokens")
+        raise AnalysisSkipped("the prompt has no text after the gate to compare with image tokens")
     text, image = reps["text_random"], reps["image_random"]
     size = max(4, min(16, text.shape[1] // 4))
     return modality_gap(text, image, min_cluster_size=size, min_samples=size)
@@ -411,7 +417,7 @@ def _patching(
         if tokens[usable[a]] != tokens[usable[b]]
     ]
     if not pairs:
-        raise ValueError("no pair of images of different classes (or predictions) to patch")
+        raise AnalysisSkipped("no pair of images of different classes (or predictions) to patch")
     source = model.prepare(images=[images.images[i] for i, _ in pairs], text=[prompt] * len(pairs))
     target = model.prepare(images=[images.images[j] for _, j in pairs], text=[prompt] * len(pairs))
     pair = PatchPair(
@@ -428,7 +434,7 @@ def _heatmap(
 ) -> tuple[AttentionShareResult, tuple[int, int]]:
     result = attention_share(model, batch, layers=[layer])
     if result.per_token is None:
-        raise ValueError("no per-token attention for this prompt")
+        raise AnalysisSkipped("no per-token attention for this prompt")
     n = result.per_token.shape[1]
     span_grid = batch.layout.spans[0][0].grid if batch.layout.spans[0] else None
     return result, patch_grid(n, span_grid)
