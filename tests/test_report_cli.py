@@ -297,6 +297,9 @@ def test_inapplicable_analyses_are_skipped_and_bugs_raise(monkeypatch: pytest.Mo
     result = report_run.run_narrow_gate(model, unlabelled, name="tiny", settings=None)
     assert result.overlap is None
     assert "labels" in result.skipped["neighbourhood overlap"]
+    one = ImageSet((images[0],), ("a",), ("0.png",), "test")
+    single = report_run.run_narrow_gate(model, one, name="tiny")
+    assert single.gap is None and "at least 4 points" in single.skipped["modality gap"]
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ValueError("a bug in the modality gap")  # was shown as a skip before

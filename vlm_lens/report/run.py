@@ -343,6 +343,11 @@ def _gap(reps: dict[str, Tensor]) -> ModalityGapResult:
         raise AnalysisSkipped("the prompt has no text after the gate to compare with image tokens")
     text, image = reps["text_random"], reps["image_random"]
     size = max(4, min(16, text.shape[1] // 4))
+    if text.shape[1] + image.shape[1] < size:
+        raise AnalysisSkipped(
+            f"the modality gap clusters groups of at least {size} points; "
+            f"{text.shape[1]} image(s) give {text.shape[1] + image.shape[1]}"
+        )
     return modality_gap(text, image, min_cluster_size=size, min_samples=size)
 
 
