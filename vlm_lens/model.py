@@ -7,6 +7,7 @@ inputs of its `Batch`; nothing can silently run text-only.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -435,7 +436,8 @@ class HookedVLM(nn.Module):
         Reuse it with `run_suffix` for every condition that cannot change those positions
         (``intervention.earliest >= upto``): a sweep of ``k`` conditions then costs one prefix
         pass plus ``k`` passes over the remaining positions. Hooks active around this call
-        (``with model.hooks(...)``) fire in the prefix pass and shape the cache.
+        (``with model.hooks(...)``) fire in the prefix pass and shape the cache. The prefix's
+        logits are never read, so the unembedding runs on its last position only.
 
         Args:
             batch: a `Batch`.
@@ -459,6 +461,8 @@ class HookedVLM(nn.Module):
         inputs = prefix_inputs(batch, upto)
         input_ids = inputs.pop("input_ids")
         cache = DynamicCache()
+        if "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters:
+            inputs["logits_to_keep"] = 1  # the prefix's logits are never read
         with self._image_groups(batch), torch.no_grad():
             self.bridge(input_ids, return_type=None, past_key_values=cache, **inputs)
         return PrefixCache(batch, upto, cache)
