@@ -127,28 +127,33 @@ def test_conditions_change_the_output(both: dict[str, Wrapped]) -> None:
 
 
 def test_layers_below_a_group_do_not_run(both: dict[str, Wrapped]) -> None:
-    """A group whose conditions start at layer 1 runs block 0 only in the clean pass."""
+    """Conditions that start at layer 1, one per pass: block 0 runs only for the clean run
+    (which records the residual stream they start from), block 1 for all three; stacked, the
+    results are the same."""
     w = both["eager"]
     source, target = _pair(w)
     conditions = [gate_knockout(target, layers=[1]), gate_knockout(target, layers=[1], mode="zero")]
     prefix = w.model.prefix_cache(target, upto=conditions[0].earliest)
-    calls = {0: 0, 1: 0}
+    rows: dict[int, list[int]] = {0: [], 1: []}
     handles = [
         w.model.bridge.blocks[i].register_forward_pre_hook(
-            lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)
+            lambda module, args, i=i: rows[i].append(int(args[0].shape[0]))
         )
-        for i in calls
+        for i in rows
     ]
     try:
-        runs = run_suffixes(w.model, prefix, conditions, per_pass=2)
+        runs = run_suffixes(w.model, prefix, conditions, per_pass=1)
     finally:
         for handle in handles:
             handle.remove()
-    assert runs.passes == 1 and runs.first_layers == (1, 1)
-    assert calls == {0: 1, 1: 2}
+    assert runs.passes == 3 and runs.first_layers == (1, 1)
+    assert rows == {0: [len(target)], 1: [len(target)] * 3}
+    stacked = run_suffixes(w.model, prefix, conditions, per_pass=3)
     with torch.no_grad():
-        for hooks, stacked in zip(conditions, runs.logits, strict=True):
-            assert torch.equal(stacked, w.model.run_suffix(prefix, fwd_hooks=hooks))
+        for hooks, one, wide in zip(conditions, runs.logits, stacked.logits, strict=True):
+            single = w.model.run_suffix(prefix, fwd_hooks=hooks)
+            assert torch.equal(one, single) and torch.equal(wide, single)
+    assert torch.equal(runs.clean, stacked.clean)
 
 
 def test_first_layer_reads_hook_names() -> None:

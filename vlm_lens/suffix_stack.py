@@ -6,16 +6,17 @@ times (condition ``c`` owns rows ``c * batch .. (c + 1) * batch - 1``), the pref
 values are repeated to match, and each condition's hooks see only their own rows, exactly the
 ``[batch, ...]`` tensors they would see in a pass of their own. Decoder layers below the first
 layer any condition of the group hooks compute nothing the clean run did not, so the group
-starts there: its input is the clean residual stream entering that layer (recorded once, in the
-clean suffix pass) and the layers below it do not run. A sweep over every layer of a 32-layer
-model then computes about half the layers per condition, in a few wide passes instead of 33 thin
-ones, which is what makes it cost a few full forwards rather than one per condition.
+starts there: its input is the clean residual stream entering that layer (recorded once by the
+clean run, which rides in the first pass as one more condition) and the layers below it do not
+run. A sweep over every layer of a 32-layer model then computes about half the layers per
+condition, in a few wide passes instead of 33 thin ones, which is what makes it cost a few full
+forwards rather than one per condition.
 
 Exactness: with eager attention the logits are bit-identical to one `HookedVLM.run_suffix` per
 condition (and to the naive full runs); with SDPA they agree to float rounding (the fused
 kernel tiles by batch and query length, and a group runs a layer eager when any of its
 conditions reads or edits that layer's scores or pattern; mask-mode knockouts do not count,
-`vlm_lens.score_mask`).
+`vlm_lens.score_mask`), the clean run's included.
 
 The first layer of a condition is read off its hook names (``blocks.{l}.…`` is layer ``l``;
 ``ln_final``/``unembed`` hooks come after every layer; any other hook, and a filter that matches
@@ -73,7 +74,7 @@ class SuffixRuns:
             there; ``n_layers`` for hooks only on the final norm or unembedding); all 0 when
             layers are not skipped (``skip_clean_layers=False``, or a decoder whose layers
             differ in attention type, `layers_can_be_skipped`).
-        passes: number of stacked passes run (the clean pass not counted).
+        passes: number of passes run (the clean run is one more condition of the first).
 
     Example:
         >>> runs.logits[0].shape == runs.clean.shape  # doctest: +SKIP
@@ -239,27 +240,26 @@ def run_suffixes(
         (_residual_name(layer, n_layers), _keep(residuals, layer))
         for layer in sorted({s for s in starts if s > 0})
     ]
+    # the clean run is condition 0: it starts at layer 0, so it runs in the first pass, which
+    # records the clean residual stream the later passes start from
+    runs, first = [record, *conditions], (0, *starts)
     keep = readout or (lambda logits: logits)
+    out: list[Tensor | None] = [None] * len(runs)
+    order = sorted(range(len(runs)), key=lambda i: first[i])
+    plan = plan_passes([first[i] for i in order], n_layers, width, pass_cost(model.device))
+    scratch: dict[tuple[Any, ...], Tensor] = {}  # key/value buffers shared by the passes
     with torch.no_grad():
-        clean = keep(model.run_suffix(prefix, fwd_hooks=record))
-        out: list[Tensor | None] = [None] * len(conditions)
-        order = sorted(range(len(conditions)), key=lambda i: starts[i])
-        groups = [
-            order[a:b]
-            for a, b in plan_passes(
-                [starts[i] for i in order], n_layers, width, pass_cost(model.device)
-            )
-        ]
-        scratch: dict[tuple[Any, ...], Tensor] = {}  # key/value buffers shared by the passes
-        for group in groups:
-            start = min(starts[i] for i in group)
+        for a, b in plan:
+            group = order[a:b]
+            start = min(first[i] for i in group)
             logits = _stacked_pass(
-                model, prefix, [conditions[i] for i in group], start, residuals, scratch
+                model, prefix, [runs[i] for i in group], start, residuals, scratch
             )
             for slot, index in enumerate(group):
                 out[index] = keep(logits[slot])
             del logits
-    return SuffixRuns(clean, [t for t in out if t is not None], starts, len(groups))
+    results = [t for t in out if t is not None]
+    return SuffixRuns(results[0], results[1:], starts, len(plan))
 
 
 def _residual_name(layer: int, n_layers: int) -> str:
