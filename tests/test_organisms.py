@@ -96,3 +96,22 @@ def test_blocking_the_image_after_its_span_gives_chance(organism, scenes) -> Non
             kind,
             result.accuracy[kind],
         )
+
+
+def test_save_checkpoint_loads_back_offline(tmp_path) -> None:
+    """The training commands' save step writes a folder `from_pretrained` loads offline, with
+    the tokenizer's special ids in the generation config and logits equal to the saved model."""
+    from vlm_lens import HookedVLM
+    from vlm_lens.testing import build_tiny, sample_image
+    from vlm_lens.zoo.command import save_checkpoint
+
+    tiny = build_tiny("llava")
+    save_checkpoint(tiny.model, tiny.processor, tmp_path / "ckpt")
+    loaded = HookedVLM.from_pretrained(tmp_path / "ckpt", attn_implementation="eager")
+    generation = loaded.hf_model.generation_config
+    assert generation.pad_token_id == tiny.processor.tokenizer.pad_token_id
+    assert generation.eos_token_id == tiny.processor.tokenizer.eos_token_id
+    batch = loaded.prepare(images=sample_image(size=tiny.image_size), text=tiny.prompt)
+    with torch.no_grad():
+        expected = tiny.model(**batch.inputs).logits
+        assert torch.equal(loaded(batch), expected)

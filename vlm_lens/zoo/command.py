@@ -97,3 +97,28 @@ def print_summary(record: Mapping[str, Any], out: Path) -> None:
     test = record["test"]
     lines = [f"{kind}: {acc:.3f} (n={test['n'][kind]})" for kind, acc in test["accuracy"].items()]
     sys.stdout.write(f"wrote {out}; held-out accuracy:\n  " + "\n  ".join(lines) + "\n")
+
+
+def save_checkpoint(model: Any, processor: Any, out: Path) -> None:
+    """Write the checkpoint folder (safetensors weights, config, processor, tokenizer), with
+    the tokenizer's special ids in the generation config."""
+    tokenizer = processor.tokenizer
+    model.config.architectures = [type(model).__name__]
+    generation = model.generation_config
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+    generation.pad_token_id = tokenizer.pad_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def held_out_accuracy(out: Path, scenes: Sequence[Any]) -> dict[str, Any]:
+    """Held-out accuracy per question kind of the saved folder, loaded back with
+    `HookedVLM.from_pretrained` (`vlm_lens.zoo.tasks.answer_accuracy`)."""
+    from vlm_lens.model import HookedVLM
+    from vlm_lens.zoo import tasks
+
+    model = HookedVLM.from_pretrained(out)
+    result = tasks.answer_accuracy(model, scenes, progress=True)
+    return {"accuracy": result.accuracy, "n": result.counts, "overall": result.overall}

@@ -69,8 +69,10 @@ from vlm_lens.zoo.command import (
     Clock,
     command_line,
     finish_record,
+    held_out_accuracy,
     parse_settings,
     print_summary,
+    save_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -868,33 +870,11 @@ def _tail(values: Sequence[float]) -> float:
 # Saving and evaluation
 
 
-def save(model: Any, processor: Any, out: Path) -> None:
-    """Write the checkpoint folder (safetensors weights, config, processor, tokenizer)."""
-    tokenizer = processor.tokenizer
-    model.config.architectures = [type(model).__name__]
-    generation = model.generation_config
-    generation.bos_token_id = tokenizer.bos_token_id
-    generation.eos_token_id = tokenizer.eos_token_id
-    generation.pad_token_id = tokenizer.pad_token_id
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-
-
 def held_out_scenes(settings: Settings) -> list[world.Scene]:
     """The first ``eval_scenes`` single-object test scenes (32x32)."""
     return world.world_split(
         "test", settings.eval_scenes, settings.world_seed, image_size=IMAGE_SIZE, max_objects=1
     )
-
-
-def evaluate(out: Path, scenes: Sequence[world.Scene]) -> dict[str, Any]:
-    """Held-out accuracy per kind of the saved folder, loaded with `HookedVLM.from_pretrained`."""
-    from vlm_lens.model import HookedVLM
-
-    model = HookedVLM.from_pretrained(out)
-    result = tasks.answer_accuracy(model, scenes, progress=True)
-    return {"accuracy": result.accuracy, "n": result.counts, "overall": result.overall}
 
 
 def run(settings: Settings, out: Path) -> dict[str, Any]:
@@ -949,7 +929,7 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         model, encoder, scenes, codes, settings, monitor=(val, val_codes)
     )
     phases["decoder"].update(clock.lap())
-    save(model, processor, out)
+    save_checkpoint(model, processor, out)
     record["held_out_losses"] = held_out_losses(model, encoder, held_out, held_codes)
     record["parameters"] = {
         "total": sum(p.numel() for p in model.parameters()),
@@ -958,7 +938,8 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
             p.numel() for n, p in model.named_parameters() if not n.startswith("model.vqmodel.")
         ),
     }
-    return finish_record(record, out, lambda: evaluate(out, held_out), clock, settings.eval_scenes)
+    evaluate = lambda: held_out_accuracy(out, held_out)  # noqa: E731
+    return finish_record(record, out, evaluate, clock, settings.eval_scenes)
 
 
 PROG = "python -m vlm_lens.zoo.native"

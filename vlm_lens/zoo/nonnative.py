@@ -55,8 +55,10 @@ from vlm_lens.zoo.command import (
     Clock,
     command_line,
     finish_record,
+    held_out_accuracy,
     parse_settings,
     print_summary,
+    save_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -612,30 +614,13 @@ def _teacher_forced_accuracy(
 # Saving and evaluation
 
 
-def save(model: Any, processor: Any, out: Path) -> None:
-    """Write the checkpoint folder (safetensors weights, config, processor, tokenizer)."""
-    tokenizer = processor.tokenizer
-    model.config.architectures = [type(model).__name__]
-    generation = model.generation_config
-    generation.bos_token_id = tokenizer.bos_token_id
-    generation.eos_token_id = tokenizer.eos_token_id
-    generation.pad_token_id = tokenizer.pad_token_id
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-
-
 def evaluate(out: Path, settings: Settings) -> dict[str, Any]:
     """Held-out accuracy per kind of the saved folder, loaded with `HookedVLM.from_pretrained`,
     on the first ``eval_scenes`` single-object test scenes."""
-    from vlm_lens.model import HookedVLM
-
-    model = HookedVLM.from_pretrained(out)
     scenes = world.world_split(
         "test", settings.eval_scenes, settings.world_seed, image_size=IMAGE_SIZE, max_objects=1
     )
-    result = tasks.answer_accuracy(model, scenes, progress=True)
-    return {"accuracy": result.accuracy, "n": result.counts, "overall": result.overall}
+    return held_out_accuracy(out, scenes)
 
 
 def run(settings: Settings, out: Path) -> dict[str, Any]:
@@ -665,7 +650,7 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     model = assemble(config, decoder, tower, settings)
     phases["projector"] = train_projector(model, processor, settings)
     phases["projector"].update(clock.lap())
-    save(model, processor, out)
+    save_checkpoint(model, processor, out)
     record["parameters"] = {
         "total": sum(p.numel() for p in model.parameters()),
         "vision_tower": sum(p.numel() for p in model.model.vision_tower.parameters()),
