@@ -18,7 +18,7 @@ from _common import build, child_peak, median_times, parser, peak_memory, print_
 
 from vlm_lens import hooks
 from vlm_lens.analysis import attention_share
-from vlm_lens.analysis._attention_rows import query_rows
+from vlm_lens.engine.attention_rows import query_rows
 from vlm_lens.positions import after
 
 

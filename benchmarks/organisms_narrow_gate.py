@@ -35,7 +35,6 @@ from vlm_lens.analysis import (
     patching_sweep,
     representations,
 )
-from vlm_lens.data.world import COLOURS, Scene, world_split
 from vlm_lens.interventions import (
     gate_knockout,
     image_to_text_knockout,
@@ -44,6 +43,7 @@ from vlm_lens.interventions import (
     random_image_knockout,
 )
 from vlm_lens.positions import after
+from vlm_lens.world import COLOURS, Scene, world_split
 from vlm_lens.zoo.tasks import answer_accuracy, question_prompt
 
 RESULTS = Path(__file__).parent / "results"

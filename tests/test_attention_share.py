@@ -16,8 +16,8 @@ import torch
 
 from tests.conftest import Wrapped, wrap
 from vlm_lens import Batch, hooks
-from vlm_lens.analysis._attention_rows import image_side, key_attention_hooks, pattern_rows
 from vlm_lens.analysis.attention_share import AttentionShareResult, attention_share, group_masks
+from vlm_lens.engine.attention_rows import image_side, key_attention_hooks, pattern_rows
 from vlm_lens.positions import image_token
 from vlm_lens.testing import sample_image
 
@@ -226,7 +226,7 @@ def test_pattern_rows_equal_hf_eager_attentions(wrapped: Wrapped, case: str, imp
 
 
 def query_rows_of(batch: Batch) -> list[torch.Tensor]:
-    from vlm_lens.analysis._attention_rows import query_rows
+    from vlm_lens.engine.attention_rows import query_rows
     from vlm_lens.positions import after
 
     return query_rows(after("text", "gate"), batch.layout)

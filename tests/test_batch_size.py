@@ -14,10 +14,10 @@ import pytest
 import torch
 from _runner_child import RUN_KWARGS, setup
 
-from vlm_lens.data import batch_size as bs
 from vlm_lens.data.examples import build_prompt
 from vlm_lens.data.runner import run_dataset
 from vlm_lens.data.store import ActivationStore
+from vlm_lens.engine import memory as bs
 
 
 @pytest.fixture(scope="module")

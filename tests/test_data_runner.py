@@ -26,7 +26,8 @@ from vlm_lens.data import runner as runner_module
 from vlm_lens.data.collect import Probe, collect
 from vlm_lens.data.examples import Example, make_examples
 from vlm_lens.data.runner import run_dataset
-from vlm_lens.data.store import ActivationStore, StoreConfigError
+from vlm_lens.data.store import ActivationStore
+from vlm_lens.errors import StoreConfigError
 from vlm_lens.positions import after
 
 CHILD = Path(__file__).parent / "_runner_child.py"

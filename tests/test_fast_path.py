@@ -18,7 +18,7 @@ import torch
 from conftest import FAMILY_VARIANTS, VARIANTS, Wrapped, wrap
 
 from vlm_lens import hooks
-from vlm_lens.attention_dispatch import DispatchingAttention
+from vlm_lens.engine.attention import DispatchingAttention
 from vlm_lens.interventions import gate_knockout
 
 CASES = [(1, None), (2, "left"), (2, "right")]

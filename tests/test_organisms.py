@@ -12,9 +12,9 @@ import torch
 import transformers
 
 from vlm_lens import HookedVLM
-from vlm_lens.data.world import COLOURS, SHAPES, world_split
 from vlm_lens.interventions import knockout
 from vlm_lens.positions import after
+from vlm_lens.world import COLOURS, SHAPES, world_split
 from vlm_lens.zoo.registry import ORGANISMS, organism_path
 from vlm_lens.zoo.tasks import answer_accuracy, question_prompt
 

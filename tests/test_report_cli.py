@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from vlm_lens.cli import main
-from vlm_lens.data.world import world_split
 from vlm_lens.testing import build_tiny, save_tiny
+from vlm_lens.world import world_split
 
 ORGANISM = "organism:nonnative"
 SECTIONS = ("attention", "overlap", "gap", "knockout", "patching", "heatmap", "view", "details")
@@ -286,8 +286,8 @@ def test_inapplicable_analyses_are_skipped_and_bugs_raise(monkeypatch: pytest.Mo
     """Without labels χ is skipped with its reason; an error that is not an inapplicable
     analysis (a bug) stops the report instead of being shown as a skip."""
     from vlm_lens import HookedVLM
-    from vlm_lens.report import run as report_run
-    from vlm_lens.report.images import ImageSet
+    from vlm_lens.experiments import narrow_gate as report_run
+    from vlm_lens.experiments.images import ImageSet
     from vlm_lens.testing import sample_image
 
     tiny = build_tiny("chameleon")

@@ -1,5 +1,5 @@
-"""Stacked suffix passes (`vlm_lens.suffix_stack`): several conditions per pass, each from the
-first layer it hooks, equal one `run_suffix` per condition and the naive full runs.
+"""Stacked suffix passes (`vlm_lens.engine.suffix_stack`): several conditions per pass, each
+from the first layer it hooks, equal one `run_suffix` per condition and the naive full runs.
 
 Eager attention: `torch.equal`. SDPA: float32's default tolerance (the fused kernel tiles by the
 stacked batch and query length; a group runs a layer eager when one of its conditions edits that
@@ -18,16 +18,16 @@ from conftest import Wrapped, wrap
 
 from vlm_lens import VLMInputError
 from vlm_lens import hooks as hook_names
-from vlm_lens.interventions import gate_knockout, knockout, steer
-from vlm_lens.interventions.patching import attention_input_sites, patch, record, residual_site
-from vlm_lens.positions import after
-from vlm_lens.suffix_stack import (
+from vlm_lens.engine.suffix_stack import (
     _decoder_owner,
     first_layer,
     layers_can_be_skipped,
     plan_passes,
     run_suffixes,
 )
+from vlm_lens.interventions import gate_knockout, knockout, steer
+from vlm_lens.interventions.patching import attention_input_sites, patch, record, residual_site
+from vlm_lens.positions import after
 from vlm_lens.testing import sample_image
 
 
@@ -221,7 +221,7 @@ def test_conditions_per_pass_follows_free_memory(
 ) -> None:
     """1 when nothing fits, the cap when everything does, and in between proportional to the
     free memory (twice the memory, twice the conditions, up to rounding)."""
-    import vlm_lens.suffix_stack as stack
+    import vlm_lens.engine.suffix_stack as stack
 
     w = both["eager"]
     _, target = _pair(w)

@@ -1,4 +1,4 @@
-"""vlm_lens.data.world: determinism, disjoint splits, answers and pixels consistent with objects.
+"""vlm_lens.world: determinism, disjoint splits, answers and pixels consistent with objects.
 
 Every answer is recomputed from the question text and the scene's objects by an independent
 parser; every object is checked against the pixels (exact colour on its mask, grey elsewhere)
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlm_lens.data import world
-from vlm_lens.data.world import (
+from vlm_lens import world
+from vlm_lens.world import (
     ANSWERS,
     COLOURS,
     KINDS,

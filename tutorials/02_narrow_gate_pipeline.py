@@ -29,7 +29,6 @@ from vlm_lens.analysis import (
     representations,
 )
 from vlm_lens.data import Probe, make_examples, prepare_batches, run_dataset
-from vlm_lens.data.world import world_split
 from vlm_lens.interventions import (
     gate_knockout,
     image_to_text_knockout,
@@ -39,6 +38,7 @@ from vlm_lens.interventions import (
 )
 from vlm_lens.metrics import softmax_intersection
 from vlm_lens.positions import after, image_token
+from vlm_lens.world import world_split
 from vlm_lens.zoo.tasks import question_prompt
 
 pd.set_option("display.width", 120)

@@ -19,6 +19,7 @@ from vlm_lens.batch import Batch
 from vlm_lens.errors import UnsupportedModelError, VLMInputError, VLMLensError
 from vlm_lens.layout import ROLES, ImageSpan, TokenLayout, TokenSpec
 from vlm_lens.model import HookedVLM
+from vlm_lens.zoo import registry as _organisms  # noqa: F401 (registers the organism: names)
 
 __version__ = "0.1.0"
 

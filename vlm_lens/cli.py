@@ -30,7 +30,7 @@ from vlm_lens import __version__
 from vlm_lens.errors import VLMLensError
 
 if TYPE_CHECKING:
-    from vlm_lens.report.run import ModelRun
+    from vlm_lens.experiments.narrow_gate import ModelRun
 
 PROG = "vlm-lens"
 USAGE_ERROR = 2
@@ -159,11 +159,12 @@ def narrow_gate(
     _quiet_libraries()
     import torch
 
-    from vlm_lens.report import Settings, build_report
-    from vlm_lens.report.run import is_organism
+    from vlm_lens.report import Settings, build_report, default_models
+    from vlm_lens.zoo.registry import model_defaults
 
-    if threads is None and all(is_organism(m) for m in models):
-        threads = 1
+    wanted = {model_defaults(m).threads for m in (models or default_models())}
+    if threads is None and len(wanted) == 1:
+        threads = wanted.pop()
     if threads is not None:
         torch.set_num_threads(threads)
 
@@ -224,9 +225,9 @@ def _summary(run: ModelRun) -> str:
 def info(name_or_path: str, prompt: str | None, debug: bool) -> None:  # noqa: ARG001
     """Show a model's family, the token roles of a sample prompt and its hook names."""
     _quiet_libraries()
-    from vlm_lens.data.world import generate_scene
+    from vlm_lens.experiments.narrow_gate import default_prompt
     from vlm_lens.report import load_model
-    from vlm_lens.report.run import default_prompt
+    from vlm_lens.world import generate_scene
 
     model = load_model(name_or_path)
     cfg = model.cfg

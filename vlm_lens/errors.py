@@ -1,4 +1,12 @@
-"""Exceptions raised by vlm_lens. Each message names the problem and the fix."""
+"""Exceptions raised by vlm_lens, all in one place. Each message names the problem and the fix.
+
+Every error derives from `VLMLensError`; those about bad input also derive from ``ValueError``.
+
+Example:
+    >>> from vlm_lens.errors import VLMInputError, VLMLensError
+    >>> issubclass(VLMInputError, VLMLensError) and issubclass(VLMInputError, ValueError)
+    True
+"""
 
 from __future__ import annotations
 
@@ -18,3 +26,24 @@ class VLMInputError(VLMLensError, ValueError):
 
 class UnsupportedModelError(VLMLensError, ValueError):
     """A model whose architecture no registered family adapter handles."""
+
+
+class ReportInputError(VLMLensError, ValueError):
+    """Bad input to the report (a missing folder, an unreadable image); the message names the
+    fix."""
+
+
+class AnalysisSkipped(VLMLensError):
+    """An analysis that does not apply to these inputs (no labels, no text after the gate...);
+    the report leaves it out and says why. Any other error stops the report."""
+
+
+class StoreConfigError(VLMLensError, ValueError):
+    """A store folder that holds another run (a different config) or is not a store.
+
+    Example:
+        >>> from vlm_lens.data import ActivationStore
+        >>> ActivationStore("no/such/folder")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        vlm_lens.errors.StoreConfigError: no/such/folder is not an activation store ...
+    """

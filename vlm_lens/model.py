@@ -23,18 +23,18 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-from vlm_lens import attention_dispatch, norm_dispatch
 from vlm_lens import hooks as hook_names
 from vlm_lens.adapters import VLMAdapter, adapter_class_for
 from vlm_lens.batch import Batch, move_inputs
+from vlm_lens.checkpoints import resolve_checkpoint
+from vlm_lens.engine import attention as attention_dispatch
+from vlm_lens.engine import norm as norm_dispatch
+from vlm_lens.engine.image_features import attach_image_hook, set_images_per_sequence
+from vlm_lens.engine.prefix import PrefixCache, check_upto, prefix_inputs, suffix_inputs
+from vlm_lens.engine.query_block import query_block
 from vlm_lens.errors import UnsupportedModelError, VLMInputError
-from vlm_lens.image_features import attach_image_hook, set_images_per_sequence
 from vlm_lens.layout import TokenLayout
-from vlm_lens.prefix import PrefixCache, check_upto, prefix_inputs, suffix_inputs
-from vlm_lens.query_block import query_block
-
-ImageLike = Image.Image | np.ndarray
-HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
+from vlm_lens.types import HookList, ImageLike
 
 
 class HookedVLM(nn.Module):
@@ -46,7 +46,7 @@ class HookedVLM(nn.Module):
     its image inputs. Logits are bit-identical to the Hugging Face model run with the same
     attention implementation (`attn_implementation`): with ``"sdpa"`` attention runs through
     PyTorch's fused kernel, except in layers whose ``hook_attn_scores``/``hook_pattern`` have a
-    hook attached, which run exactly as HF eager (`vlm_lens.attention_dispatch`).
+    hook attached, which run exactly as HF eager (`vlm_lens.engine.attention`).
 
     Attributes:
         bridge: the TransformerLens bridge (hooks, cache, ``cfg``).
@@ -119,9 +119,7 @@ class HookedVLM(nn.Module):
         """
         import transformers
 
-        from vlm_lens.zoo.registry import resolve
-
-        name_or_path = resolve(name_or_path)
+        name_or_path = resolve_checkpoint(name_or_path)
         config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
         model_cls = _model_class(config)
         model = model_cls.from_pretrained(
@@ -445,7 +443,7 @@ class HookedVLM(nn.Module):
                 least one position.
 
         Returns:
-            A `PrefixCache` (see `vlm_lens.prefix`).
+            A `PrefixCache` (see `vlm_lens.engine.prefix`).
 
         Raises:
             VLMInputError: if `upto` splits or precedes an image, or leaves nothing to compute.
@@ -474,7 +472,7 @@ class HookedVLM(nn.Module):
 
         Equal to the same positions of a full `run_with_hooks` for hooks that leave the
         prefix unchanged (an `Intervention` with ``earliest >= prefix.upto``; patching,
-        steering and knockout hooks know their block's offset, `vlm_lens.query_block`).
+        steering and knockout hooks know their block's offset, `vlm_lens.engine.query_block`).
         Activations seen by hooks have ``suffix`` positions. The cache is restored afterwards,
         also when a hook raises.
 

@@ -25,7 +25,7 @@ from vlm_lens.analysis.neighbourhood_overlap import OverlapResult, neighbourhood
 from vlm_lens.analysis.patching_sweep import PatchingSweepResult, PatchPair, patching_sweep
 from vlm_lens.analysis.representations import representations
 from vlm_lens.analysis.sinks import SinkResult, find_sinks
-from vlm_lens.analysis.sweep import SweepResult, run_sweep
+from vlm_lens.engine.sweep import SweepResult, run_sweep
 
 __all__ = [
     "DEFAULT_GROUPS",

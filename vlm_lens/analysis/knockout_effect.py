@@ -12,7 +12,7 @@ the direct measure is what the knockout does to the model's prediction at the la
 The baseline condition (no hooks) is always measured first and always reads 1 for agreement
 and similarity. `with_accuracy` replaces the accuracy by a task score computed elsewhere (for
 the organisms: `vlm_lens.zoo.tasks.answer_accuracy` under the same knockouts). The conditions
-of a batch run as one sweep (`vlm_lens.analysis.sweep.run_sweep`): those that leave every image
+of a batch run as one sweep (`vlm_lens.engine.sweep.run_sweep`): those that leave every image
 token alone share the clean prefix, the others (a random image-token knockout) run in full.
 
 Example:
@@ -42,10 +42,10 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vlm_lens.analysis.sweep import CLEAN, run_sweep
 from vlm_lens.batch import Batch
+from vlm_lens.engine.intervention import Intervention
+from vlm_lens.engine.sweep import CLEAN, run_sweep
 from vlm_lens.errors import VLMInputError
-from vlm_lens.interventions.intervention import Intervention
 from vlm_lens.interventions.knockout import (
     gate_knockout,
     image_to_text_knockout,
@@ -57,10 +57,11 @@ from vlm_lens.model import HookedVLM
 BASELINE = "baseline"
 """Name of the condition without hooks."""
 
-Condition = Callable[[Batch], Any] | None
+ConditionBuilder = Callable[[Batch], Any] | None
+"""Builds a condition's ``fwd_hooks`` for a batch (``None``: the baseline)."""
 """``batch -> fwd_hooks`` (an `Intervention`), or ``None`` for no intervention."""
 
-DEFAULT_CONDITIONS: dict[str, Condition] = {
+DEFAULT_CONDITIONS: dict[str, ConditionBuilder] = {
     "gate": gate_knockout,
     "image->text": image_to_text_knockout,
     "random": lambda b: random_image_knockout(b, k=10, seed=0),
@@ -132,7 +133,7 @@ class KnockoutResult:
         return replace(self, accuracy=values, accuracy_label=label)
 
 
-def _hooks(build: Condition, batch: Batch) -> Any:
+def _hooks(build: ConditionBuilder, batch: Batch) -> Any:
     """The condition's hooks on `batch`; no hooks (``None``) change nothing."""
     if build is None:
         length = int(batch.input_ids.shape[1])
@@ -143,7 +144,7 @@ def _hooks(build: Condition, batch: Batch) -> Any:
 def knockout_effect(
     model: HookedVLM,
     batches: Batch | Iterable[Batch],
-    conditions: Mapping[str, Condition] | None = None,
+    conditions: Mapping[str, ConditionBuilder] | None = None,
     *,
     targets: Sequence[int] | Int[Tensor, " n"] | None = None,
     progress: bool = False,

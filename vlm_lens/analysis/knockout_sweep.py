@@ -4,9 +4,9 @@ For each window (by default the last ``w`` layers for ``w = 1 .. n_layers``, as 
 "knock out the gate in the last w layers" curves) a knockout (default `gate_knockout`) is applied
 in those layers only, and the last-token prediction is compared with the clean run's: the top
 token, and the log-probability the knocked-out run gives to the clean top token. The windows share
-the clean prefix before the knockout's earliest position (`vlm_lens.analysis.sweep.run_sweep`),
+the clean prefix before the knockout's earliest position (`vlm_lens.engine.sweep.run_sweep`),
 so ``k`` windows cost one prefix pass, the clean suffix and a few wide suffix passes that each
-start at the first knocked-out layer (`vlm_lens.suffix_stack`).
+start at the first knocked-out layer (`vlm_lens.engine.suffix_stack`).
 
 Example:
     >>> from vlm_lens import HookedVLM
@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlm_lens.analysis._attention_rows import iter_batches
-from vlm_lens.analysis.sweep import CLEAN, run_sweep
+from vlm_lens.analysis._common import iter_batches
 from vlm_lens.batch import Batch
+from vlm_lens.engine.intervention import Intervention
+from vlm_lens.engine.sweep import CLEAN, run_sweep
 from vlm_lens.interventions import gate_knockout, last_layers
-from vlm_lens.interventions.intervention import Intervention
 from vlm_lens.model import HookedVLM
 
 Knockout = Callable[..., Intervention]
@@ -100,7 +100,7 @@ def knockout_sweep(
             (default: the last ``1 .. n_layers``).
         reuse_prefix: share the clean prefix between windows (``False``: full runs).
         progress: show a progress bar over batches.
-        per_pass: windows stacked in one suffix pass (`vlm_lens.analysis.sweep.run_sweep`).
+        per_pass: windows stacked in one suffix pass (`vlm_lens.engine.sweep.run_sweep`).
         **knockout_kwargs: passed to `knockout` (``mode=``, ``heads=``...).
 
     Returns:

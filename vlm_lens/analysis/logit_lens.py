@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlm_lens import hooks
-from vlm_lens.analysis._attention_rows import resolve_layers, run
+from vlm_lens.analysis._common import resolve_layers, run
 from vlm_lens.batch import Batch
 from vlm_lens.model import HookedVLM
 from vlm_lens.positions import PositionSpec, describe, select

@@ -41,8 +41,8 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vlm_lens.analysis.sweep import CLEAN, run_sweep
 from vlm_lens.batch import Batch
+from vlm_lens.engine.sweep import CLEAN, run_sweep
 from vlm_lens.errors import VLMInputError
 from vlm_lens.interventions.patching import (
     attention_input_sites,
@@ -165,9 +165,9 @@ def patching_sweep(
             prompts may differ in length).
         progress: show a progress bar over pairs.
         reuse_prefix: run the target's clean prefix (everything before the first patched
-            position) once and only the rest per layer (`vlm_lens.analysis.sweep.run_sweep`);
+            position) once and only the rest per layer (`vlm_lens.engine.sweep.run_sweep`);
             ``False`` runs each layer in full.
-        per_pass: layers stacked in one suffix pass (`vlm_lens.analysis.sweep.run_sweep`).
+        per_pass: layers stacked in one suffix pass (`vlm_lens.engine.sweep.run_sweep`).
 
     Returns:
         A `PatchingSweepResult`.

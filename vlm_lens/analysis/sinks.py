@@ -32,15 +32,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlm_lens import hooks
-from vlm_lens.analysis._attention_rows import (
-    image_side,
-    iter_batches,
-    key_attention_hooks,
-    query_rows,
-    resolve_layers,
-    run,
-)
+from vlm_lens.analysis._common import iter_batches, resolve_layers, run
 from vlm_lens.batch import Batch
+from vlm_lens.engine.attention_rows import image_side, key_attention_hooks, query_rows
 from vlm_lens.model import HookedVLM
 from vlm_lens.positions import PositionSpec, after
 

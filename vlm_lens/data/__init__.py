@@ -10,7 +10,8 @@ from vlm_lens.data.batches import prepare_batches
 from vlm_lens.data.collect import Probe, collect
 from vlm_lens.data.examples import Example, make_examples
 from vlm_lens.data.runner import run_dataset
-from vlm_lens.data.store import ActivationStore, StoreConfigError
+from vlm_lens.data.store import ActivationStore
+from vlm_lens.errors import StoreConfigError
 
 __all__ = [
     "ActivationStore",

@@ -3,7 +3,7 @@
 The sweeps (`knockout_sweep`, `attention_share`, ...) take an iterable of batches and run each
 batch in one forward (a patching sweep, one `PatchPair` per batch pair). `prepare_batches` cuts a
 list of images and prompts into such batches, as many prompts per batch as fit in a share of the
-free memory (`vlm_lens.data.batch_size.auto_batch_size`, counting the prefix cache a sweep keeps),
+free memory (`vlm_lens.engine.memory.auto_batch_size`, counting the prefix cache a sweep keeps),
 with right padding by default so that every prompt's image starts at the same position and the
 whole batch can share one prefix.
 
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from vlm_lens.batch import Batch
-from vlm_lens.data.batch_size import auto_batch_size
+from vlm_lens.engine.memory import auto_batch_size
 from vlm_lens.errors import VLMInputError
 
 

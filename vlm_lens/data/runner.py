@@ -35,11 +35,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vlm_lens.data.batch_size import auto_batch_size
 from vlm_lens.data.collect import Probe, check_probes, collect
 from vlm_lens.data.examples import Example, PromptSpec, build_prompt, examples_fingerprint
-from vlm_lens.data.store import ActivationStore, StoreConfigError
-from vlm_lens.errors import VLMInputError
+from vlm_lens.data.store import ActivationStore
+from vlm_lens.engine.memory import auto_batch_size
+from vlm_lens.errors import StoreConfigError, VLMInputError
 
 
 def run_dataset(
@@ -67,7 +67,7 @@ def run_dataset(
         out_dir: the store folder.
         batch_size: examples per forward pass and per chunk file, or ``"auto"``: as many as
             should fit in half the free memory of the model's device
-            (`vlm_lens.data.batch_size.auto_batch_size`, sized on the first example's prompt
+            (`vlm_lens.engine.memory.auto_batch_size`, sized on the first example's prompt
             length), or the chunk size of the store being resumed. Part of the run config:
             resuming needs the same value.
         seed: seed of the ``"random"`` probes (draws depend on the seed and the example index

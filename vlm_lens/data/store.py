@@ -45,7 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from vlm_lens.errors import VLMLensError
+from vlm_lens.errors import StoreConfigError
 
 MANIFEST = "manifest.json"
 FORMAT = "vlm_lens.ActivationStore"
@@ -55,16 +55,6 @@ EXAMPLE_INDEX = "example_index"
 
 _CHUNK_RE = re.compile(r"^chunk_(\d{6})\.safetensors$")
 _TMP_RE = re.compile(r"^\..*\.tmp$")
-
-
-class StoreConfigError(VLMLensError, ValueError):
-    """A store folder that holds another run (a different config) or is not a store.
-
-    Example:
-        >>> ActivationStore("no/such/folder")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        vlm_lens.data.store.StoreConfigError: no/such/folder is not an activation store ...
-    """
 
 
 def fingerprint(config: Mapping[str, Any]) -> str:

@@ -6,8 +6,8 @@ Each function returns an `Intervention`: a plain TransformerLens ``fwd_hooks`` l
 position it can change.
 """
 
+from vlm_lens.engine.intervention import Intervention
 from vlm_lens.interventions.image_ablation import ablate_image_tokens
-from vlm_lens.interventions.intervention import Intervention
 from vlm_lens.interventions.knockout import (
     gate_knockout,
     image_to_text_knockout,

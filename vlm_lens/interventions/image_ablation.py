@@ -25,8 +25,8 @@ from torch import Tensor
 
 from vlm_lens import hooks as hook_names
 from vlm_lens.batch import Batch, layout_of
+from vlm_lens.engine.intervention import Intervention, first_true
 from vlm_lens.errors import VLMInputError
-from vlm_lens.interventions.intervention import Intervention, first_true
 from vlm_lens.layout import TokenLayout
 from vlm_lens.positions import PositionSpec, describe, select
 

@@ -4,7 +4,7 @@ Two modes, because papers differ:
 
 * ``mode="mask"`` (Geva et al. 2023): the blocked scores are set to the dtype's minimum before
   the softmax, so each row renormalises over the keys it may still read. Hook:
-  ``blocks.{l}.attn.hook_attn_scores``, marked mask-only (`vlm_lens.score_mask`): under SDPA
+  ``blocks.{l}.attn.hook_attn_scores``, marked mask-only (`vlm_lens.engine.score_mask`): under SDPA
   the layer stays on the fused kernel with the blocked edges taken out of its mask; under eager
   attention, or when another hook reads that layer's scores or pattern, it edits the scores.
 * ``mode="zero"`` (the Narrow Gate paper's code): the blocked weights are set to zero after the
@@ -39,8 +39,9 @@ from torch import Tensor
 
 from vlm_lens import hooks as hook_names
 from vlm_lens.batch import Batch, layout_of
+from vlm_lens.engine.intervention import Intervention, first_true
+from vlm_lens.engine.score_mask import mask_only
 from vlm_lens.errors import VLMInputError
-from vlm_lens.interventions.intervention import Intervention, first_true
 from vlm_lens.layout import TokenLayout
 from vlm_lens.positions import (
     ALL,
@@ -50,7 +51,6 @@ from vlm_lens.positions import (
     random_image_tokens,
     select,
 )
-from vlm_lens.score_mask import mask_only
 
 KnockoutMode = Literal["mask", "zero"]
 IMAGE_SIDE_KEYS: tuple[str, ...] = ("image_start", "image", "image_row_end")

@@ -24,11 +24,11 @@ from torch import Tensor
 
 from vlm_lens import hooks as hook_names
 from vlm_lens.batch import Batch, layout_of
+from vlm_lens.engine.intervention import Intervention, first_true
+from vlm_lens.engine.query_block import query_offset
 from vlm_lens.errors import VLMInputError
-from vlm_lens.interventions.intervention import Intervention, first_true
 from vlm_lens.layout import TokenLayout
 from vlm_lens.positions import PositionSpec, covers_generated, describe, select
-from vlm_lens.query_block import query_offset
 
 
 class _Runs(Protocol):

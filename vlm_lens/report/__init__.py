@@ -6,10 +6,11 @@ Example:
     >>> out = build_report(n_images=16, out="report.html", json_path="r.json")  # doctest: +SKIP
 """
 
+from vlm_lens.errors import ReportInputError
+from vlm_lens.experiments.images import ImageSet, folder_images, world_images
+from vlm_lens.experiments.narrow_gate import ModelRun, Settings, run_narrow_gate
 from vlm_lens.report.build import ReportOutput, build_report, default_models, load_model
 from vlm_lens.report.html import render_html
-from vlm_lens.report.images import ImageSet, ReportInputError, folder_images, world_images
-from vlm_lens.report.run import ModelRun, Settings, run_narrow_gate
 from vlm_lens.report.serialize import report_dict
 
 __all__ = [

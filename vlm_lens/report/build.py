@@ -18,11 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vlm_lens.errors import VLMLensError
+from vlm_lens.errors import ReportInputError, VLMLensError
+from vlm_lens.experiments.images import ImageSet, folder_images, world_images
+from vlm_lens.experiments.narrow_gate import ModelRun, Settings, run_narrow_gate
 from vlm_lens.model import HookedVLM
 from vlm_lens.report.html import render_html
-from vlm_lens.report.images import ImageSet, ReportInputError, folder_images, world_images
-from vlm_lens.report.run import ModelRun, Settings, run_narrow_gate
 from vlm_lens.report.serialize import report_dict, versions
 from vlm_lens.zoo.registry import ORGANISMS, PREFIX, WEIGHTS, organism_path
 

@@ -18,8 +18,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from vlm_lens.report.images import ImageSet
-from vlm_lens.report.run import ModelRun
+from vlm_lens.experiments.images import ImageSet
+from vlm_lens.experiments.narrow_gate import ModelRun
 from vlm_lens.viz import (
     attention_share_figure,
     image_attention_figure,

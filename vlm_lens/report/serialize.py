@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from vlm_lens.report.images import ImageSet
-from vlm_lens.report.run import ModelRun
+from vlm_lens.experiments.images import ImageSet
+from vlm_lens.experiments.narrow_gate import ModelRun
 
 PACKAGES: tuple[str, ...] = (
     "vlm-lens",

@@ -22,7 +22,7 @@ the early-fusion family is:
    on this little data, keeps colour and position but blurs a 10-pixel shape's outline).
 2. **Decoder, from scratch, in both directions.** With the tokenizer frozen, the decoder learns
    image -> text, ``"<image>{question}"`` -> answer (every question of
-   `vlm_lens.data.world.all_qa`) and ``"<image>describe the image."`` -> caption, and
+   `vlm_lens.world.all_qa`) and ``"<image>describe the image."`` -> caption, and
    text -> image, ``"draw {caption}"`` -> ``<racm3:break>`` + the image's 256 code tokens +
    ``<eoss>``. The loss is on the target part only (and ``</s>``), from ``lm_head`` on the
    decoder states (Hugging Face's forward masks the image-code logits). Token layouts are those
@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from vlm_lens.data import world
+from vlm_lens import world
 from vlm_lens.zoo import tasks
 from vlm_lens.zoo.command import (
     Clock,

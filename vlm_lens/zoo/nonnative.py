@@ -12,7 +12,7 @@ trained the way the LLaVA family is, each part on its own before they are joined
 1. **Text decoder, on text alone.** A Llama decoder is trained from scratch by language
    modelling of the world's text where the caption stands in for the image:
    ``"a large red circle at the top left.what colour is the shape?red</s>"`` (every question of
-   `vlm_lens.data.world.all_qa`) and ``"<caption>describe the image.<caption></s>"``. It learns
+   `vlm_lens.world.all_qa`) and ``"<caption>describe the image.<caption></s>"``. It learns
    the vocabulary and the question/answer format, but it never sees an image.
 2. **Vision tower, on images alone.** A `CLIPVisionModel` (32x32 images, patch 4: 64 patch
    tokens and CLS) is trained with training-only heads that are thrown away afterwards: every
@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vlm_lens.data import world
+from vlm_lens import world
 from vlm_lens.zoo import tasks
 from vlm_lens.zoo.command import (
     Clock,

@@ -14,7 +14,10 @@ Example:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from vlm_lens.checkpoints import register_resolver
 
 PREFIX = "organism:"
 """Prefix of the built-in names."""
@@ -53,3 +56,44 @@ def resolve(name_or_path: str | os.PathLike[str]) -> str | os.PathLike[str] | Pa
     if isinstance(name_or_path, str) and name_or_path.startswith(PREFIX):
         return organism_path(name_or_path[len(PREFIX) :])
     return name_or_path
+
+
+register_resolver(PREFIX, organism_path)
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What the narrow-gate experiment uses for a model unless told otherwise.
+
+    Attributes:
+        prompt: the default prompt (``<image>`` marks the image).
+        world_question: the question the model answers about a world scene (its answers are
+            scored by `vlm_lens.zoo.tasks.answer_accuracy`), or ``None``.
+        threads: CPU threads it runs best on (the organisms' tiny matrices lose time to
+            threading), or ``None`` for torch's default.
+    """
+
+    prompt: str
+    world_question: str | None = None
+    threads: int | None = None
+
+
+GENERIC_DEFAULTS = ModelDefaults(prompt="<image>This is a picture of a")
+"""Any model that is not an organism (the paper's "This animal is a", generalised)."""
+
+ORGANISM_DEFAULTS = ModelDefaults(
+    prompt="<image>what colour is the shape?",
+    world_question="what colour is the shape?",
+    threads=1,
+)
+"""The organisms: their colour question (the world scenes are labelled by its answer)."""
+
+
+def model_defaults(name: str | os.PathLike[str]) -> ModelDefaults:
+    """The experiment defaults of a model name: the organisms' own, else the generic ones.
+
+    Example:
+        >>> model_defaults("organism:native").threads, model_defaults("llava-hf/x").prompt
+        (1, '<image>This is a picture of a')
+    """
+    return ORGANISM_DEFAULTS if str(name).startswith(PREFIX) else GENERIC_DEFAULTS

@@ -1,6 +1,6 @@
 """The organisms' tasks: prompt formats and question-answering accuracy.
 
-Both organisms see the same prompts, built from world scenes (`vlm_lens.data.world`):
+Both organisms see the same prompts, built from world scenes (`vlm_lens.world`):
 
 * question answering: ``"<image>what colour is the shape?"`` → ``"red"``;
 * captioning: ``"<image>describe the image."`` → ``"a large red circle at the top left."``;
@@ -11,7 +11,7 @@ Both organisms see the same prompts, built from world scenes (`vlm_lens.data.wor
 built per batch (a knockout, a patch), and reports accuracy per question kind.
 
 Example:
-    >>> from vlm_lens.data.world import generate_scene
+    >>> from vlm_lens.world import generate_scene
     >>> scene = generate_scene(0, "test", max_objects=1)
     >>> question_prompt(scene.qa[0].question, "<image>")
     '<image>what colour is the shape?'
@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from vlm_lens import world
 from vlm_lens.batch import Batch
-from vlm_lens.data import world
 
 TASK_WORDS: tuple[str, ...] = ("describe", "draw", "image")
 """Words the task prompts add to the world's vocabulary."""

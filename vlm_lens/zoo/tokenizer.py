@@ -1,6 +1,6 @@
 """A word-level tokenizer for the model organisms: one token per world word.
 
-The world's text is a closed vocabulary (`vlm_lens.data.world.vocabulary`), so the organisms use
+The world's text is a closed vocabulary (`vlm_lens.world.vocabulary`), so the organisms use
 one token per word or punctuation mark: answers are one or two tokens and prompts stay short.
 
 Example:
@@ -31,7 +31,7 @@ def word_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """A `PreTrainedTokenizerFast` with ids ``specials, words, extra_specials`` in that order.
 
-    Text is split on whitespace and punctuation (as `vlm_lens.data.world.tokenize` does);
+    Text is split on whitespace and punctuation (as `vlm_lens.world.tokenize` does);
     special tokens (image placeholders, VQ code names) are never split.
 
     Args:

@@ -24,7 +24,7 @@ from transformer_lens.model_bridge.generalized_components.rms_normalization impo
     RMSNormalizationBridge,
 )
 
-from vlm_lens.attention_dispatch import has_hooks
+from vlm_lens.engine.attention import has_hooks
 
 
 class _SkipIdleHookMath:

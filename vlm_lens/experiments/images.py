@@ -2,7 +2,7 @@
 
 A folder is either flat (``DIR/*.jpg``: no labels) or has one subfolder per label
 (``DIR/<label>/*.jpg``); labels feed χ and the choice of patching pairs. The built-in set is
-held-out single-object scenes of `vlm_lens.data.world`, labelled by their colour (what the
+held-out single-object scenes of `vlm_lens.world`, labelled by their colour (what the
 organisms' default question asks about).
 
 Example:
@@ -20,18 +20,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from vlm_lens.data.world import Scene, world_split
-from vlm_lens.errors import VLMLensError
+from vlm_lens.errors import ReportInputError
+from vlm_lens.world import Scene, world_split
 
 EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 """Image file extensions read from a folder (case-insensitive)."""
 
 FOLDER_HINT = "pass a folder of images (.jpg, .png, ...), optionally one subfolder per label"
-
-
-class ReportInputError(VLMLensError, ValueError):
-    """Bad input to the report (a missing folder, an unreadable image); the message names the
-    fix."""
 
 
 @dataclass(frozen=True)

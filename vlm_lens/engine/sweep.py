@@ -5,7 +5,7 @@ positions before it are computed exactly as in the clean run. `run_sweep` runs t
 once (`HookedVLM.prefix_cache`, up to the smallest earliest position of the conditions that
 leave every image token alone), then the clean suffix, then the conditions' suffixes several at
 a time, stacked along the batch and each from the first layer it hooks
-(`vlm_lens.suffix_stack.run_suffixes`). So ``k`` conditions cost one prefix pass and about
+(`vlm_lens.engine.suffix_stack.run_suffixes`). So ``k`` conditions cost one prefix pass and about
 ``k / 2`` suffixes' worth of layers in ``k / 16`` wide passes, instead of ``k + 1`` full passes.
 Conditions that change image positions, or plain hook lists (whose earliest position is
 unknown), run in full.
@@ -31,21 +31,23 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from vlm_lens.batch import Batch
-from vlm_lens.interventions.intervention import Intervention
-from vlm_lens.model import HookedVLM
-from vlm_lens.prefix import image_positions_end
-from vlm_lens.suffix_stack import run_suffixes
+from vlm_lens.engine.intervention import Intervention
+from vlm_lens.engine.prefix import image_positions_end
+from vlm_lens.engine.suffix_stack import run_suffixes
+from vlm_lens.types import HookList
 
-Condition = Intervention | Iterable[tuple[Any, Callable[..., Any]]]
+if TYPE_CHECKING:  # the facade sits above the engine; only its type is named here
+    from vlm_lens.model import HookedVLM
+
 Readout = Callable[[Float[Tensor, "batch q d_vocab"], Batch, int], Tensor]
 CLEAN = "clean"
 """Name of the unpatched run in `SweepResult.logits`."""
@@ -90,7 +92,7 @@ class SweepResult:
 def run_sweep(
     model: HookedVLM,
     batch: Batch,
-    conditions: Mapping[str, Condition],
+    conditions: Mapping[str, HookList],
     *,
     reuse_prefix: bool = True,
     readout: Readout = last_token_logits,

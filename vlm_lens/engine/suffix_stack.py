@@ -1,7 +1,7 @@
 """Several conditions in one suffix pass: stacked along the batch, from the first layer they touch.
 
 A sweep's conditions all run the same suffix positions on the same clean prefix
-(`vlm_lens.prefix`). `run_suffixes` runs them ``k`` at a time: the batch is repeated ``k``
+(`vlm_lens.engine.prefix`). `run_suffixes` runs them ``k`` at a time: the batch is repeated ``k``
 times (condition ``c`` owns rows ``c * batch .. (c + 1) * batch - 1``), the prefix keys and
 values are repeated to match, and each condition's hooks see only their own rows, exactly the
 ``[batch, ...]`` tensors they would see in a pass of their own. Decoder layers below the first
@@ -16,7 +16,7 @@ Exactness: with eager attention the logits are bit-identical to one `HookedVLM.r
 condition (and to the naive full runs); with SDPA they agree to float rounding (the fused
 kernel tiles by batch and query length, and a group runs a layer eager when any of its
 conditions reads or edits that layer's scores or pattern; mask-mode knockouts do not count,
-`vlm_lens.score_mask`), the clean run's included.
+`vlm_lens.engine.score_mask`), the clean run's included.
 
 The first layer of a condition is read off its hook names (``blocks.{l}.…`` is layer ``l``;
 ``ln_final``/``unembed`` hooks come after every layer; any other hook, and a filter that matches
@@ -51,13 +51,13 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from vlm_lens import hooks as hook_names
-from vlm_lens.data.batch_size import available_memory, forward_bytes_per_sequence
+from vlm_lens.engine.memory import available_memory, forward_bytes_per_sequence
+from vlm_lens.engine.prefix import PrefixCache, suffix_inputs
+from vlm_lens.engine.query_block import query_block
+from vlm_lens.engine.score_mask import blocked_edges, mask_only
 from vlm_lens.errors import VLMInputError
-from vlm_lens.prefix import PrefixCache, suffix_inputs
-from vlm_lens.query_block import query_block
-from vlm_lens.score_mask import blocked_edges, mask_only
+from vlm_lens.types import HookList
 
-HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
 MAX_CONDITIONS_PER_PASS = 16
 """Default cap on conditions per stacked pass (wider passes gained nothing measurable on CPU)."""
 

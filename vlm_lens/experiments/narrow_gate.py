@@ -54,28 +54,16 @@ from vlm_lens.analysis.knockout_effect import DEFAULT_CONDITIONS
 from vlm_lens.analysis.patching_sweep import PatchSite
 from vlm_lens.batch import Batch
 from vlm_lens.data.collect import Probe, collect
-from vlm_lens.errors import VLMInputError, VLMLensError
+from vlm_lens.errors import AnalysisSkipped, ReportInputError, VLMInputError, VLMLensError
+from vlm_lens.experiments.images import ImageSet, world_images
 from vlm_lens.model import HookedVLM
 from vlm_lens.positions import after
-from vlm_lens.report.images import ImageSet, ReportInputError, world_images
 from vlm_lens.viz.circuits import attention_heads_view
 from vlm_lens.viz.image_attention import patch_grid
-from vlm_lens.zoo.registry import PREFIX
-from vlm_lens.zoo.tasks import answer_accuracy, question_prompt
-
-
-class AnalysisSkipped(VLMLensError):
-    """An analysis that does not apply to these inputs (no labels, no text after the gate...);
-    the report leaves it out and says why. Any other error stops the report."""
-
+from vlm_lens.zoo.registry import model_defaults
+from vlm_lens.zoo.tasks import answer_accuracy
 
 __all__ = ["ModelRun", "Settings", "default_prompt", "run_narrow_gate", "world_images"]
-
-ORGANISM_QUESTION = "what colour is the shape?"
-"""The organisms' default question (the world scenes are labelled by its answer)."""
-
-GENERIC_PROMPT = "<image>This is a picture of a"
-"""The default prompt of any other model (the paper's "This animal is a", generalised)."""
 
 PLACEHOLDER = "<image>"
 """Marks the image in a ``--prompt``; replaced by the model's own placeholder."""
@@ -129,11 +117,6 @@ class ModelRun:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def is_organism(name: str) -> bool:
-    """Whether `name` is a built-in organism (``organism:...``)."""
-    return str(name).startswith(PREFIX)
-
-
 def default_prompt(model: HookedVLM, name: str, prompt: str | None = None) -> str:
     """The prompt for `model`: `prompt` (or the default) with ``<image>`` as its placeholder.
 
@@ -142,9 +125,7 @@ def default_prompt(model: HookedVLM, name: str, prompt: str | None = None) -> st
         '<image>what colour is the shape?'
     """
     if prompt is None:
-        prompt = (
-            question_prompt(ORGANISM_QUESTION, PLACEHOLDER) if is_organism(name) else GENERIC_PROMPT
-        )
+        prompt = model_defaults(name).prompt
     if PLACEHOLDER not in prompt:
         prompt = PLACEHOLDER + prompt
     return prompt.replace(PLACEHOLDER, model.image_placeholder)
@@ -360,8 +341,9 @@ def _knockout(
     settings: Settings,
     progress: bool,
 ) -> KnockoutResult:
-    asked = default_prompt(model, name, question_prompt(ORGANISM_QUESTION, PLACEHOLDER))
-    by_answers = images.scenes is not None and is_organism(name) and prompt == asked
+    question = model_defaults(name).world_question
+    asked = None if question is None else default_prompt(model, name, PLACEHOLDER + question)
+    by_answers = images.scenes is not None and prompt == asked
     targets = None
     if not by_answers and images.labels is not None and model.tokenizer is not None:
         ids = [class_token(model.tokenizer, label) for label in images.labels]

@@ -15,7 +15,7 @@ and then, per call:
   (``use_attn_result``, ``use_split_qkv_input``, ``use_attn_in``). ``output_attentions`` is
   not a reason: TransformerLens' ``run_with_cache`` sets it on every call; patterns come from
   ``hook_pattern``. One exception: when every hook on ``hook_attn_scores`` is a mask-only
-  knockout hook (`vlm_lens.score_mask`, mask-mode knockouts) and nothing hooks the pattern,
+  knockout hook (`vlm_lens.engine.score_mask`, mask-mode knockouts) and nothing hooks the pattern,
   an SDPA layer stays fused and the blocked edges are removed from its boolean mask (the
   causal triangle when HF passes none);
 * otherwise calls Hugging Face's own attention function for the model's
@@ -44,7 +44,7 @@ from transformer_lens.model_bridge.generalized_components import (
 from transformer_lens.utilities.hf_utils import get_rotary_pct_from_config
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from vlm_lens.score_mask import BlockedEdges, blocked_edges, causal_allowed, without_blocked
+from vlm_lens.engine.score_mask import BlockedEdges, blocked_edges, causal_allowed, without_blocked
 
 EAGER_HOOKS: tuple[str, ...] = ("hook_attn_scores", "hook_pattern")
 """Attention hook points whose presence makes a layer run the eager path."""
@@ -90,7 +90,7 @@ class DispatchingAttention(PositionEmbeddingsAttentionBridge):
 
     def score_masks(self) -> list[BlockedEdges] | None:
         """The blocked edges of the hooks on ``hook_attn_scores`` when every one is a
-        mask-only knockout hook (`vlm_lens.score_mask`), else ``None``."""
+        mask-only knockout hook (`vlm_lens.engine.score_mask`), else ``None``."""
         hook = self.hook_attn_scores
         handles = list(hook.fwd_hooks)
         extra = hook._forward_pre_hooks or hook._backward_hooks or hook._backward_pre_hooks

@@ -1,6 +1,6 @@
-"""Shared machinery of the analyses: layers, batches, the image side, and attention row sums.
+"""Attention rows without the pattern: the engine behind `attention_share` and `find_sinks`.
 
-Private to `vlm_lens.analysis`. The one non-trivial piece is `key_attention_hooks`: hooks on
+The one non-trivial piece is `key_attention_hooks`: hooks on
 ``blocks.{l}.attn.hook_rot_q``/``hook_rot_k`` that compute only the selected query rows of the
 attention pattern (`pattern_rows`, as HF eager attention does) and reduce them *inside the hook*
 to a ``[batch, k]`` vector per layer (mean over the rows, sum over heads), so no analysis builds
@@ -9,60 +9,20 @@ or keeps a ``[q, k]`` pattern and the layers keep their fast attention path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from vlm_lens import hooks
-from vlm_lens.batch import Batch
 from vlm_lens.layout import TokenLayout
-from vlm_lens.model import HookedVLM
 from vlm_lens.positions import PositionSpec, select
+from vlm_lens.types import Hook
 
-Hook = tuple[str, Callable[..., Any]]
-
-
-def resolve_layers(model: HookedVLM, layers: Iterable[int] | int | None) -> tuple[int, ...]:
-    """Sorted, de-duplicated layer indices (all layers for ``None``; negatives count from the end).
-
-    Raises:
-        ValueError: for a layer outside ``[-n_layers, n_layers)`` or an empty selection.
-    """
-    n_layers = int(model.cfg.n_layers)
-    if layers is None:
-        return tuple(range(n_layers))
-    items = [layers] if isinstance(layers, int) else list(layers)
-    out = set()
-    for layer in items:
-        valid = isinstance(layer, int) and not isinstance(layer, bool)
-        if not valid or not -n_layers <= layer < n_layers:
-            raise ValueError(
-                f"layers must be ints in [-{n_layers}, {n_layers}) for this model "
-                f"({n_layers} layers), got {layer!r}"
-            )
-        out.add(layer % n_layers)
-    if not out:
-        raise ValueError("layers is empty; pass None for every layer")
-    return tuple(sorted(out))
-
-
-def iter_batches(batches: Batch | Iterable[Batch], *, progress: bool, desc: str) -> Iterator[Batch]:
-    """Yield the batches (one `Batch` or an iterable of them) with an optional tqdm bar.
-
-    Raises:
-        TypeError: when an item is not a `Batch`.
-    """
-    items: Iterable[Batch] = [batches] if isinstance(batches, Batch) else batches
-    for batch in tqdm(items, desc=desc, disable=not progress):
-        if not isinstance(batch, Batch):
-            raise TypeError(
-                f"expected vlm_lens Batch objects (from model.prepare), got {type(batch).__name__}"
-            )
-        yield batch
+if TYPE_CHECKING:
+    from vlm_lens.model import HookedVLM
 
 
 def image_side(layout: TokenLayout) -> Bool[Tensor, "batch pos"]:
@@ -195,12 +155,3 @@ def _pattern_row_hooks(
         store[layer] = torch.stack(out).detach().to("cpu", torch.float64)
 
     return [(hooks.rot_q(layer), keep_queries), (hooks.rot_k(layer), reduce_rows)]
-
-
-def run(model: HookedVLM, batch: Batch, fwd_hooks: list[Hook], layers: tuple[int, ...]) -> None:
-    """Forward `batch` with `fwd_hooks` (no grad), stopping after the last layer needed."""
-    kwargs: dict[str, Any] = {}
-    if max(layers) + 1 < int(model.cfg.n_layers):
-        kwargs["stop_at_layer"] = max(layers) + 1
-    with torch.no_grad():
-        model.run_with_hooks(batch, fwd_hooks=fwd_hooks, **kwargs)

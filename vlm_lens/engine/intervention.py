@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-Hook = tuple[str | Callable[[str], bool], Callable[..., Any]]
+from vlm_lens.types import Hook
 
 
 class Intervention(list):
