@@ -21,14 +21,15 @@ from torch import Tensor, nn
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.model_bridge.sources import build_bridge_from_module
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from vlm_lens import hooks as hook_names
 from vlm_lens.adapters import VLMAdapter, adapter_class_for
 from vlm_lens.batch import Batch, move_inputs
 from vlm_lens.checkpoints import resolve_checkpoint
-from vlm_lens.engine import attention as attention_dispatch
-from vlm_lens.engine import norm as norm_dispatch
+from vlm_lens.engine import attention
+from vlm_lens.engine.compat import attn_implementation, register_aliases
+from vlm_lens.engine.components import build_bridge
 from vlm_lens.engine.image_features import attach_image_hook, set_images_per_sequence
 from vlm_lens.engine.prefix import PrefixCache, check_upto, prefix_inputs, suffix_inputs
 from vlm_lens.engine.query_block import query_block
@@ -79,9 +80,8 @@ class HookedVLM(nn.Module):
             **type(bridge).hook_aliases,
             hook_names.INPUTS_EMBEDS: "blocks.0.hook_in",
         }
-        bridge._register_aliases()
-        attention_dispatch.install([block.attn for block in bridge.blocks])
-        norm_dispatch.install(list(bridge.modules()))
+        register_aliases(bridge)
+        attention.route_decoder(bridge.original_model, self._hf_attention(0).config)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -168,13 +168,7 @@ class HookedVLM(nn.Module):
         model.eval()
         adapter = adapter_cls(model, processor)
         chosen = _attn_implementations(model.config)
-        bridge = build_bridge_from_module(
-            model,
-            adapter.architecture,
-            hf_config=copy.deepcopy(model.config),
-            tokenizer=None,
-            device=_device_of(model),
-        ).eval()
+        bridge = build_bridge(model, adapter.architecture)
         if chosen != _attn_implementations(model.config):  # the TL adapter forced eager
             model.set_attn_implementation(chosen)
         return cls(bridge, adapter, processor)
@@ -216,7 +210,8 @@ class HookedVLM(nn.Module):
 
         Layers with a hook on ``hook_attn_scores`` or ``hook_pattern`` run eager regardless.
         """
-        return str(self.bridge.blocks[0].attn.original_component.config._attn_implementation)
+        name = attn_implementation(self._hf_attention(0).config) or "eager"
+        return attention.base_name(name)
 
     def set_attn_implementation(self, implementation: str | dict[str, Any]) -> HookedVLM:
         """Switch the attention implementation, as Hugging Face's ``set_attn_implementation``.
@@ -231,13 +226,17 @@ class HookedVLM(nn.Module):
             >>> model.attn_implementation, model.set_attn_implementation("sdpa").attn_implementation
             ('eager', 'sdpa')
         """
-        known = ("eager", *attention_dispatch.ALL_ATTENTION_FUNCTIONS.keys())
+        known = (
+            "eager",
+            *(k for k in ALL_ATTENTION_FUNCTIONS if not k.startswith(attention.PREFIX)),
+        )
         if isinstance(implementation, str) and implementation not in known:
             raise ValueError(
                 f"unknown attention implementation {implementation!r}; use 'eager', 'sdpa' or "
                 f"one of {sorted(known)}"
             )
         self.hf_model.set_attn_implementation(implementation)
+        attention.route_decoder(self.hf_model, self._hf_attention(0).config)
         return self
 
     def attention_scaling(self, layer: int) -> float:
@@ -246,7 +245,7 @@ class HookedVLM(nn.Module):
 
     def attention_window(self, layer: int) -> int | None:
         """The sliding-window size of `layer`'s attention, or ``None`` for full attention."""
-        return attention_dispatch.sliding_window(self._hf_attention(layer))
+        return attention.sliding_window(self._hf_attention(layer))
 
     @property
     def hook_dict(self) -> dict[str, HookPoint]:
@@ -640,13 +639,6 @@ def _attn_implementations(config: Any) -> dict[str, Any]:
         if sub is not None:
             out[key] = _attn_implementations(sub)
     return out
-
-
-def _device_of(model: nn.Module) -> str:
-    try:
-        return str(next(model.parameters()).device)
-    except StopIteration:  # pragma: no cover
-        return "cpu"
 
 
 def _group_images(images: Any, n_prompts: int) -> list[list[ImageLike]]:

@@ -1,198 +1,290 @@
-"""The fast attention path: each decoder attention layer picks eager or the HF implementation.
+"""The fast attention path: each decoder layer runs Hugging Face's own attention code unless a
+hook needs TransformerLens' eager reconstruction.
 
 TransformerLens 4.3's ``PositionEmbeddingsAttentionBridge`` always rebuilds attention eagerly
-(``q @ k^T``, mask, fp32 softmax, ``@ v``) so that ``hook_attn_scores`` and ``hook_pattern`` can
-fire, even when nothing reads them: at 1,000+ image tokens that is most of the forward's cost.
-`DispatchingAttention` keeps the bridge's code for everything up to the attention kernel (the
-q/k/v projections and their hooks, q/k norms, RoPE, ``hook_rot_q``/``hook_rot_k``, the KV cache)
-and then, per call:
+(``q @ k^T``, mask, fp32 softmax, ``@ v``) so that ``hook_attn_scores`` and ``hook_pattern``
+can fire, even when nothing reads them: at 1,000+ image tokens that is most of a forward's
+cost. `DispatchingAttention`, the bridge component vlm_lens builds instead (through the
+bridge's public ``post_adapter_hook``, `vlm_lens.engine.components`), decides per call:
 
-* runs the bridge's exact eager path when the layer *needs* it: a hook is attached to its
-  ``hook_attn_scores`` or ``hook_pattern`` (forward or backward, however it got there:
-  ``run_with_cache`` whose ``names_filter`` matches them, ``run_with_hooks``, ``hooks()``,
-  ``generate(fwd_hooks=...)``, a zero-mode knockout, ``add_hook``), the model's implementation
-  is ``"eager"``, or a TransformerLens option the fused call does not replicate is on
-  (``use_attn_result``, ``use_split_qkv_input``, ``use_attn_in``). ``output_attentions`` is
-  not a reason: TransformerLens' ``run_with_cache`` sets it on every call; patterns come from
-  ``hook_pattern``. One exception: when every hook on ``hook_attn_scores`` is a mask-only
-  knockout hook (`vlm_lens.engine.score_mask`, mask-mode knockouts) and nothing hooks the pattern,
-  an SDPA layer stays fused and the blocked edges are removed from its boolean mask (the
-  causal triangle when HF passes none);
-* otherwise calls Hugging Face's own attention function for the model's
-  ``config._attn_implementation`` (``ALL_ATTENTION_FUNCTIONS``: ``"sdpa"``, flash, flex...) with
-  exactly the arguments the HF attention module passes, so logits are bit-identical to the HF
-  model run with that implementation.
+* **TransformerLens' reconstruction** (its own ``forward``, exactly HF eager) when the layer
+  needs it: a hook on its ``hook_attn_scores`` or ``hook_pattern`` (forward or backward,
+  however it got there: ``run_with_cache`` whose ``names_filter`` matches them,
+  ``run_with_hooks``, ``hooks()``, ``generate(fwd_hooks=...)``, a zero-mode knockout,
+  ``add_hook``), a hook on a point only the reconstruction fires (``hook_q_normed``,
+  ``hook_k_normed``), the model's implementation is ``"eager"``, or a TransformerLens option
+  the HF code does not have is on (``use_attn_result``, ``use_split_qkv_input``,
+  ``use_attn_in``). One exception: when every hook on ``hook_attn_scores`` is a mask-only
+  knockout hook (`vlm_lens.engine.score_mask`) and nothing hooks the pattern, an SDPA layer
+  stays fused and the blocked edges leave its boolean mask.
+* **Hugging Face's own attention module** otherwise: its ``forward`` runs as in the plain HF
+  model (projections through the bridge's linear components, so ``hook_q/k/v/z`` fire; q/k
+  norms; RoPE), and its attention function comes from transformers' public registry: the
+  decoder's implementation is set to ``"vlm_lens:<base>"`` (``"vlm_lens:sdpa"``...),
+  registered with ``AttentionInterface`` (`dispatch`) and with ``AttentionMaskInterface``
+  (the base's own mask function, so masks are the base's). `dispatch` fires ``hook_rot_q`` and
+  ``hook_rot_k`` on the rotated queries and new keys, updates the KV cache with the (possibly
+  edited) keys through the public ``Cache.update``, as TransformerLens does, and calls the base
+  function (``ALL_ATTENTION_FUNCTIONS[base]``) with exactly the arguments HF passes. So logits
+  are bit-identical to the HF model run with the base implementation, by construction.
 
-The HF mask the layer receives follows the implementation (``None`` or a boolean mask for SDPA,
-an additive float mask for eager); the bridge's eager path turns either into the additive mask HF
-eager uses (``0`` / ``finfo.min``; ``None`` becomes the causal triangle), so an eager layer inside
-an SDPA model computes exactly what HF eager computes for that layer.
+The fast path is an allow-list: HF attention classes whose hook semantics the contract suite
+checks (`TESTED_ATTENTION_MODULES`). A layer of any other class keeps TransformerLens' own
+forward and a warning names the class once. Any other model in the process (an HF copy, the
+vision tower) calls `dispatch` only through its own ``"vlm_lens:..."`` name, and `dispatch`
+hands a module vlm_lens does not drive straight to the base function.
 
-Private to the model layer: `vlm_lens.model` installs it; nothing else touches bridge internals.
+Example:
+    >>> from vlm_lens import HookedVLM
+    >>> from vlm_lens.testing import build_tiny
+    >>> tiny = build_tiny("llava")
+    >>> model = HookedVLM.from_hf(tiny.model, tiny.processor).set_attn_implementation("sdpa")
+    >>> attn = model.bridge.blocks[0].attn
+    >>> attn.attention_implementation(), attn.reconstruction_reason()
+    ('sdpa', None)
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge.generalized_components import (
     PositionEmbeddingsAttentionBridge,
 )
-from transformer_lens.utilities.hf_utils import get_rotary_pct_from_config
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from vlm_lens.engine.compat import attn_implementation, has_hooks, only_lens_forward_hooks
 from vlm_lens.engine.score_mask import BlockedEdges, blocked_edges, causal_allowed, without_blocked
 
+PREFIX = "vlm_lens:"
+"""Prefix of the implementation names vlm_lens registers (``"vlm_lens:sdpa"``...)."""
+
+TESTED_ATTENTION_MODULES: frozenset[str] = frozenset(
+    {"LlamaAttention", "MistralAttention", "Qwen2Attention", "ChameleonAttention", "Emu3Attention"}
+)
+"""HF attention classes the fast path is tested on (every family and variant of the contract
+suite). Add a class here once its family passes the suite."""
+
 EAGER_HOOKS: tuple[str, ...] = ("hook_attn_scores", "hook_pattern")
-"""Attention hook points whose presence makes a layer run the eager path."""
+"""Attention hook points whose hooks make a layer run TransformerLens' reconstruction."""
+
+RECONSTRUCTION_ONLY_HOOKS: tuple[str, ...] = ("hook_q_normed", "hook_k_normed")
+"""Hook points only TransformerLens' reconstruction fires; a hook on one makes the layer use it."""
 
 _RUNTIME_EAGER_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in")
-_NOT_PASSED_ON = ("past_key_values", "layer_past", "output_attentions", "use_cache")
+_NOT_PASSED_ON = ("output_attentions", "use_cache")
+_warned: set[str] = set()
 
 
-def has_hooks(hook: HookPoint) -> bool:
-    """Whether any forward or backward hook is registered on `hook` (by any route)."""
-    return bool(
-        hook._forward_hooks
-        or hook._forward_pre_hooks
-        or hook._backward_hooks
-        or hook._backward_pre_hooks
-    )
+@dataclass(frozen=True)
+class _Call:
+    """The decoder attention call in progress: whose module, its bridge, cache and masks."""
+
+    hf_attn: nn.Module
+    bridge: DispatchingAttention
+    cache: Any
+    masks: list[BlockedEdges] | None
+
+
+_ACTIVE: ContextVar[_Call | None] = ContextVar("vlm_lens_attention_call", default=None)
+
+
+def hooked_name(base: str) -> str | None:
+    """The registered name under which the decoder runs `base` through `dispatch`
+    (``"vlm_lens:sdpa"``), registering it on first use; ``None`` for ``"eager"`` (every layer
+    then runs TransformerLens' reconstruction, which is HF eager) and for an implementation
+    without a mask function to mirror.
+
+    Example:
+        >>> hooked_name("sdpa"), hooked_name("eager")
+        ('vlm_lens:sdpa', None)
+    """
+    base = base_name(base)
+    if base == "eager" or base not in ALL_ATTENTION_FUNCTIONS:
+        return None
+    if base not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        return None
+    name = PREFIX + base
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, _dispatcher(base))
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    return name
+
+
+def base_name(name: str) -> str:
+    """The implementation a (possibly vlm_lens-registered) name stands for.
+
+    Example:
+        >>> base_name("vlm_lens:sdpa"), base_name("eager")
+        ('sdpa', 'eager')
+    """
+    return name[len(PREFIX) :] if name.startswith(PREFIX) else name
+
+
+def _dispatcher(base: str) -> Callable[..., tuple[torch.Tensor, Any]]:
+    def attention(module: nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        return dispatch(module, *args, base=base, **kwargs)
+
+    attention.__name__ = f"vlm_lens_{base}_attention"
+    return attention
+
+
+def dispatch(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    base: str,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """The attention function registered as ``"vlm_lens:<base>"``.
+
+    For the module of the `DispatchingAttention` call in progress: ``hook_rot_q`` on the
+    rotated queries, ``hook_rot_k`` on the new rotated keys, the KV cache update with the
+    hooked keys, the blocked edges of mask-only knockout hooks removed from the mask, then
+    the base implementation. Any other module goes straight to the base implementation.
+    """
+    function = ALL_ATTENTION_FUNCTIONS[base]
+    call = _ACTIVE.get()
+    if call is None or call.hf_attn is not module:
+        return function(module, query, key, value, attention_mask, **kwargs)
+    bridge = call.bridge
+    query = bridge.hook_rot_q(query)
+    key = bridge.hook_rot_k(key)
+    if call.cache is not None:
+        key, value = call.cache.update(key, value, module.layer_idx)
+    if call.masks:
+        q_len, k_len = query.shape[-2], key.shape[-2]
+        allowed = (
+            causal_allowed(q_len, k_len, query.device)
+            if attention_mask is None
+            else attention_mask[..., :k_len]
+        )
+        shape = (query.shape[0], query.shape[1], q_len, k_len)
+        attention_mask = without_blocked(
+            allowed, call.masks, shape, str(bridge.hook_attn_scores.name)
+        )
+    passed = {k: v for k, v in kwargs.items() if k not in _NOT_PASSED_ON}
+    return function(module, query, key, value, attention_mask, **passed)
 
 
 class DispatchingAttention(PositionEmbeddingsAttentionBridge):
-    """A ``PositionEmbeddingsAttentionBridge`` that skips the eager pattern when nothing needs it.
+    """A ``PositionEmbeddingsAttentionBridge`` that runs HF's attention module when nothing
+    needs TransformerLens' eager reconstruction (see the module docstring).
 
-    Installed on an existing bridge component by `install` (its class is swapped; state and
-    hooks stay). See the module docstring for when each path runs.
+    Built by `vlm_lens.engine.components` in place of the plain bridge component; its hooks and
+    TransformerLens behaviour are the parent's.
     """
 
-    def attention_implementation(self) -> str:
-        """The implementation the HF model would use here (``config._attn_implementation``)."""
-        config = getattr(self.original_component, "config", None)
-        return str(getattr(config, "_attn_implementation", None) or "eager")
+    unsupported: str | None = None
+    """Why this layer never takes the fast path (an untested HF class), or ``None``."""
 
-    def needs_eager(self, **kwargs: Any) -> bool:
-        """Whether this call must run the bridge's eager path (see the module docstring)."""
-        implementation = self.attention_implementation()
-        if implementation == "eager" or has_hooks(self.hook_pattern):
-            return True
+    def set_original_component(self, component: nn.Module) -> None:
+        """Bind the HF module (TransformerLens' own binding) and check the allow-list."""
+        super().set_original_component(component)
+        name = type(component).__name__
+        if name not in TESTED_ATTENTION_MODULES:
+            self.unsupported = (
+                f"{name} is not among the attention classes vlm_lens' fast path is tested on "
+                f"({', '.join(sorted(TESTED_ATTENTION_MODULES))})"
+            )
+            if name not in _warned:
+                _warned.add(name)
+                warnings.warn(
+                    f"{self.unsupported}; its layers run TransformerLens' eager reconstruction "
+                    "(exact, slower at long prompts). Add it to "
+                    "vlm_lens.engine.attention.TESTED_ATTENTION_MODULES once its family passes "
+                    "the contract suite.",
+                    stacklevel=2,
+                )
+
+    def attention_implementation(self) -> str:
+        """The implementation the HF model runs here (``"sdpa"``, ``"eager"``...)."""
+        config = getattr(self.original_component, "config", None)
+        name = attn_implementation(config) if config is not None else None
+        return base_name(name or "eager")
+
+    def reconstruction_reason(self, **kwargs: Any) -> str | None:
+        """Why this call must run TransformerLens' reconstruction, or ``None`` for HF's code.
+
+        Example:
+            >>> model.bridge.blocks[0].attn.reconstruction_reason()  # doctest: +SKIP
+            None
+        """
+        if self.unsupported is not None:
+            return self.unsupported
+        config = getattr(self.original_component, "config", None)
+        if config is None or not str(attn_implementation(config) or "").startswith(PREFIX):
+            return f"the implementation is {self.attention_implementation()!r}"
+        if has_hooks(self.hook_pattern):
+            return "a hook on hook_pattern"
         if has_hooks(self.hook_attn_scores) and not (
-            implementation == "sdpa"
+            self.attention_implementation() == "sdpa"
             and self.score_masks() is not None
             and _boolean_or_none(kwargs.get("attention_mask"))
         ):
-            return True
-        return any(bool(getattr(self.config, flag, False)) for flag in _RUNTIME_EAGER_FLAGS)
+            return "a hook on hook_attn_scores"
+        for name in RECONSTRUCTION_ONLY_HOOKS:
+            point = getattr(self, name, None)
+            if point is not None and has_hooks(point):
+                return f"a hook on {name}"
+        for flag in _RUNTIME_EAGER_FLAGS:
+            if bool(getattr(self.config, flag, False)):
+                return f"cfg.{flag}"
+        return None
+
+    def needs_eager(self, **kwargs: Any) -> bool:
+        """Whether this call runs TransformerLens' reconstruction (`reconstruction_reason`)."""
+        return self.reconstruction_reason(**kwargs) is not None
 
     def score_masks(self) -> list[BlockedEdges] | None:
-        """The blocked edges of the hooks on ``hook_attn_scores`` when every one is a
-        mask-only knockout hook (`vlm_lens.engine.score_mask`), else ``None``."""
-        hook = self.hook_attn_scores
-        handles = list(hook.fwd_hooks)
-        extra = hook._forward_pre_hooks or hook._backward_hooks or hook._backward_pre_hooks
-        if extra or len(handles) != len(hook._forward_hooks):
+        """The blocked edges of the hooks on ``hook_attn_scores`` when every one is a mask-only
+        knockout hook (`vlm_lens.engine.score_mask`), else ``None``."""
+        functions = only_lens_forward_hooks(self.hook_attn_scores)
+        if functions is None:
             return None
-        edges = [blocked_edges(h.user_hook) if h.user_hook else None for h in handles]
-        return None if any(e is None for e in edges) else edges  # type: ignore[return-value]
+        edges = [blocked_edges(f) if f is not None else None for f in functions]
+        return None if any(e is None for e in edges) else [e for e in edges if e is not None]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Eager (the bridge's own forward) when `needs_eager`, else the fused HF kernel."""
+        """TransformerLens' reconstruction when `needs_eager`, else the HF module's forward."""
         if self.needs_eager(**kwargs):
             return super().forward(*args, **kwargs)
-        return self._fused_forward(*args, **kwargs)
-
-    def _fused_forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
-        # Mirrors PositionEmbeddingsAttentionBridge.forward up to the attention scores (the
-        # same ops in the same order, so q/k/v are bit-identical), then does what the HF
-        # attention module does: attention_interface(self, q, k, v, mask, dropout, scaling).
         hf_attn: Any = self.original_component
         if "hidden_states" in kwargs:
             hidden_states = kwargs.pop("hidden_states")
         else:
             hidden_states, args = args[0], args[1:]
-        position_embeddings = kwargs.pop("position_embeddings", None)
-        attention_mask = kwargs.pop("attention_mask", None)
-
         hidden_states = self.hook_in(hidden_states)
-        input_shape = hidden_states.shape[:-1]
-        head_dim = hf_attn.head_dim
-        hidden_shape = (*input_shape, -1, head_dim)
-
-        query = self.q(hidden_states)
-        key = self.k(hidden_states)
-        value = self.v(hidden_states)
-
-        has_q_norm = "q_norm" in self.submodules
-        has_k_norm = "k_norm" in self.submodules
-        if has_q_norm and self._qk_norm_phase == "pre_reshape":
-            norm = self._apply_pre_reshape_qk_norm
-            query = norm(query, self.q_norm, self.hook_q_normed, head_dim)
-            if has_k_norm:
-                key = norm(key, self.k_norm, self.hook_k_normed, head_dim)
-
-        query = query.view(hidden_shape).transpose(1, 2)
-        key = key.view(hidden_shape).transpose(1, 2)
-        value = value.view(hidden_shape).transpose(1, 2)
-
-        if has_q_norm and self._qk_norm_phase == "post_reshape":
-            if self._qk_norm_per_head:
-                query = self.hook_q_normed(self.q_norm(query.transpose(1, 2)).transpose(1, 2))
-                if has_k_norm:
-                    key = self.hook_k_normed(self.k_norm(key.transpose(1, 2)).transpose(1, 2))
-            else:
-                query = self.hook_q_normed(self.q_norm(query))
-                if has_k_norm:
-                    key = self.hook_k_normed(self.k_norm(key))
-
-        if position_embeddings is not None:
-            from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-            cos, sin = self._apply_position_embedding_hooks(position_embeddings)
-            query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        if hasattr(self, "hook_rot_q"):
-            query = self.hook_rot_q(query)
-        if hasattr(self, "hook_rot_k"):
-            key = self.hook_rot_k(key)
-
-        key, value = self._update_kv_cache(key, value, **kwargs)
-
-        masks = self.score_masks() if has_hooks(self.hook_attn_scores) else None
-        if masks:  # mask-only knockout hooks: their edges leave the boolean mask
-            q_len, k_len = query.shape[-2], key.shape[-2]
-            allowed = (
-                causal_allowed(q_len, k_len, query.device)
-                if attention_mask is None
-                else attention_mask[..., :k_len]
+        position_embeddings = kwargs.pop("position_embeddings", None)
+        if isinstance(position_embeddings, tuple) and len(position_embeddings) == 2:
+            position_embeddings = (
+                self.hook_cos(position_embeddings[0]),
+                self.hook_sin(position_embeddings[1]),
             )
-            shape = (query.shape[0], query.shape[1], q_len, k_len)
-            attention_mask = without_blocked(allowed, masks, shape, str(self.hook_attn_scores.name))
-
-        implementation = self.attention_implementation()
-        attention_fn = ALL_ATTENTION_FUNCTIONS[implementation]
-        extra = {k: v for k, v in kwargs.items() if k not in _NOT_PASSED_ON}
-        window = sliding_window(hf_attn)
-        if window is not None:
-            extra["sliding_window"] = window
-        dropout = 0.0 if not self.training else float(getattr(hf_attn, "attention_dropout", 0.0))
-        attn_output, attn_weights = attention_fn(
-            hf_attn,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=dropout,
-            scaling=hf_attn.scaling,
-            **extra,
-        )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        attn_output = self._pre_output_projection(attn_output)
-        attn_output = self.o(attn_output)
-        attn_output = self.hook_out(attn_output)
-        return attn_output, attn_weights
+        # the cache is updated in `dispatch`, after hook_rot_k, as TransformerLens does
+        cache = kwargs.pop("past_key_values", None)
+        if cache is None:
+            cache = kwargs.pop("layer_past", None)
+        masks = self.score_masks() if has_hooks(self.hook_attn_scores) else None
+        token = _ACTIVE.set(_Call(hf_attn, self, cache, masks))
+        try:
+            out, weights = hf_attn(
+                hidden_states, *args, position_embeddings=position_embeddings, **kwargs
+            )
+        finally:
+            _ACTIVE.reset(token)
+        return self.hook_out(out), weights
 
 
 def _boolean_or_none(mask: Any) -> bool:
@@ -208,40 +300,43 @@ def sliding_window(hf_attn: Any) -> int | None:
     return getattr(getattr(hf_attn, "config", None), "sliding_window", None)
 
 
-def fused_path_supported(attn: PositionEmbeddingsAttentionBridge) -> bool:
-    """Whether `DispatchingAttention`'s fused call reproduces this layer's bridge computation.
+def route_decoder(model: nn.Module, decoder_config: Any) -> None:
+    """Point the decoder's attention at vlm_lens' registered implementation for the one it
+    runs (``"sdpa"`` -> ``"vlm_lens:sdpa"``), through HF's ``set_attn_implementation``; every
+    other sub-model keeps its own. Eager stays eager (`hooked_name`).
 
-    False for the options TransformerLens' attention handles that the fused call does not
-    replicate (gated or scaled projections, clipping, softcapping, sinks, non-standard RoPE,
-    norms after RoPE, extra gates); such layers keep the bridge's eager forward.
+    Example:
+        >>> from vlm_lens import HookedVLM
+        >>> from vlm_lens.testing import build_tiny
+        >>> tiny = build_tiny("llava")
+        >>> model = HookedVLM.from_hf(tiny.model, tiny.processor).set_attn_implementation("sdpa")
+        >>> decoder_config = model.bridge.blocks[0].attn.original_component.config
+        >>> route_decoder(model.hf_model, decoder_config)
+        >>> model.attn_implementation
+        'sdpa'
     """
-    hf_attn: Any = attn.original_component
-    config = attn.config
-    hf_config = getattr(hf_attn, "config", None)
-    rope = getattr(hf_config, "rope_parameters", None)
-    unsupported = (
-        getattr(config, "gated_q_proj", False),
-        getattr(config, "qk_norm_after_rope", False),
-        getattr(config, "rotary_interleaved_cos_sin", False),
-        getattr(config, "rotary_adjacent_pairs", False),
-        getattr(hf_attn, "key_multiplier", None) is not None,
-        getattr(hf_config, "clip_qkv", None) is not None,
-        getattr(hf_attn, "attn_logit_softcapping", None) is not None,
-        getattr(hf_attn, "sinks", None) is not None,
-        isinstance(rope, dict) and rope.get("llama_4_scaling_beta") is not None,
-        get_rotary_pct_from_config(config) != 1.0,
-        "gate" in attn.submodules,
-        not hasattr(hf_attn, "scaling") or not hasattr(hf_attn, "head_dim"),
-    )
-    return not any(unsupported)
+    current = base_name(attn_implementation(decoder_config) or "eager")
+    wanted = hooked_name(current) or current
+    if wanted == current != "eager" and current not in _warned:
+        _warned.add(current)
+        warnings.warn(
+            f"attention implementation {current!r} has no mask function registered with "
+            "transformers' AttentionMaskInterface, so vlm_lens cannot run it through its fast "
+            "path; the decoder layers run TransformerLens' eager reconstruction (exact HF eager, "
+            f"not HF's {current!r}). Use 'sdpa' or 'eager'.",
+            stacklevel=2,
+        )
+    if attn_implementation(decoder_config) == wanted:
+        return
+    model.set_attn_implementation(_only(model.config, decoder_config, wanted))  # type: ignore[operator]
 
 
-def install(modules: list[nn.Module]) -> int:
-    """Swap every plain ``PositionEmbeddingsAttentionBridge`` in `modules` to
-    `DispatchingAttention` when the fused path supports it; returns how many were swapped."""
-    swapped = 0
-    for module in modules:
-        if type(module) is PositionEmbeddingsAttentionBridge and fused_path_supported(module):
-            module.__class__ = DispatchingAttention
-            swapped += 1
-    return swapped
+def _only(config: Any, target: Any, value: str) -> dict[str, Any]:
+    """The nested ``set_attn_implementation`` dict that gives `target` (a config in `config`'s
+    sub-config tree) `value` and every other config its current implementation."""
+    out: dict[str, Any] = {"": value if config is target else attn_implementation(config)}
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None:
+            out[key] = _only(sub, target, value)
+    return out

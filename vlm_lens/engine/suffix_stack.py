@@ -47,8 +47,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 from vlm_lens import hooks as hook_names
 from vlm_lens.engine.memory import available_memory, forward_bytes_per_sequence
@@ -327,10 +326,10 @@ def _along_batch(value: Tensor, copies: int) -> Tensor:
 def _repeated_cache(
     prefix: PrefixCache, copies: int, start: int, scratch: dict[tuple[Any, ...], Tensor]
 ) -> Any:
-    """A new ``DynamicCache`` for a pass of `copies` stacked conditions: layers ``start ..``
-    hold the prefix keys and values for every condition (`_StackedLayer`, writing into the
-    buffers of `scratch`), layers below keep the prefix tensors (only their length is read).
-    The prefix cache is never written."""
+    """A new ``Cache`` (of ``DynamicLayer`` objects) for a pass of `copies` stacked conditions:
+    layers ``start ..`` hold the prefix keys and values for every condition (`_StackedLayer`,
+    writing into the buffers of `scratch`), layers below keep the prefix tensors (only their
+    length is read). The prefix cache is never written."""
     layers: list[Any] = []
     for index, layer in enumerate(prefix.past_key_values.layers):
         if type(layer) is not DynamicLayer:
@@ -342,9 +341,7 @@ def _repeated_cache(
             layers.append(layer)
         else:
             layers.append(_StackedLayer(layer.keys, layer.values, copies, scratch))
-    cache = DynamicCache()
-    cache.layers = layers
-    return cache
+    return Cache(layers=layers)
 
 
 class _StackedLayer(DynamicLayer):
@@ -446,12 +443,12 @@ def _layers_from(model: Any, start: int) -> Iterator[None]:
         yield
         return
     owner = _decoder_owner(model)
-    full = owner._modules["layers"]
-    owner._modules["layers"] = nn.ModuleList(list(full)[start:])
+    full = owner.layers
+    owner.layers = nn.ModuleList(list(full)[start:])  # nn.Module.__setattr__ registers it
     try:
         yield
     finally:
-        owner._modules["layers"] = full
+        owner.layers = full
 
 
 def layers_can_be_skipped(decoder: nn.Module) -> bool:
@@ -466,7 +463,7 @@ def _decoder_owner(model: Any) -> nn.Module:
     """The module whose ``layers`` list holds the decoder blocks."""
     first = model.bridge.blocks[0]
     for module in model.hf_model.modules():
-        layers = module._modules.get("layers")
+        layers = getattr(module, "layers", None)
         if isinstance(layers, nn.ModuleList) and len(layers) and layers[0] is first:
             return module
     raise VLMInputError(

@@ -1,0 +1,141 @@
+"""Every private name of TransformerLens, transformers and torch that vlm_lens relies on.
+
+vlm_lens reaches its dependencies through their public extension points: TransformerLens'
+adapter registration (``ArchitectureAdapterFactory.register_adapter``) and bridge-building hook
+(``build_bridge_from_module(post_adapter_hook=...)``), transformers' attention and mask
+registries (``AttentionInterface``, ``AttentionMaskInterface``, ``set_attn_implementation``)
+and cache API (``Cache.update``, ``DynamicCache(...)``, ``crop``). What no public point offers is
+read here, through one function per name, and nowhere else; ``tests/test_compat.py`` fails,
+naming the pin to check, the day one of them disappears (`missing`), and checks that every
+behaviour vlm_lens copies from a dependency still matches it.
+
+The pins: ``transformer-lens>=4.3,<4.4``, ``transformers>=5.9,<5.24``, ``torch>=2.6,<2.14``.
+
+Example:
+    >>> missing()
+    []
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.model_bridge.generalized_components.normalization import (
+    NormalizationBridge,
+)
+
+PINS = {
+    "torch": "torch>=2.6,<2.14",
+    "transformer_lens": "transformer-lens>=4.3,<4.4",
+    "transformers": "transformers>=5.9,<5.24",
+}
+"""The dependency pins of pyproject.toml that the private names below were checked against."""
+
+_MODULE_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+PRIVATE_NAMES: dict[str, tuple[str, str]] = {
+    # name -> (owner, why no public point does it)
+    "torch.nn.Module._forward_hooks": (
+        "torch",
+        "whether a hook point has any hook, however it was attached (TransformerLens' "
+        "HookPoint.fwd_hooks lists only the hooks added through add_hook)",
+    ),
+    "torch.nn.Module._forward_pre_hooks": ("torch", "as _forward_hooks"),
+    "torch.nn.Module._backward_hooks": ("torch", "as _forward_hooks"),
+    "torch.nn.Module._backward_pre_hooks": ("torch", "as _forward_hooks"),
+    "transformer_lens.HookPoint.fwd_hooks[i].user_hook": (
+        "transformer_lens",
+        "the function a LensHandle wraps, to read a mask-only knockout's blocked edges",
+    ),
+    "transformer_lens.NormalizationBridge._uses_rms_norm_override": (
+        "transformer_lens",
+        "a constructor argument the bridge keeps only privately; needed to rebuild a norm "
+        "template as its fast subclass in post_adapter_hook",
+    ),
+    "transformer_lens.NormalizationBridge._uses_weight_offset_override": (
+        "transformer_lens",
+        "as _uses_rms_norm_override",
+    ),
+    "transformer_lens.TransformerBridge._register_aliases": (
+        "transformer_lens",
+        "re-resolving hook_aliases after vlm_lens adds hook_inputs_embeds; the bridge has no "
+        "public call that adds an alias",
+    ),
+    "transformers.PretrainedConfig._attn_implementation": (
+        "transformers",
+        "the attention implementation a model runs (HF's own code reads it; "
+        "set_attn_implementation writes it)",
+    ),
+}
+"""Every private name in use, with its owner and the reason."""
+
+
+def has_hooks(hook: nn.Module) -> bool:
+    """Whether any forward or backward hook is registered on `hook`, by any route."""
+    return any(bool(getattr(hook, name)) for name in _MODULE_HOOK_DICTS)
+
+
+def only_lens_forward_hooks(hook: HookPoint) -> list[Any] | None:
+    """The functions of `hook`'s forward hooks when all were added through TransformerLens
+    (``add_hook``, ``hooks()``, ``run_with_hooks``) and it has no other hook; else ``None``."""
+    handles = list(hook.fwd_hooks)
+    others = hook._forward_pre_hooks or hook._backward_hooks or hook._backward_pre_hooks
+    if others or len(handles) != len(hook._forward_hooks):
+        return None
+    return [getattr(h, "user_hook", None) for h in handles]
+
+
+def norm_constructor_overrides(norm: NormalizationBridge) -> dict[str, Any]:
+    """The constructor arguments of a ``NormalizationBridge`` that it keeps only privately."""
+    return {
+        "uses_rms_norm": norm._uses_rms_norm_override,
+        "uses_weight_offset": norm._uses_weight_offset_override,
+    }
+
+
+def register_aliases(bridge: Any) -> None:
+    """Make a TransformerBridge resolve its (edited) ``hook_aliases``."""
+    bridge._register_aliases()
+
+
+def attn_implementation(config: Any) -> str | None:
+    """The attention implementation a Hugging Face config names."""
+    value = config._attn_implementation
+    return None if value is None else str(value)
+
+
+def missing() -> list[str]:
+    """The private names of `PRIVATE_NAMES` that the installed versions no longer have, each
+    with the pin to check (empty when all are there)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PretrainedConfig
+
+    gone: list[str] = []
+    module = nn.Module()
+    for name in _MODULE_HOOK_DICTS:
+        if not isinstance(getattr(module, name, None), dict):
+            gone.append(f"torch.nn.Module.{name} ({PINS['torch']})")
+    point = HookPoint()
+    handle = point.add_hook(lambda tensor, hook: None)  # noqa: ARG005
+    try:
+        if not point.fwd_hooks or not hasattr(point.fwd_hooks[0], "user_hook"):
+            gone.append(f"HookPoint.fwd_hooks[i].user_hook ({PINS['transformer_lens']})")
+    finally:
+        point.remove_hooks()
+        del handle
+    norm = NormalizationBridge(name="norm", config=None)
+    for attr in ("_uses_rms_norm_override", "_uses_weight_offset_override"):
+        if not hasattr(norm, attr):
+            gone.append(f"NormalizationBridge.{attr} ({PINS['transformer_lens']})")
+    if not callable(getattr(TransformerBridge, "_register_aliases", None)):
+        gone.append(f"TransformerBridge._register_aliases ({PINS['transformer_lens']})")
+    if not isinstance(getattr(PretrainedConfig, "_attn_implementation", None), property):
+        gone.append(f"PretrainedConfig._attn_implementation ({PINS['transformers']})")
+    return gone
