@@ -633,7 +633,7 @@ def _model_class(config: Any) -> type[nn.Module]:
 
 def _attn_implementations(config: Any) -> dict[str, Any]:
     """``{"": impl, sub_config: {...}}``: the nested form ``set_attn_implementation`` takes."""
-    out: dict[str, Any] = {"": config._attn_implementation}
+    out: dict[str, Any] = {"": attn_implementation(config)}
     for key in getattr(config, "sub_configs", {}) or {}:
         sub = getattr(config, key, None)
         if sub is not None:

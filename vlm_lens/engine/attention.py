@@ -110,7 +110,7 @@ def hooked_name(base: str) -> str | None:
     base = base_name(base)
     if base == "eager" or base not in ALL_ATTENTION_FUNCTIONS:
         return None
-    if base not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+    if base not in ALL_MASK_ATTENTION_FUNCTIONS:
         return None
     name = PREFIX + base
     if name not in ALL_ATTENTION_FUNCTIONS:

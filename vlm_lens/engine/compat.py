@@ -68,6 +68,23 @@ PRIVATE_NAMES: dict[str, tuple[str, str]] = {
         "re-resolving hook_aliases after vlm_lens adds hook_inputs_embeds; the bridge has no "
         "public call that adds an alias",
     ),
+    "transformer_lens.ArchitectureAdapter._set_rms_rotary_defaults": (
+        "transformer_lens",
+        "protected helper TransformerLens' own adapters use (its AGENTS.md conventions); "
+        "vlm_lens' Chameleon adapter calls it",
+    ),
+    "transformer_lens.ArchitectureAdapter._qkvo_weight_conversions": (
+        "transformer_lens",
+        "as _set_rms_rotary_defaults (Chameleon adapter)",
+    ),
+    "transformer_lens.ArchitectureAdapter._gated_mlp": (
+        "transformer_lens",
+        "as _set_rms_rotary_defaults (Chameleon adapter)",
+    ),
+    "torch.nn.Module._non_persistent_buffers_set": (
+        "torch",
+        "vlm_lens.testing randomises only the buffers a checkpoint saves",
+    ),
     "transformers.PretrainedConfig._attn_implementation": (
         "transformers",
         "the attention implementation a model runs (HF's own code reads it; "
@@ -134,6 +151,13 @@ def missing() -> list[str]:
     for attr in ("_uses_rms_norm_override", "_uses_weight_offset_override"):
         if not hasattr(norm, attr):
             gone.append(f"NormalizationBridge.{attr} ({PINS['transformer_lens']})")
+    from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+
+    for helper in ("_set_rms_rotary_defaults", "_qkvo_weight_conversions", "_gated_mlp"):
+        if not callable(getattr(ArchitectureAdapter, helper, None)):
+            gone.append(f"ArchitectureAdapter.{helper} ({PINS['transformer_lens']})")
+    if not isinstance(getattr(module, "_non_persistent_buffers_set", None), set):
+        gone.append(f"torch.nn.Module._non_persistent_buffers_set ({PINS['torch']})")
     if not callable(getattr(TransformerBridge, "_register_aliases", None)):
         gone.append(f"TransformerBridge._register_aliases ({PINS['transformer_lens']})")
     if not isinstance(getattr(PretrainedConfig, "_attn_implementation", None), property):
