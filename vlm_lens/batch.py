@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from vlm_lens.attention_structure import AttentionStructure
 from vlm_lens.layout import TokenLayout
 
 
@@ -25,6 +26,8 @@ class Batch:
         layout: role of every position (``batch.layout.mask("gate")``...).
         images_per_sequence: number of images in each prompt.
         texts: the prompts as given (before placeholder expansion), when known.
+        attention: which positions attend to which (`AttentionStructure`, from the family
+            adapter); ``None`` is plain causal attention.
 
     Example:
         >>> from vlm_lens import HookedVLM
@@ -40,6 +43,7 @@ class Batch:
     layout: TokenLayout
     images_per_sequence: tuple[int, ...]
     texts: tuple[str, ...] | None = None
+    attention: AttentionStructure | None = None
 
     @property
     def input_ids(self) -> Int[Tensor, "batch pos"]:
@@ -75,3 +79,10 @@ def move_inputs(
 def layout_of(batch: Batch | TokenLayout) -> TokenLayout:
     """The `TokenLayout` of a `Batch`, or the layout itself."""
     return batch.layout if isinstance(batch, Batch) else batch
+
+
+def attention_of(batch: Batch | TokenLayout) -> AttentionStructure:
+    """The `AttentionStructure` of a `Batch` (causal when it names none, or for a layout)."""
+    if isinstance(batch, Batch) and batch.attention is not None:
+        return batch.attention
+    return AttentionStructure.causal(*layout_of(batch).shape)

@@ -74,7 +74,7 @@ class HookedVLM(nn.Module):
         self.adapter = adapter
         self.processor = processor
         self._feature_owner = adapter.image_features_owner(bridge.original_model)
-        self.hook_image_embeds = attach_image_hook(self._feature_owner)
+        self.hook_image_embeds = attach_image_hook(self._feature_owner, adapter)
         bridge.hook_image_embeds = self.hook_image_embeds  # registers it in bridge.hook_dict
         bridge.hook_aliases = {
             **type(bridge).hook_aliases,
@@ -318,7 +318,8 @@ class HookedVLM(nn.Module):
         encoded = self.processor(images=flat or None, text=texts, **kwargs)
         inputs = move_inputs(dict(encoded), self.device, self.dtype)
         layout = self.layout(inputs["input_ids"], inputs.get("attention_mask"))
-        batch = Batch(inputs, layout, tuple(len(g) for g in groups), tuple(texts))
+        attention = self.adapter.attention_structure(layout, inputs)
+        batch = Batch(inputs, layout, tuple(len(g) for g in groups), tuple(texts), attention)
         self._check(batch)
         return batch
 
@@ -361,7 +362,8 @@ class HookedVLM(nn.Module):
         layout = self.layout(ids, data.get("attention_mask"))
         if images_per_sequence is None:
             images_per_sequence = layout.n_images
-        batch = Batch(data, layout, tuple(images_per_sequence))
+        attention = self.adapter.attention_structure(layout, data)
+        batch = Batch(data, layout, tuple(images_per_sequence), attention=attention)
         self._check(batch)
         return batch
 
@@ -455,14 +457,15 @@ class HookedVLM(nn.Module):
 
         batch = self._as_batch(batch)
         check_upto(batch, upto)
-        inputs = prefix_inputs(batch, upto)
+        position_ids = self.adapter.position_ids(batch.inputs)
+        inputs = prefix_inputs(batch, upto, position_ids)
         input_ids = inputs.pop("input_ids")
         cache = DynamicCache()
         if "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters:
             inputs["logits_to_keep"] = 1  # the prefix's logits are never read
         with self._image_groups(batch), torch.no_grad():
             self.bridge(input_ids, return_type=None, past_key_values=cache, **inputs)
-        return PrefixCache(batch, upto, cache)
+        return PrefixCache(batch, upto, cache, position_ids)
 
     def run_suffix(
         self, prefix: PrefixCache, *, fwd_hooks: HookList = (), **kwargs: Any
@@ -484,7 +487,9 @@ class HookedVLM(nn.Module):
             ``[batch, pos - upto, d_vocab]`` logits of the suffix positions.
         """
         batch = prefix.batch
-        inputs = suffix_inputs(batch, prefix.upto, self.adapter.image_input_keys)
+        inputs = suffix_inputs(
+            batch, prefix.upto, self.adapter.image_input_keys, prefix.position_ids
+        )
         input_ids = inputs.pop("input_ids")
         try:
             with query_block(prefix.upto):
@@ -592,6 +597,16 @@ class HookedVLM(nn.Module):
                 f"{self.image_placeholder!r} per image"
             )
         self.adapter.check_inputs(inputs, batch.layout)
+        expected = self.adapter.attention_structure(batch.layout, inputs)
+        given = batch.attention
+        if (given is None and not expected.is_causal) or (
+            given is not None and not given.same_as(expected)
+        ):
+            raise VLMInputError(
+                f"the batch's attention structure ({given or 'causal'}) is not the one this "
+                f"{self.family} model uses for its positions ({expected}); build the batch with "
+                "model.prepare or model.batch_from_inputs"
+            )
 
     def _call_args(self, batch: Batch, extra: Mapping[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         inputs = dict(batch.inputs)
@@ -601,9 +616,10 @@ class HookedVLM(nn.Module):
                 raise VLMInputError(f"{key!r} is in the batch already; do not pass it again")
         kwargs = {**inputs, **extra}
         if "position_ids" not in kwargs and kwargs.get("past_key_values") is None:
-            # The HF forward numbers positions 0..n-1 whatever the padding; passing them keeps
-            # the bridge from deriving other ones from the mask, so logits equal HF's.
-            kwargs["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+            # The positions HF's forward would use (the adapter's; 0..n-1 whatever the padding
+            # for the four families): passing them keeps the bridge from deriving other ones
+            # from the mask, so logits equal HF's.
+            kwargs["position_ids"] = self.adapter.position_ids(batch.inputs)
         return input_ids, kwargs
 
     @contextmanager

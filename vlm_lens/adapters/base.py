@@ -4,6 +4,17 @@ A `VLMAdapter` subclass says which Hugging Face classes it handles, which Transf
 architecture adapter bridges its language model, which token ids mark the image span and the
 gate (`TokenSpec`), and where the image features are computed. Shared logic lives here once;
 a family file holds only its deltas. See CONTRIBUTING.md, "Adding a model family".
+
+The seams a family may override, each with a default that fits Chameleon, Emu3, Janus and LLaVA:
+
+============================== ================================================================
+`count_images`                 images a batch holds (default ``pixel_values.shape[0]``)
+`position_ids`                 the position ids HF's forward uses for the full prompt (default
+                               ``arange``; multi-axis rotary families return ``[3, batch, pos]``)
+`image_features`,              where the features inside ``get_image_features``' output are
+`with_image_features`          (default ``.pooler_output``)
+`attention_structure`          causal, or bidirectional blocks (`AttentionStructure`)
+============================== ================================================================
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from vlm_lens.attention_structure import AttentionStructure
 from vlm_lens.errors import VLMInputError
 from vlm_lens.layout import TokenLayout, TokenSpec
 
@@ -84,6 +96,99 @@ class VLMAdapter(ABC):
         del inputs, image
         return self.token_spec.tokens_per_image
 
+    # ------------------------------------------------------------------ seams (with defaults)
+    def count_images(self, inputs: Mapping[str, Any]) -> int:
+        """How many images the model inputs of a batch hold (all sequences together).
+
+        Default: ``pixel_values.shape[0]`` (one image per row), 0 without ``pixel_values``.
+        Override when rows are not images: Qwen2-VL flattens every image's patches into one
+        ``pixel_values`` and counts images by the rows of ``image_grid_thw``; LLaVA-OneVision
+        and Idefics3 stack crops per image.
+
+        Example:
+            >>> class QwenLike(VLMAdapter):  # doctest: +SKIP
+            ...     def count_images(self, inputs):
+            ...         grid = inputs.get("image_grid_thw")
+            ...         return 0 if grid is None else int(grid.shape[0])
+        """
+        pixel_values = inputs.get("pixel_values")
+        return 0 if pixel_values is None else int(pixel_values.shape[0])
+
+    def position_ids(self, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """The position ids Hugging Face's forward uses for the full prompt of `inputs`.
+
+        vlm_lens passes them on every full forward (so the bridge does not derive others from
+        the attention mask) and slices them along the last axis for prefix reuse (the prefix
+        pass gets ``[..., :upto]``, suffix passes ``[..., upto:]``).
+
+        Default: ``arange(pos)`` as ``[1, pos]``, whatever the padding, which is what the HF
+        forward of Chameleon, Emu3, Janus and LLaVA computes. Override for families whose
+        rotary positions are not the plain index: Qwen2-VL/Qwen2.5-VL/Qwen3-VL return the
+        multi-axis ``[3, batch, pos]`` ids of ``model.model.get_rope_index``; PaliGemma
+        numbers from 1.
+
+        Example:
+            >>> class QwenLike(VLMAdapter):  # doctest: +SKIP
+            ...     def __init__(self, model, processor=None):
+            ...         super().__init__(model, processor)
+            ...         self.rope_index = model.model.get_rope_index
+            ...     def position_ids(self, inputs):
+            ...         ids, _deltas = self.rope_index(
+            ...             inputs["input_ids"], inputs.get("image_grid_thw"), None,
+            ...             attention_mask=inputs.get("attention_mask"))
+            ...         return ids  # [3, batch, pos]
+        """
+        ids = inputs["input_ids"]
+        return torch.arange(ids.shape[-1], device=ids.device)[None]
+
+    def image_features(self, output: Any) -> Any:
+        """The image features inside the output of ``get_image_features``: a
+        ``[n_images, n_tokens, d_model]`` tensor, or a list/tuple of ``[n_tokens_i, d_model]``
+        tensors, one per image, as the model scatters them into the placeholders.
+
+        ``hook_image_embeds`` reads them here and writes an edit back with
+        `with_image_features`. Default: ``output.pooler_output`` (all four families).
+
+        Example:
+            >>> class TupleOutput(VLMAdapter):  # doctest: +SKIP
+            ...     def image_features(self, output):
+            ...         return output[0]
+            ...     def with_image_features(self, output, features):
+            ...         return (features, *output[1:])
+        """
+        return output.pooler_output
+
+    def with_image_features(self, output: Any, features: Any) -> Any:
+        """`output` of ``get_image_features`` with its image features replaced by `features`
+        (same container as `image_features` returned). Default: sets ``.pooler_output``."""
+        output.pooler_output = features
+        return output
+
+    def attention_structure(
+        self, layout: TokenLayout, inputs: Mapping[str, Any] | None = None
+    ) -> AttentionStructure:
+        """Which prompt positions attend to which, as the HF forward masks them.
+
+        Knockouts (their earliest affected position), attention rows (`attention_share`,
+        `find_sinks`) and prefix reuse (a prefix may not cut through a bidirectional block)
+        follow it; `HookedVLM.prepare` stores it on the `Batch`.
+
+        Default: causal. Gemma 3 makes each image span a bidirectional block; PaliGemma (a
+        prefix-LM) the image + prompt prefix, where ``token_type_ids == 0``.
+
+        Args:
+            layout: the batch's `TokenLayout`.
+            inputs: the batch's model inputs, when known (``token_type_ids``...).
+
+        Example:
+            >>> class GemmaLike(VLMAdapter):  # doctest: +SKIP
+            ...     def attention_structure(self, layout, inputs=None):
+            ...         spans = [[(s.start, s.end + 1) for s in row] for row in layout.spans]
+            ...         return AttentionStructure.from_spans(*layout.shape, spans)
+        """
+        del inputs
+        return AttentionStructure.causal(*layout.shape)
+
     # ------------------------------------------------------------------ shared behaviour
     def token_id(self, token: str) -> int | None:
         """Id of a token string from the tokenizer, else from the config's vocabulary map."""
@@ -124,9 +229,8 @@ class VLMAdapter(ABC):
             for s in spans
             if bool((ids[b, s.start : s.end + 1] == self.placeholder_token_id).any())
         )
-        pixel_values = inputs.get("pixel_values")
-        n_images = 0 if pixel_values is None else int(pixel_values.shape[0])
-        if n_placeholder_spans and pixel_values is None:
+        n_images = self.count_images(inputs)
+        if n_placeholder_spans and inputs.get("pixel_values") is None:
             raise VLMInputError(
                 f"the input_ids hold {n_placeholder_spans} image placeholder span(s) but no "
                 "pixel_values were given, so the model would read placeholder embeddings as the "

@@ -17,6 +17,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from vlm_lens import hooks
+from vlm_lens.attention_structure import AttentionStructure
 from vlm_lens.layout import TokenLayout
 from vlm_lens.positions import PositionSpec, select
 from vlm_lens.types import Hook
@@ -68,8 +69,9 @@ def key_attention_hooks(
 
     For layer ``l``, ``store[l][b, k] = sum_h mean_{i in rows[b]} pattern[b, h, i, k]``
     (float64, CPU). Only the selected rows of the pattern are computed, from the rotated
-    queries and keys (``hook_rot_q``/``hook_rot_k``) with the model's scaling, causal and
-    padding mask (and sliding window) and an fp32 softmax, as Hugging Face's eager attention
+    queries and keys (``hook_rot_q``/``hook_rot_k``) with the model's scaling, the family's
+    attention structure (causal, plus bidirectional blocks: `VLMAdapter.attention_structure`),
+    the padding mask (and sliding window) and an fp32 softmax, as Hugging Face's eager attention
     computes them; the layer itself keeps its fast attention path (no ``hook_pattern`` hook) and
     no ``[q, k]`` pattern is ever built or kept.
 
@@ -82,9 +84,35 @@ def key_attention_hooks(
     """
     hook_list: list[Hook] = []
     valid = ~layout.mask("pad")
+    structure = model.adapter.attention_structure(layout)
     for layer in layers:
-        hook_list.extend(_pattern_row_hooks(model, layer, rows, valid, store))
+        hook_list.extend(_pattern_row_hooks(model, layer, rows, valid, structure, store))
     return hook_list
+
+
+def visible_keys(
+    structure: AttentionStructure,
+    sequence: int,
+    queries: Tensor,
+    n_keys: int,
+    valid: Bool[Tensor, " pos"],
+    window: int | None = None,
+) -> Bool[Tensor, "n_rows pos"]:
+    """Which keys each query of one sequence reads, as Hugging Face masks them:
+    ``(causal | same block) & sliding window & not padding``.
+
+    Example:
+        >>> s = AttentionStructure.from_spans(1, 4, [[(1, 3)]])
+        >>> valid = torch.ones(4, dtype=torch.bool)
+        >>> visible_keys(s, 0, torch.tensor([1, 3]), 4, valid).int().tolist()
+        [[1, 1, 1, 0], [1, 1, 1, 1]]
+    """
+    pos = torch.arange(n_keys)
+    q = queries.to("cpu")
+    visible = structure.visible(q, pos, sequence) & valid.to("cpu")[None, :]
+    if window is not None:
+        visible &= pos[None, :] > q[:, None] - window
+    return visible
 
 
 def pattern_rows(
@@ -117,7 +145,12 @@ def pattern_rows(
 
 
 def _pattern_row_hooks(
-    model: HookedVLM, layer: int, rows: list[Tensor], valid: Tensor, store: dict[int, Tensor]
+    model: HookedVLM,
+    layer: int,
+    rows: list[Tensor],
+    valid: Tensor,
+    structure: AttentionStructure,
+    store: dict[int, Tensor],
 ) -> list[Hook]:
     scaling = model.attention_scaling(layer)
     window = model.attention_window(layer)
@@ -143,14 +176,11 @@ def _pattern_row_hooks(
     def reduce_rows(k: Float[Tensor, "batch pos kv_head d_head"], hook: Any) -> None:  # noqa: ARG001
         check(k, "keys")
         q = queries.pop("q")
-        pos = torch.arange(k.shape[1], device=k.device)
         out = []
         for b, idx in enumerate(rows):
             i = idx.to(k.device)
-            visible = (pos[None, :] <= i[:, None]) & valid[b].to(k.device)[None, :]
-            if window is not None:
-                visible &= pos[None, :] > i[:, None] - window
-            pattern = pattern_rows(q[b, i], k[b], visible, scaling)
+            visible = visible_keys(structure, b, idx, k.shape[1], valid[b], window)
+            pattern = pattern_rows(q[b, i], k[b], visible.to(k.device), scaling)
             out.append(pattern.sum(dim=(0, 1), dtype=torch.float32) / len(i))
         store[layer] = torch.stack(out).detach().to("cpu", torch.float64)
 

@@ -2,35 +2,52 @@
 
 Every supported family computes its image features in ``get_image_features`` of its inner
 model and scatters them into the placeholder positions. `attach_image_hook` gives that module a
-``hook_image_embeds`` HookPoint child and wraps the *class* method once, so that features pass
-through the hook as one ``[batch, n_image_tokens, d_model]`` tensor. Models without the child
-(any model vlm_lens has not wrapped) run the untouched Hugging Face code. While the features
-are computed, the token-embedding call used for VQ codes (Chameleon, Emu3) goes to the raw
+``hook_image_embeds`` HookPoint child and wraps ``get_image_features`` *on that instance only*
+(an instance attribute that shadows the class method; the Hugging Face class is never touched,
+so every other model of the class runs the untouched Hugging Face code), so that features pass
+through the hook as one ``[batch, n_image_tokens, d_model]`` tensor. The adapter says where the
+features sit in the method's output (`VLMAdapter.image_features`, default ``.pooler_output``)
+and how to put an edit back (`VLMAdapter.with_image_features`). While the features are
+computed, the token-embedding call used for VQ codes (Chameleon, Emu3) goes to the raw
 embedding, so TransformerLens' ``hook_embed`` fires once, on the text sequence only.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any
+import types
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+if TYPE_CHECKING:
+    from vlm_lens.adapters import VLMAdapter
+
 HOOK_ATTRIBUTE = "hook_image_embeds"
+METHOD = "get_image_features"
 _GROUPS_ATTRIBUTE = "_vlm_lens_images_per_sequence"
 _WRAPPED_FLAG = "_vlm_lens_wrapped"
 
 
-def attach_image_hook(owner: nn.Module) -> HookPoint:
+def attach_image_hook(owner: nn.Module, adapter: VLMAdapter) -> HookPoint:
     """Add a ``hook_image_embeds`` HookPoint to `owner` (the module with ``get_image_features``)
-    and make its class route features through it. Returns the HookPoint."""
-    cls = type(owner)
-    original = cls.get_image_features
-    if not getattr(original, _WRAPPED_FLAG, False):
-        cls.get_image_features = _wrap(original)
+    and route that instance's features through it. Returns the HookPoint.
+
+    Example:
+        >>> from vlm_lens.adapters import adapter_for
+        >>> from vlm_lens.testing import build_tiny
+        >>> tiny = build_tiny("llava")
+        >>> hook = attach_image_hook(tiny.model.model, adapter_for(tiny.model, tiny.processor))
+        >>> "get_image_features" in vars(tiny.model.model)  # the instance, not the class
+        True
+    """
+    bound = getattr(owner, METHOD)
+    if getattr(bound, _WRAPPED_FLAG, False):  # attached before: wrap the original again
+        bound = bound._vlm_lens_original
+    object.__setattr__(owner, METHOD, _wrap(owner, bound, adapter))
     hook = HookPoint()
     owner.add_module(HOOK_ATTRIBUTE, hook)
     return hook
@@ -41,28 +58,41 @@ def set_images_per_sequence(owner: nn.Module, counts: Sequence[int] | None) -> N
     object.__setattr__(owner, _GROUPS_ATTRIBUTE, None if counts is None else tuple(counts))
 
 
-def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
+def _wrap(owner: nn.Module, original: Any, adapter: VLMAdapter) -> Any:
+    """A bound method of `owner` that calls `original` (the bound HF method) through the hook.
+
+    Bound (not a closure over `owner`) so that a deep copy of the model rebinds it to the copy.
+    """
+    function = original.__func__ if isinstance(original, types.MethodType) else None
+
+    # Wrap the unbound function when there is one, so that inspect.signature of the bound
+    # wrapper is the HF method's (generate reads it to pre-encode pixel_values).
+    @functools.wraps(function if function is not None else original)
     def get_image_features(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        call = (
+            types.MethodType(function, self) if function is not None else original
+        )  # the class's function, on whichever copy of the owner this is bound to
         hook = self._modules.get(HOOK_ATTRIBUTE)
         if hook is None:
-            return original(self, *args, **kwargs)
+            return call(*args, **kwargs)
         embeddings = self.get_input_embeddings()
         raw = getattr(embeddings, "original_component", None)
         if raw is not None:
             object.__setattr__(self, "get_input_embeddings", lambda: raw)
         try:
-            out = original(self, *args, **kwargs)
+            out = call(*args, **kwargs)
         finally:
             if raw is not None:
                 object.__delattr__(self, "get_input_embeddings")
         if hook.fwd_hooks or hook.bwd_hooks:
             groups = getattr(self, _GROUPS_ATTRIBUTE, None)
-            out.pooler_output = _through_hook(hook, out.pooler_output, groups)
+            edited = _through_hook(hook, adapter.image_features(out), groups)
+            out = adapter.with_image_features(out, edited)
         return out
 
     setattr(get_image_features, _WRAPPED_FLAG, True)
-    return get_image_features
+    get_image_features._vlm_lens_original = original  # type: ignore[attr-defined]
+    return types.MethodType(get_image_features, owner)
 
 
 def _through_hook(hook: HookPoint, features: Any, groups: Sequence[int] | None) -> Any:

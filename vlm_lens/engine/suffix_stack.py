@@ -282,7 +282,7 @@ def _stacked_pass(
 ) -> list[Float[Tensor, "batch suffix d_vocab"]]:
     batch = prefix.batch
     rows, copies = len(batch), len(conditions)
-    inputs = suffix_inputs(batch, prefix.upto, model.adapter.image_input_keys)
+    inputs = suffix_inputs(batch, prefix.upto, model.adapter.image_input_keys, prefix.position_ids)
     input_ids = inputs.pop("input_ids")
     kwargs: dict[str, Any] = {k: _repeat(k, v, copies, rows) for k, v in inputs.items()}
     if start == 0:

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from vlm_lens.batch import Batch
 from vlm_lens.engine.intervention import Intervention
-from vlm_lens.engine.prefix import image_positions_end
+from vlm_lens.engine.prefix import reusable_from
 from vlm_lens.engine.suffix_stack import run_suffixes
 from vlm_lens.types import HookList
 
@@ -123,7 +123,7 @@ def run_sweep(
     if CLEAN in conditions:
         raise ValueError(f"{CLEAN!r} is the name of the unpatched run; rename that condition")
     length = int(batch.input_ids.shape[1])
-    image_end = image_positions_end(batch)
+    image_end = reusable_from(batch)  # past every image and bidirectional block
     earliest = {
         name: (cond.earliest if isinstance(cond, Intervention) else 0)
         for name, cond in conditions.items()

@@ -11,6 +11,11 @@ Two modes, because papers differ:
   softmax and rows are *not* renormalised (they sum to less than one). Hook:
   ``blocks.{l}.attn.hook_pattern``.
 
+Which edges exist follows the batch's `AttentionStructure` (``batch.attention``, from the
+family adapter): causal, plus any bidirectional blocks. A query *before* a knocked-out key in
+the same block reads it, so the earliest affected position can lie before the key, and a change
+inside a block reaches back to the block's start in the next layer.
+
 Query and key positions are `PositionSpec` values (roles, positions, masks or callables; see
 `vlm_lens.positions`), resolved per sequence on the batch's layout, so prompts of any length and
 padding work. The hooks also work inside `HookedVLM.generate`: with the KV cache each step has a
@@ -38,7 +43,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from vlm_lens import hooks as hook_names
-from vlm_lens.batch import Batch, layout_of
+from vlm_lens.attention_structure import AttentionStructure
+from vlm_lens.batch import Batch, attention_of, layout_of
 from vlm_lens.engine.intervention import Intervention, first_true
 from vlm_lens.engine.score_mask import mask_only
 from vlm_lens.errors import VLMInputError
@@ -81,7 +87,8 @@ def knockout(
 
     Returns:
         An `Intervention` (a ``fwd_hooks`` list) whose ``earliest_position`` is the first query
-        with a blocked edge.
+        with a blocked edge, moved back to the start of its bidirectional block (and of any
+        block a change there reaches) when the batch's `AttentionStructure` has blocks.
 
     Raises:
         ValueError: for an unknown mode, or in ``"mask"`` mode when some query would have every
@@ -96,7 +103,7 @@ def knockout(
             f"mode must be 'mask' (pre-softmax) or 'zero' (post-softmax), got {mode!r}"
         )
     layout = layout_of(batch)
-    edges = _EdgeSet(layout, queries, keys)
+    edges = _EdgeSet(layout, queries, keys, attention_of(batch))
     if mode == "mask":
         edges.check_rows_keep_a_key()
     head_index = _as_list(heads)
@@ -200,27 +207,42 @@ def last_layers(n_layers: int, window: int) -> range:
 class _EdgeSet:
     """Blocked edges of a batch, resolved once per (query length, key length)."""
 
-    def __init__(self, layout: TokenLayout, queries: PositionSpec, keys: PositionSpec):
+    def __init__(
+        self,
+        layout: TokenLayout,
+        queries: PositionSpec,
+        keys: PositionSpec,
+        attention: AttentionStructure,
+    ):
+        if attention.shape != layout.shape:
+            raise VLMInputError(
+                f"the batch's attention structure has shape {attention.shape} but its layout "
+                f"{layout.shape}; rebuild the batch with model.prepare"
+            )
         self.layout = layout
+        self.attention = attention
         self.queries = select(queries, layout)
         self.keys = select(keys, layout)
         self.query_generated = covers_generated(queries, layout)
         self.key_generated = covers_generated(keys, layout)
         self._cache: dict[tuple[int, int], Tensor] = {}
+        self._cache_visible: dict[str, Tensor] = {}
+
+    def visible(self) -> Bool[Tensor, "batch q k"]:
+        if "visible" not in self._cache_visible:
+            self._cache_visible["visible"] = self.attention.mask().to(self.queries.device)
+        return self._cache_visible["visible"]
 
     def prompt_edges(self) -> Bool[Tensor, "batch q k"]:
-        length = self.layout.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool).tril()
-        return self.queries[:, :, None] & self.keys[:, None, :] & causal
+        return self.queries[:, :, None] & self.keys[:, None, :] & self.visible()
 
     def earliest_position(self) -> Tensor:
-        return first_true(self.prompt_edges().any(dim=2), self.layout.shape[1])
+        first = first_true(self.prompt_edges().any(dim=2).cpu(), self.layout.shape[1])
+        return self.attention.earliest_affected(first)
 
     def check_rows_keep_a_key(self) -> None:
         real = ~self.layout.mask("pad")
-        length = self.layout.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool).tril()
-        visible = real[:, None, :] & causal
+        visible = real[:, None, :] & self.visible()
         left = visible & ~self.prompt_edges()
         dead = (visible.any(dim=2) & ~left.any(dim=2)) & real
         if dead.any():
