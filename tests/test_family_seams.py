@@ -523,3 +523,58 @@ def test_wrapping_patches_no_hugging_face_class(family: str) -> None:
     model.hook_image_embeds.remove_hooks()
     copied = copy.deepcopy(model.hf_model.model)  # a deep copy is wrapped on the copy
     assert copied.get_image_features.__self__ is copied
+
+
+def _changed_from(blocks: list[tuple[int, int]], length: int, written: set[int]) -> int:
+    """Brute force for writes: the written positions change; a position that reads a changed
+    one changes in the next layer, until nothing more changes."""
+    changed = set(written)
+    while True:
+        more = {
+            q
+            for q in range(length)
+            if q not in changed and any(_visible(blocks, q, p) for p in changed)
+        }
+        if not more:
+            return min(changed, default=length)
+        changed |= more
+
+
+@pytest.mark.parametrize("family", [BidirectionalImageAdapter, PrefixLMAdapter, LlavaAdapter])
+def test_patch_and_steer_earliest_follow_brute_force(llava: Wrapped, family: type) -> None:
+    """A write at position p reaches back to the start of p's block (and of every later
+    position's block), so prefix reuse never keeps a position the write changes."""
+    from vlm_lens.interventions import steer
+    from vlm_lens.interventions.patching import patch, record, residual_site
+
+    with _adapter(llava.model, family):
+        batch = llava.batch(2, padding_side="right")
+        blocks = _blocks(llava, batch)
+        length = batch.input_ids.shape[1]
+        d_model = int(llava.model.cfg.d_model)
+        for positions in ("gate", "image", "last"):
+            mask = batch.layout.mask(positions)
+            steered = steer(batch, torch.ones(d_model), layers=[1], positions=positions)
+            for b in range(len(batch)):
+                written = {int(p) for p in mask[b].nonzero().flatten()}
+                expected = _changed_from(blocks[b], length, written)
+                assert int(steered.earliest_position[b]) == expected, (positions, b)
+        source = record(llava.model, batch, sites=residual_site(1), positions="gate")
+        patched = patch(source, batch, positions="gate")
+        for b in range(len(batch)):
+            written = {int(p) for p in batch.layout.mask("gate")[b].nonzero().flatten()}
+            assert int(patched.earliest_position[b]) == _changed_from(blocks[b], length, written)
+
+
+def test_stacked_passes_repeat_multi_axis_positions_per_condition() -> None:
+    """``[axes, batch, suffix]`` position ids are repeated along their batch axis, condition
+    by condition, as every other per-sequence input; a shared row stays shared."""
+    from vlm_lens.engine.suffix_stack import _repeat
+
+    positions = torch.arange(3 * 2 * 5).reshape(3, 2, 5)
+    stacked = _repeat("position_ids", positions, copies=3, rows=2)
+    assert torch.equal(stacked, torch.cat([positions] * 3, dim=1))
+    flat = torch.arange(10).reshape(2, 5)
+    assert torch.equal(_repeat("position_ids", flat, 3, 2), torch.cat([flat] * 3, dim=0))
+    shared = torch.arange(5)[None]
+    assert _repeat("position_ids", shared, 3, 2) is shared

@@ -306,10 +306,21 @@ def _stacked_pass(
 
 
 def _repeat(name: str, value: Any, copies: int, rows: int) -> Any:
-    """Repeat a per-sequence input along the batch (condition-major); ``position_ids``
-    (``[1, suffix]``, shared by every row) and non-tensors stay as they are."""
-    if name == "position_ids" or not isinstance(value, Tensor) or value.ndim == 0:
+    """Repeat a per-sequence input along the batch (condition-major). ``position_ids`` are
+    repeated along their batch axis (dim 0 of ``[batch, suffix]``, dim 1 of a multi-axis
+    ``[axes, batch, suffix]``) unless one row is shared by every sequence; non-tensors stay."""
+    if not isinstance(value, Tensor) or value.ndim == 0:
         return value
+    if name == "position_ids":
+        axis = 1 if value.ndim == 3 else 0
+        if value.shape[axis] == 1 or copies == 1:
+            return value
+        if value.shape[axis] != rows:
+            raise VLMInputError(
+                f"position_ids have {value.shape[axis]} rows for a batch of {rows}; give one "
+                "row per sequence (or one shared row)"
+            )
+        return value.repeat(*[copies if d == axis else 1 for d in range(value.ndim)])
     if value.shape[0] != rows:
         raise VLMInputError(
             f"input {name!r} has {value.shape[0]} rows for a batch of {rows}; stacked suffix "

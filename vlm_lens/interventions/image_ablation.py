@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlm_lens import hooks as hook_names
-from vlm_lens.batch import Batch, layout_of
+from vlm_lens.batch import Batch, attention_of, layout_of
 from vlm_lens.engine.intervention import Intervention, first_true
 from vlm_lens.errors import VLMInputError
 from vlm_lens.layout import TokenLayout
@@ -92,4 +92,7 @@ def ablate_image_tokens(
                 out[b, idx] = value.to(features.device, features.dtype)
         return out
 
-    return Intervention([(hook_names.IMAGE_EMBEDS, ablate)], first_true(mask, layout.shape[1]))
+    return Intervention(
+        [(hook_names.IMAGE_EMBEDS, ablate)],
+        attention_of(batch).earliest_affected(first_true(mask, layout.shape[1])),
+    )

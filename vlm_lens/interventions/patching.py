@@ -35,7 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlm_lens import hooks as hook_names
-from vlm_lens.batch import Batch, layout_of
+from vlm_lens.batch import Batch, attention_of, layout_of
 from vlm_lens.engine.intervention import Intervention, first_true
 from vlm_lens.engine.query_block import query_offset
 from vlm_lens.errors import VLMInputError
@@ -224,7 +224,10 @@ def patch(
             out[b, (idx - offset).to(tensor.device)] = values.to(tensor.device, tensor.dtype)
         return out
 
-    return Intervention([(site, writer(site)) for site in site_list], first_true(mask, length))
+    return Intervention(
+        [(site, writer(site)) for site in site_list],
+        attention_of(target).earliest_affected(first_true(mask, length)),
+    )
 
 
 def _check_sites(sites: list[str]) -> None:

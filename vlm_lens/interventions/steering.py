@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlm_lens import hooks as hook_names
-from vlm_lens.batch import Batch, layout_of
+from vlm_lens.batch import Batch, attention_of, layout_of
 from vlm_lens.engine.intervention import Intervention, first_true
 from vlm_lens.engine.query_block import query_offset
 from vlm_lens.errors import VLMInputError
@@ -149,4 +149,4 @@ def steer(
         return torch.where(where.to(tensor.device)[..., None], tensor + delta, tensor)
 
     hooks = [(hook_names.layer_hook(site, layer), add) for layer in layer_list]
-    return Intervention(hooks, first_true(mask, length))
+    return Intervention(hooks, attention_of(batch).earliest_affected(first_true(mask, length)))
