@@ -11,24 +11,13 @@ import pytest
 import torch
 
 from vlm_lens import Batch, HookedVLM
-from vlm_lens.testing import TinyVLM, build_tiny, sample_image
+from vlm_lens.testing import TinyVariant, TinyVLM, build_tiny, sample_image, tiny_variants
 
 warnings.filterwarnings("ignore", message=".*torchvision.*")
 
-# (id, family, builder kwargs): every variant the parity suite must cover.
-VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
-    ("chameleon", "chameleon", {}),
-    ("chameleon-swin", "chameleon", {"swin_norm": True}),
-    ("emu3", "emu3", {}),
-    ("janus-tied", "janus", {}),
-    ("janus-untied", "janus", {"tie_word_embeddings": False}),
-    ("llava-llama", "llava", {}),
-    ("llava-mistral", "llava", {"text_backbone": "mistral"}),
-    ("llava-qwen2", "llava", {"text_backbone": "qwen2"}),
-]
-FAMILY_VARIANTS = [
-    v for v in VARIANTS if v[0] in ("chameleon", "emu3", "janus-tied", "llava-llama")
-]
+# Every registered tiny variant (vlm_lens.testing.register_tiny) and each family's primary one.
+VARIANTS: tuple[TinyVariant, ...] = tiny_variants()
+PRIMARY: tuple[TinyVariant, ...] = tiny_variants(primary=True)
 
 
 @dataclass
@@ -38,6 +27,7 @@ class Wrapped:
     tiny: TinyVLM
     model: HookedVLM
     reference: torch.nn.Module
+    registered: TinyVariant | None = None  # the registry entry it was built from, if any
 
     def batch(self, n_prompts: int = 1, **kwargs: Any) -> Batch:
         """A batch of `n_prompts` prompts of different lengths, one image each."""
@@ -49,23 +39,30 @@ class Wrapped:
 
 def wrap(family: str, **kwargs: Any) -> Wrapped:
     """Build a tiny model of `family`, keep an untouched deep copy, and wrap the original."""
-    tiny = build_tiny(family, **kwargs)
+    return _wrap(build_tiny(family, **kwargs), None)
+
+
+def wrap_variant(variant: TinyVariant, **overrides: Any) -> Wrapped:
+    """`wrap` for a registered tiny variant; `overrides` (``dtype=``, ``seed=``) go to its
+    builder."""
+    return _wrap(variant.build(**overrides), variant)
+
+
+def _wrap(tiny: TinyVLM, registered: TinyVariant | None) -> Wrapped:
     reference = copy.deepcopy(tiny.model)
     model = HookedVLM.from_hf(tiny.model, tiny.processor)
-    return Wrapped(tiny, model, reference)
+    return Wrapped(tiny, model, reference, registered)
 
 
-@pytest.fixture(scope="module", params=FAMILY_VARIANTS, ids=[v[0] for v in FAMILY_VARIANTS])
+@pytest.fixture(scope="module", params=PRIMARY, ids=[v.name for v in PRIMARY])
 def wrapped(request: pytest.FixtureRequest) -> Wrapped:
-    """One wrapped tiny model per family (Chameleon, Emu3, Janus, LLaVA)."""
-    _, family, kwargs = request.param
-    return wrap(family, **kwargs)
+    """One wrapped tiny model per family: its primary registered variant."""
+    return wrap_variant(request.param)
 
 
-@pytest.fixture(scope="module", params=FAMILY_VARIANTS, ids=[v[0] for v in FAMILY_VARIANTS])
+@pytest.fixture(scope="module", params=PRIMARY, ids=[v.name for v in PRIMARY])
 def both(request: pytest.FixtureRequest) -> dict[str, Wrapped]:
-    """The same tiny model of each family with eager attention and with SDPA."""
-    _, family, kwargs = request.param
-    eager, sdpa = wrap(family, **kwargs), wrap(family, **kwargs)
+    """The primary tiny model of each family with eager attention and with SDPA."""
+    eager, sdpa = wrap_variant(request.param), wrap_variant(request.param)
     sdpa.model.set_attn_implementation("sdpa")
     return {"eager": eager, "sdpa": sdpa}

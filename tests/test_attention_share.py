@@ -1,4 +1,6 @@
 """attention_share against numbers computed by hand from the HF reference's output_attentions.
+(That the query rows computed from hook_rot_q/hook_rot_k equal HF eager's is part of the family
+contract: tests/contract/test_attention_paths.py.)
 
 The expected values are built with plain loops over positions, from each position's roles and
 image index in the layout, and from ``reference(**inputs, output_attentions=True)``: no code of
@@ -7,9 +9,6 @@ image index in the layout, and from ``reference(**inputs, output_attentions=True
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,7 @@ import torch
 from tests.conftest import Wrapped, wrap
 from vlm_lens import Batch, hooks
 from vlm_lens.analysis.attention_share import AttentionShareResult, attention_share, group_masks
-from vlm_lens.engine.attention_rows import image_side, key_attention_hooks, pattern_rows
+from vlm_lens.engine.attention_rows import image_side, key_attention_hooks
 from vlm_lens.positions import image_token
 from vlm_lens.testing import sample_image
 
@@ -170,59 +169,6 @@ def test_hooks_read_rotated_queries_and_keys_only(wrapped: Wrapped) -> None:
     rows = query_rows_of(batch)
     names = [name for name, _ in key_attention_hooks(wrapped.model, batch.layout, [0, 1], rows, {})]
     assert names == [hooks.rot_q(0), hooks.rot_k(0), hooks.rot_q(1), hooks.rot_k(1)]
-
-
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-@pytest.mark.parametrize("case", ["single", "left", "right"])
-def test_pattern_rows_equal_hf_eager_attentions(wrapped: Wrapped, case: str, impl: str) -> None:
-    """The rows computed from hook_rot_q/hook_rot_k equal those rows of the HF eager
-    reference's output_attentions: torch.equal in every layer of the eager model, and while
-    the model runs SDPA (every layer fused) torch.equal in layer 0 (same input) and to float
-    rounding after it (SDPA's layer outputs differ from eager's in the last bits)."""
-    batch = _batch(wrapped, case)
-    with torch.no_grad():
-        attentions = wrapped.reference(**batch.inputs, output_attentions=True).attentions
-    model = copy.deepcopy(wrapped.model)  # the language model only: the tower stays eager
-    config = model.hf_model.config
-    model.set_attn_implementation({"text_config": impl} if hasattr(config, "text_config") else impl)
-    rows = query_rows_of(batch)
-    seen: dict[int, list[torch.Tensor]] = {}
-    fused: list[bool] = []
-
-    def capture(layer: int) -> Any:
-        scaling, window = model.attention_scaling(layer), model.attention_window(layer)
-        kept: dict[str, torch.Tensor] = {}
-
-        def keep_q(q: torch.Tensor, hook: Any) -> None:
-            kept["q"] = q
-            fused.append(not model.bridge.blocks[layer].attn.needs_eager())
-
-        def rows_from_k(k: torch.Tensor, hook: Any) -> None:
-            n = k.shape[1]
-            valid = ~batch.layout.mask("pad")
-            out = []
-            for b, r in enumerate(rows):
-                visible = (torch.arange(n)[None] <= r[:, None]) & valid[b][None]
-                if window is not None:
-                    visible &= torch.arange(n)[None] > r[:, None] - window
-                out.append(pattern_rows(kept["q"][b, r], k[b], visible, scaling))
-            seen[layer] = out
-
-        return [(hooks.rot_q(layer), keep_q), (hooks.rot_k(layer), rows_from_k)]
-
-    fwd_hooks = [h for layer in range(model.cfg.n_layers) for h in capture(layer)]
-    with torch.no_grad():
-        model.run_with_hooks(batch, fwd_hooks=fwd_hooks)
-    assert len(seen) == model.cfg.n_layers
-    if impl == "sdpa":
-        assert fused and all(fused), "a row hook forced a layer to the eager path"
-    for layer, per_seq in seen.items():
-        for b, r in enumerate(rows):
-            expected = attentions[layer][b][:, r]
-            if impl == "eager" or layer == 0:
-                assert torch.equal(per_seq[b], expected), (layer, b)
-            else:
-                torch.testing.assert_close(per_seq[b], expected, rtol=1.3e-6, atol=1e-5)
 
 
 def query_rows_of(batch: Batch) -> list[torch.Tensor]:

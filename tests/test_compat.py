@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import VARIANTS, wrap
+from conftest import VARIANTS, wrap_variant
 from transformer_lens.model_bridge import TransformerBridge
 
 from vlm_lens import hooks
@@ -40,10 +40,9 @@ def test_a_missing_name_is_reported_with_its_pin(monkeypatch: pytest.MonkeyPatch
     assert compat.PINS["transformer_lens"] in gone[0]
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=[v[0] for v in VARIANTS])
+@pytest.fixture(scope="module", params=VARIANTS, ids=[v.name for v in VARIANTS])
 def sdpa(request: pytest.FixtureRequest) -> Any:
-    _, family, kwargs = request.param
-    w = wrap(family, **kwargs)
+    w = wrap_variant(request.param)
     w.model.set_attn_implementation("sdpa")
     return w
 

@@ -4,24 +4,25 @@ Two kinds of checks, each against an independent computation:
 
 * hand-built `TokenSpec` + token ids, where every expected role is attached to the ids as the
   test builds them (`Seq`), so nothing is copied from layout.py's algorithm;
-* every tiny family of `vlm_lens.testing`, compared with `reference_roles`: a slow, pure-Python
-  re-derivation of the roles from the tokenizer's own special-token ids and the known shape of
-  each processor's image expansion.
+* the VQ families (Chameleon, Emu3): ids with the image codes in place of the placeholders give
+  the same roles. Every registered family's roles against a brute-force reference are part of
+  the family contract (tests/contract/test_roles.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 import torch
 
-from vlm_lens import ROLES, HookedVLM, ImageSpan, TokenLayout, TokenSpec
+from tests.conftest import Wrapped, wrap_variant
+from tests.contract._scenarios import SCENARIOS, make_batch
+from vlm_lens import ROLES, ImageSpan, TokenLayout, TokenSpec
 from vlm_lens.batch import Batch
 from vlm_lens.layout import role_bit
-from vlm_lens.testing import TinyVLM, build_tiny, sample_image
+from vlm_lens.testing import tiny_variants
 
 # ================================================================================================
 # Hand-built specs
@@ -471,258 +472,26 @@ def test_shape_mismatch_between_ids_and_mask_raises() -> None:
 
 
 # ================================================================================================
-# Every tiny family, against a brute-force reference
+# Families that feed images as VQ code ids (every family's roles against a brute-force reference
+# are part of the family contract: tests/contract/test_roles.py)
 # ================================================================================================
 
-FAMILY_PARAMS: list[tuple[str, str, dict[str, Any]]] = [
-    ("chameleon", "chameleon", {}),
-    ("chameleon-swin", "chameleon", {"swin_norm": True}),
-    ("emu3", "emu3", {}),
-    ("janus", "janus", {}),
-    ("llava", "llava", {}),
-]
-SCENARIOS = ("one", "padded-right", "padded-left", "two-images", "adjacent-images")
-UNPADDED = ("one", "two-images", "adjacent-images")
-EMU3_FACTOR = 8  # Emu3Processor's spatial factor: an H x W image gives (H/8) x (W/8) codes
+VQ_VARIANTS = tiny_variants(family="chameleon") + tiny_variants(family="emu3")
 
 
-@dataclass
-class Family:
-    name: str
-    family: str
-    tiny: TinyVLM
-    model: HookedVLM
-    per_image: int  # placeholders the processor writes for one image
+@pytest.fixture(scope="module", params=VQ_VARIANTS, ids=[v.name for v in VQ_VARIANTS])
+def fam(request: pytest.FixtureRequest) -> Wrapped:
+    return wrap_variant(request.param)
 
 
-@pytest.fixture(scope="module", params=FAMILY_PARAMS, ids=[p[0] for p in FAMILY_PARAMS])
-def fam(request: pytest.FixtureRequest) -> Family:
-    name, family, kwargs = request.param
-    tiny = build_tiny(family, **kwargs)
-    model = HookedVLM.from_hf(tiny.model, tiny.processor)  # deep copy: tiny.model stays plain
-    one = tiny.processor(
-        images=[sample_image(0, tiny.image_size)], text=[tiny.prompt], return_tensors="pt"
-    )
-    per_image = int((one["input_ids"] == tiny.tokenizer.image_token_id).sum())
-    return Family(name, family, tiny, model, per_image)
-
-
-def images_for(fam: Family, n: int) -> list[Any]:
-    """`n` sample images; Emu3 gets images of different sizes, so that grids differ."""
-    if fam.family == "emu3":
-        sizes = [(16, 24), (24, 16), (16, 16)]
-        return [sample_image(i, sizes[i % len(sizes)]) for i in range(n)]
-    return [sample_image(i, fam.tiny.image_size) for i in range(n)]
-
-
-def make_batch(fam: Family, scenario: str) -> Batch:
-    ph = fam.model.image_placeholder
-    if scenario == "one":
-        return fam.model.prepare(images=images_for(fam, 1)[0], text=fam.tiny.prompt)
-    if scenario.startswith("padded"):
-        texts = [fam.tiny.prompt, fam.tiny.prompt + " Describe it in a few more words."]
-        side = scenario.split("-")[1]
-        return fam.model.prepare(images=images_for(fam, 2), text=texts, padding_side=side)
-    if scenario == "two-images":
-        return fam.model.prepare(images=[images_for(fam, 2)], text=[f"First {ph} then {ph} ok"])
-    if scenario == "adjacent-images":
-        return fam.model.prepare(images=[images_for(fam, 2)], text=[f"Both:{ph}{ph}?"])
-    raise AssertionError(scenario)
-
-
-def image_sizes_per_row(batch: Batch) -> list[list[tuple[int, int]]]:
-    """The ``(H, W)`` of each image of each sequence (from Emu3's ``image_sizes``)."""
-    sizes = batch.inputs.get("image_sizes")
-    flat = [] if sizes is None else [(int(h), int(w)) for h, w in sizes.tolist()]
-    out, k = [], 0
-    for n in batch.images_per_sequence:
-        out.append(flat[k : k + n])
-        k += n
-    return out
-
-
-def placeholder_runs(ids: Sequence[int], mask: Sequence[int], placeholder: int) -> list[range]:
-    """Maximal runs of real positions holding the placeholder id."""
-    runs: list[range] = []
-    start = None
-    for p in range(len(ids) + 1):
-        inside = p < len(ids) and bool(mask[p]) and ids[p] == placeholder
-        if inside and start is None:
-            start = p
-        elif not inside and start is not None:
-            runs.append(range(start, p))
-            start = None
-    return runs
-
-
-def reference_roles(
-    fam: Family, ids: Sequence[int], mask: Sequence[int], sizes: Sequence[tuple[int, int]]
-) -> tuple[list[set[str]], list[int]]:
-    """Roles and image index of one sequence, re-derived from the tokenizer's special tokens.
-
-    Slow and deliberately naive: it walks each placeholder run and labels what the family's
-    processor is known to put around it, asserting that those tokens are really there.
-    """
-    tok = fam.tiny.tokenizer
-    n = len(ids)
-    roles: list[set[str]] = [set() if mask[p] else {"pad"} for p in range(n)]
-    index = [-1] * n
-    images: list[range] = []
-    for run in placeholder_runs(ids, mask, tok.image_token_id):
-        if fam.family == "llava":  # no delimiters: a run holds len(run) / per_image images
-            assert len(run) % fam.per_image == 0
-            starts = range(run.start, run.stop, fam.per_image)
-            images += [range(a, a + fam.per_image) for a in starts]
-        else:
-            images.append(run)
-
-    def label(p: int, k: int, *names: str) -> None:
-        roles[p].update(names)
-        index[p] = k
-
-    for k, span in enumerate(images):
-        if fam.family == "emu3":
-            h, w = (v // EMU3_FACTOR for v in sizes[k])
-            assert len(span) == h * (w + 1)
-            for j, p in enumerate(span):
-                label(p, k, "image_row_end" if (j + 1) % (w + 1) == 0 else "image")
-        else:
-            for p in span:
-                label(p, k, "image")
-        # opening tokens
-        if fam.family in ("chameleon", "janus"):
-            assert ids[span.start - 1] == tok.boi_token_id
-            label(span.start - 1, k, "image_start")
-        elif fam.family == "emu3":
-            wrapper = tok.convert_tokens_to_ids(tok.image_wrapper_token)
-            assert ids[span.start - 1] == wrapper
-            boi = span.start - 1
-            while ids[boi] != tok.boi_token_id:
-                boi -= 1
-            assert tok.decode(ids[boi + 1 : span.start - 1]) == f"{h}*{w}"
-            for p in range(boi, span.start):
-                label(p, k, "image_start")
-        # the gate and closing tokens
-        gate = span.stop
-        if gate >= n or not mask[gate] or ids[gate] == tok.image_token_id:
-            continue  # LLaVA image followed by another image, or a cut sequence
-        if fam.family in ("chameleon", "janus"):
-            assert ids[gate] == tok.eoi_token_id
-            label(gate, k, "gate", "image_end")
-        elif fam.family == "emu3":
-            assert ids[gate] == tok.convert_tokens_to_ids(tok.eof_token)
-            assert ids[gate + 1] == tok.eoi_token_id
-            label(gate, k, "gate", "image_end")
-            label(gate + 1, k, "image_end")
-        else:
-            label(gate, k, "gate", "text")
-    real = [p for p in range(n) if mask[p]]
-    if ids[real[0]] == tok.bos_token_id and not roles[real[0]]:
-        roles[real[0]].add("bos")
-    for p in real:
-        if not roles[p]:
-            roles[p].add("text")
-    roles[real[-1]].add("last")
-    return roles, index
-
-
-def rows_of(batch: Batch) -> list[tuple[list[int], list[int]]]:
-    mask = batch.attention_mask
-    if mask is None:
-        mask = torch.ones_like(batch.input_ids)
-    return list(zip(batch.input_ids.tolist(), mask.tolist(), strict=True))
-
-
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_layout_matches_reference(fam: Family, scenario: str) -> None:
-    batch = make_batch(fam, scenario)
-    layout = batch.layout
-    sizes = image_sizes_per_row(batch)
-    for b, (ids, mask) in enumerate(rows_of(batch)):
-        roles, index = reference_roles(fam, ids, mask, sizes[b])
-        assert_roles(layout, b, roles, index)
-        assert layout.n_images[b] == batch.images_per_sequence[b]
-    if scenario.startswith("padded"):
-        side = scenario.split("-")[1]
-        mask = batch.attention_mask
-        assert mask is not None and not bool(mask.all())
-        edge = mask[:, 0] if side == "left" else mask[:, -1]
-        assert not bool(edge.all())  # the processor padded on the requested side
-
-
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_family_invariants(fam: Family, scenario: str) -> None:
-    """The listed facts about each family, checked one by one from ids, mask and image sizes."""
-    batch = make_batch(fam, scenario)
-    layout, tok = batch.layout, fam.tiny.tokenizer
-    sizes = image_sizes_per_row(batch)
-    for b, (ids, mask) in enumerate(rows_of(batch)):
-        runs = placeholder_runs(ids, mask, tok.image_token_id)
-        placeholder_pos = [p for r in runs for p in r]
-        row_ends: list[int] = []
-        if fam.family == "emu3":
-            assert len(runs) == len(sizes[b])
-            for run, (_height, width) in zip(runs, sizes[b], strict=True):
-                w = width // EMU3_FACTOR
-                row_ends += list(run)[w :: w + 1]  # every (w+1)th position of the span
-        image = sorted(set(placeholder_pos) - set(row_ends))
-        assert layout.positions("image")[b].tolist() == image
-        assert layout.positions("image_row_end")[b].tolist() == row_ends
-        # the gate is the first position after each contiguous placeholder run
-        gates = [r.stop for r in runs if r.stop < len(ids) and mask[r.stop]]
-        assert layout.positions("gate")[b].tolist() == gates
-        for g in gates:
-            if fam.family in ("chameleon", "janus"):
-                assert ids[g] == tok.eoi_token_id
-                assert layout.roles_at(b, g) == ("gate", "image_end")
-            elif fam.family == "emu3":
-                assert ids[g] == tok.convert_tokens_to_ids(tok.eof_token)
-                assert ids[g + 1] == tok.convert_tokens_to_ids("<|image end|>")
-                assert layout.roles_at(b, g) == ("gate", "image_end")
-                assert layout.roles_at(b, g + 1) == ("image_end",)
-            else:
-                assert set(layout.roles_at(b, g)) >= {"gate", "text"}
-        # padding, BOS and the last real token
-        assert layout.mask("pad")[b].tolist() == [m == 0 for m in mask]
-        real = [p for p in range(len(ids)) if mask[p]]
-        first_real, last_real = real[0], real[-1]
-        assert ids[first_real] == tok.bos_token_id
-        assert layout.positions("bos")[b].tolist() == [first_real]
-        assert layout.positions("last")[b].tolist() == [last_real]
-        # image_index counts images in order of appearance
-        image_side = layout.image_index[b][layout.image_index[b] >= 0].tolist()
-        seen = list(dict.fromkeys(image_side))
-        assert seen == list(range(batch.images_per_sequence[b]))
-        assert image_side == sorted(image_side)
-        for k in range(batch.images_per_sequence[b]):
-            n_img = len(layout.positions("image", image=k)[b]) + len(
-                layout.positions("image_row_end", image=k)[b]
-            )
-            assert n_img == layout.spans[b][k].length
-
-
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_layout_from_ids_equals_batch_layout(fam: Family, scenario: str) -> None:
-    batch = make_batch(fam, scenario)
-    from_ids = fam.model.layout(batch.input_ids, batch.attention_mask)
-    assert torch.equal(from_ids.role_bits, batch.layout.role_bits)
-    assert torch.equal(from_ids.image_index, batch.layout.image_index)
-    assert from_ids.spans == batch.layout.spans
-    if scenario in UNPADDED:
-        alone = fam.model.layout(batch.input_ids)
-        assert torch.equal(alone.role_bits, batch.layout.role_bits)
-        assert torch.equal(alone.image_index, batch.layout.image_index)
-        assert alone.spans == batch.layout.spans
-
-
-def with_image_codes(fam: Family, batch: Batch) -> torch.Tensor:
+def with_image_codes(fam: Wrapped, batch: Batch) -> torch.Tensor:
     """`batch.input_ids` with each placeholder replaced by the image's VQ code ids (computed by
     the plain Hugging Face model, as its forward does)."""
-    plain = fam.tiny.model
+    plain = fam.reference
     assert not hasattr(plain.model, "hook_image_embeds")  # un-wrapped
     pixel_values = batch.inputs["pixel_values"]
     with torch.no_grad():
-        if fam.family == "emu3":
+        if fam.tiny.family == "emu3":
             codes = plain.model.get_image_tokens(pixel_values, batch.inputs["image_sizes"])
         else:
             codes = plain.model.get_image_tokens(pixel_values)
@@ -737,9 +506,7 @@ def with_image_codes(fam: Family, batch: Batch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_image_codes_give_the_same_roles_as_placeholders(fam: Family, scenario: str) -> None:
-    if fam.family not in ("chameleon", "emu3"):
-        pytest.skip("only Chameleon and Emu3 feed images as token ids")
+def test_image_codes_give_the_same_roles_as_placeholders(fam: Wrapped, scenario: str) -> None:
     batch = make_batch(fam, scenario)
     ids = with_image_codes(fam, batch)
     assert not bool((ids == fam.tiny.tokenizer.image_token_id).any())
@@ -756,18 +523,3 @@ def test_image_codes_give_the_same_roles_as_placeholders(fam: Family, scenario: 
     rebuilt = fam.model.batch_from_inputs(inputs)
     assert torch.equal(rebuilt.layout.role_bits, batch.layout.role_bits)
     assert rebuilt.images_per_sequence == batch.images_per_sequence
-
-
-@pytest.mark.parametrize("scenario", ["one", "padded-left", "two-images"])
-def test_layout_without_processor_equals_layout_with_processor(fam: Family, scenario: str) -> None:
-    """`HookedVLM.from_hf(model)` without a processor is the documented way to work from token
-    ids alone (`batch_from_inputs`); the roles it finds must be the same."""
-    batch = make_batch(fam, scenario)
-    bare = HookedVLM.from_hf(fam.tiny.model)
-    assert bare.processor is None
-    layout = bare.batch_from_inputs(batch.inputs).layout
-    assert [layout.primary_roles(b) for b in range(len(batch))] == [
-        batch.layout.primary_roles(b) for b in range(len(batch))
-    ]
-    assert torch.equal(layout.role_bits, batch.layout.role_bits)
-    assert torch.equal(layout.image_index, batch.layout.image_index)

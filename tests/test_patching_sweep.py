@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import Wrapped
-from tests.test_patching_steering import _decoder_layers, _pair, _reference_patched
+from tests.contract.test_patching_steering import _decoder_layers, _pair, _reference_patched
 from vlm_lens.analysis.patching_sweep import PatchPair, patching_sweep
 
 

@@ -1,5 +1,14 @@
-"""Testing utilities for ``vlm_lens``: tiny, offline, randomly initialised VLMs."""
+"""Testing utilities for ``vlm_lens``: tiny, offline, randomly initialised VLMs, and the registry
+of tiny variants the contract suite (``tests/contract/``) is parametrised over."""
 
+from vlm_lens.testing.registry import (
+    GRID_TEXT,
+    ImageFrame,
+    TinyVariant,
+    register_tiny,
+    tiny_variant,
+    tiny_variants,
+)
 from vlm_lens.testing.tiny_models import (
     LLAVA_TEXT_BACKBONES,
     TINY_FAMILIES,
@@ -14,14 +23,20 @@ from vlm_lens.testing.tiny_models import (
 )
 
 __all__ = [
+    "GRID_TEXT",
     "LLAVA_TEXT_BACKBONES",
     "TINY_FAMILIES",
+    "ImageFrame",
     "TinyVLM",
+    "TinyVariant",
     "build_tiny",
+    "register_tiny",
     "sample_image",
     "save_tiny",
     "tiny_chameleon",
     "tiny_emu3",
     "tiny_janus",
     "tiny_llava",
+    "tiny_variant",
+    "tiny_variants",
 ]

@@ -1,0 +1,238 @@
+"""Token roles of every registered variant against a brute-force reference.
+
+`reference_roles` re-derives the roles of each position, slowly and naively, from the
+tokenizer's own special-token strings and the variant's registered `ImageFrame` (what its
+processor writes around each image), asserting that those tokens are really there. It never
+reads the adapter's `TokenSpec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+
+from tests.conftest import Wrapped
+from tests.contract._scenarios import SCENARIOS, UNPADDED, frame_of, make_batch, per_image
+from vlm_lens import HookedVLM
+from vlm_lens.batch import Batch
+from vlm_lens.testing import GRID_TEXT, ImageFrame
+
+
+def image_sizes_per_row(batch: Batch) -> list[list[tuple[int, int]]]:
+    """The ``(H, W)`` of each image of each sequence, from the pixel values' shapes."""
+    sizes = batch.inputs.get("image_sizes")
+    if sizes is not None:
+        flat = [(int(h), int(w)) for h, w in sizes.tolist()]
+    else:
+        pixels = batch.inputs["pixel_values"]
+        flat = [tuple(pixels.shape[-2:])] * pixels.shape[0]
+    out, k = [], 0
+    for n in batch.images_per_sequence:
+        out.append(flat[k : k + n])
+        k += n
+    return out
+
+
+def placeholder_runs(ids: Sequence[int], mask: Sequence[int], placeholder: int) -> list[range]:
+    """Maximal runs of real positions holding the placeholder id."""
+    runs: list[range] = []
+    start = None
+    for p in range(len(ids) + 1):
+        inside = p < len(ids) and bool(mask[p]) and ids[p] == placeholder
+        if inside and start is None:
+            start = p
+        elif not inside and start is not None:
+            runs.append(range(start, p))
+            start = None
+    return runs
+
+
+def grid(frame: ImageFrame, size: tuple[int, int]) -> tuple[int, int]:
+    assert frame.grid_factor is not None
+    return size[0] // frame.grid_factor, size[1] // frame.grid_factor
+
+
+def reference_roles(
+    w: Wrapped, ids: Sequence[int], mask: Sequence[int], sizes: Sequence[tuple[int, int]]
+) -> tuple[list[set[str]], list[int]]:
+    """Roles and image index of one sequence, re-derived from the tokenizer's special tokens.
+
+    Slow and deliberately naive: it walks each placeholder run and labels what the variant's
+    `ImageFrame` says its processor puts around it, asserting that those tokens are really
+    there.
+    """
+    tok, frame = w.tiny.tokenizer, frame_of(w)
+    n = len(ids)
+    roles: list[set[str]] = [set() if mask[p] else {"pad"} for p in range(n)]
+    index = [-1] * n
+    images: list[range] = []
+    for run in placeholder_runs(ids, mask, tok.image_token_id):
+        if not frame.closing:  # no delimiters: a run holds len(run) / per_image images
+            each = per_image(w)
+            assert len(run) % each == 0
+            images += [range(a, a + each) for a in range(run.start, run.stop, each)]
+        else:
+            images.append(run)
+
+    def label(p: int, k: int, *names: str) -> None:
+        roles[p].update(names)
+        index[p] = k
+
+    for k, span in enumerate(images):
+        if frame.grid_factor is not None:
+            rows, cols = grid(frame, sizes[k])
+            assert len(span) == rows * (cols + 1)
+            for j, p in enumerate(span):
+                label(p, k, "image_row_end" if (j + 1) % (cols + 1) == 0 else "image")
+        else:
+            for p in span:
+                label(p, k, "image")
+        # opening tokens, walked backwards from the span
+        p = span.start - 1
+        for i in reversed(range(len(frame.opening))):
+            token = frame.opening[i]
+            if token == GRID_TEXT:
+                before = tok.convert_tokens_to_ids(frame.opening[i - 1])
+                q = p
+                while ids[q] != before:
+                    q -= 1
+                assert tok.decode(ids[q + 1 : p + 1]) == "{}*{}".format(*grid(frame, sizes[k]))
+                for r in range(q + 1, p + 1):
+                    label(r, k, "image_start")
+                p = q
+            else:
+                assert ids[p] == tok.convert_tokens_to_ids(token), (token, p)
+                label(p, k, "image_start")
+                p -= 1
+        # the gate and closing tokens
+        gate = span.stop
+        if gate >= n or not mask[gate] or ids[gate] == tok.image_token_id:
+            continue  # an image followed by another image, or a cut sequence
+        if frame.closing:
+            for j, token in enumerate(frame.closing):
+                assert ids[gate + j] == tok.convert_tokens_to_ids(token), token
+                label(gate + j, k, *(("gate", "image_end") if j == 0 else ("image_end",)))
+        else:
+            label(gate, k, "gate", "text")
+    real = [p for p in range(n) if mask[p]]
+    if ids[real[0]] == tok.bos_token_id and not roles[real[0]]:
+        roles[real[0]].add("bos")
+    for p in real:
+        if not roles[p]:
+            roles[p].add("text")
+    roles[real[-1]].add("last")
+    return roles, index
+
+
+def rows_of(batch: Batch) -> list[tuple[list[int], list[int]]]:
+    mask = batch.attention_mask
+    if mask is None:
+        mask = torch.ones_like(batch.input_ids)
+    return list(zip(batch.input_ids.tolist(), mask.tolist(), strict=True))
+
+
+def assert_roles(layout: Any, row: int, roles: Sequence[set[str]], index: Sequence[int]) -> None:
+    """Every position of `row` has exactly `roles` and `index`."""
+    assert layout.shape[1] == len(roles)
+    got = [set(layout.roles_at(row, p)) for p in range(len(roles))]
+    assert got == list(roles)
+    assert layout.image_index[row].tolist() == list(index)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_layout_matches_reference(variant: Wrapped, scenario: str) -> None:
+    batch = make_batch(variant, scenario)
+    layout = batch.layout
+    sizes = image_sizes_per_row(batch)
+    for b, (ids, mask) in enumerate(rows_of(batch)):
+        roles, index = reference_roles(variant, ids, mask, sizes[b])
+        assert_roles(layout, b, roles, index)
+        assert layout.n_images[b] == batch.images_per_sequence[b]
+    if scenario.startswith("padded"):
+        side = scenario.split("-")[1]
+        mask = batch.attention_mask
+        assert mask is not None and not bool(mask.all())
+        edge = mask[:, 0] if side == "left" else mask[:, -1]
+        assert not bool(edge.all())  # the processor padded on the requested side
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_family_invariants(variant: Wrapped, scenario: str) -> None:
+    """The frame's facts, checked one by one from ids, mask and image sizes."""
+    batch = make_batch(variant, scenario)
+    layout, tok, frame = batch.layout, variant.tiny.tokenizer, frame_of(variant)
+    sizes = image_sizes_per_row(batch)
+    for b, (ids, mask) in enumerate(rows_of(batch)):
+        runs = placeholder_runs(ids, mask, tok.image_token_id)
+        placeholder_pos = [p for r in runs for p in r]
+        row_ends: list[int] = []
+        if frame.grid_factor is not None:
+            assert len(runs) == len(sizes[b])
+            for run, size in zip(runs, sizes[b], strict=True):
+                cols = grid(frame, size)[1]
+                row_ends += list(run)[cols :: cols + 1]  # every (cols+1)th position of the span
+        image = sorted(set(placeholder_pos) - set(row_ends))
+        assert layout.positions("image")[b].tolist() == image
+        assert layout.positions("image_row_end")[b].tolist() == row_ends
+        # the gate is the first position after each contiguous placeholder run
+        gates = [r.stop for r in runs if r.stop < len(ids) and mask[r.stop]]
+        assert layout.positions("gate")[b].tolist() == gates
+        for g in gates:
+            if frame.closing:
+                for j, token in enumerate(frame.closing):
+                    assert ids[g + j] == tok.convert_tokens_to_ids(token)
+                    expected = ("gate", "image_end") if j == 0 else ("image_end",)
+                    assert layout.roles_at(b, g + j) == expected
+            else:
+                assert set(layout.roles_at(b, g)) >= {"gate", "text"}
+        # padding, BOS and the last real token
+        assert layout.mask("pad")[b].tolist() == [m == 0 for m in mask]
+        real = [p for p in range(len(ids)) if mask[p]]
+        first_real, last_real = real[0], real[-1]
+        assert ids[first_real] == tok.bos_token_id
+        assert layout.positions("bos")[b].tolist() == [first_real]
+        assert layout.positions("last")[b].tolist() == [last_real]
+        # image_index counts images in order of appearance
+        image_side = layout.image_index[b][layout.image_index[b] >= 0].tolist()
+        seen = list(dict.fromkeys(image_side))
+        assert seen == list(range(batch.images_per_sequence[b]))
+        assert image_side == sorted(image_side)
+        for k in range(batch.images_per_sequence[b]):
+            n_img = len(layout.positions("image", image=k)[b]) + len(
+                layout.positions("image_row_end", image=k)[b]
+            )
+            assert n_img == layout.spans[b][k].length
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_layout_from_ids_equals_batch_layout(variant: Wrapped, scenario: str) -> None:
+    batch = make_batch(variant, scenario)
+    from_ids = variant.model.layout(batch.input_ids, batch.attention_mask)
+    assert torch.equal(from_ids.role_bits, batch.layout.role_bits)
+    assert torch.equal(from_ids.image_index, batch.layout.image_index)
+    assert from_ids.spans == batch.layout.spans
+    if scenario in UNPADDED:
+        alone = variant.model.layout(batch.input_ids)
+        assert torch.equal(alone.role_bits, batch.layout.role_bits)
+        assert torch.equal(alone.image_index, batch.layout.image_index)
+        assert alone.spans == batch.layout.spans
+
+
+@pytest.mark.parametrize("scenario", ["one", "padded-left", "two-images"])
+def test_layout_without_processor_equals_layout_with_processor(
+    variant: Wrapped, scenario: str
+) -> None:
+    """`HookedVLM.from_hf(model)` without a processor is the documented way to work from token
+    ids alone (`batch_from_inputs`); the roles it finds must be the same."""
+    batch = make_batch(variant, scenario)
+    bare = HookedVLM.from_hf(variant.reference)
+    assert bare.processor is None
+    layout = bare.batch_from_inputs(batch.inputs).layout
+    assert [layout.primary_roles(b) for b in range(len(batch))] == [
+        batch.layout.primary_roles(b) for b in range(len(batch))
+    ]
+    assert torch.equal(layout.role_bits, batch.layout.role_bits)
+    assert torch.equal(layout.image_index, batch.layout.image_index)

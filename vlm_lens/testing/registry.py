@@ -1,0 +1,220 @@
+"""The registry of tiny test variants: one entry per (family, configuration) the contract suite
+must pass.
+
+``tests/contract/`` is parametrised over :func:`tiny_variants`; a family registered with
+``vlm_lens.adapters.register_family`` but without a tiny variant here fails the contract suite
+loudly (``tests/contract/test_registry.py``). Each entry names its builder (a function returning a
+:class:`~vlm_lens.testing.TinyVLM`), the keyword arguments it is called with, and an
+:class:`ImageFrame`: what the family's *processor* writes around each image, in tokenizer strings,
+from which the contract suite's brute-force role reference is derived (independently of the
+adapter's ``TokenSpec``).
+
+Example:
+    >>> from vlm_lens.testing import tiny_variant, tiny_variants
+    >>> [v.name for v in tiny_variants(family="janus")]
+    ['janus-tied', 'janus-untied']
+    >>> dict(tiny_variant("llava-qwen2").kwargs)
+    {'text_backbone': 'qwen2'}
+    >>> tiny_variant("chameleon").build().family
+    'chameleon'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from vlm_lens.testing.tiny_models import (
+    TinyVLM,
+    tiny_chameleon,
+    tiny_emu3,
+    tiny_janus,
+    tiny_llava,
+)
+
+__all__ = [
+    "GRID_TEXT",
+    "ImageFrame",
+    "TinyVariant",
+    "register_tiny",
+    "tiny_variant",
+    "tiny_variants",
+]
+
+GRID_TEXT = "{grid}"
+"""Stands, in :attr:`ImageFrame.opening`, for plain text ``"{rows}*{cols}"`` (Emu3's header)."""
+
+
+@dataclass(frozen=True)
+class ImageFrame:
+    """What a processor writes around the placeholder span of one image (token strings).
+
+    Attributes:
+        opening: Tokens right before the span, in order (roles ``image_start``); the last one
+            touches the span. :data:`GRID_TEXT` stands for the plain-text grid ``"R*C"``.
+        closing: Tokens right after the span, in order. The first is the gate (roles ``gate``
+            and ``image_end``), the rest are ``image_end``. Empty: the gate is the first text
+            token after the span (roles ``gate`` and ``text``), and adjacent images are split
+            by their fixed placeholder count.
+        grid_factor: If set, an ``H x W`` image gives ``H // f`` rows of ``W // f`` codes, and
+            each row of the span ends with one more placeholder (role ``image_row_end``).
+    """
+
+    opening: tuple[str, ...] = ()
+    closing: tuple[str, ...] = ()
+    grid_factor: int | None = None
+
+
+@dataclass(frozen=True)
+class TinyVariant:
+    """One registered tiny configuration of a family.
+
+    Attributes:
+        name: Test id, unique (``"llava-qwen2"``).
+        family: The adapter family it exercises (``VLMAdapter.family``).
+        builder: Returns a :class:`TinyVLM`; called as ``builder(**kwargs, seed=, dtype=)``.
+        kwargs: Keyword arguments of this variant.
+        frame: What the processor writes around each image (for the role reference).
+        image_sizes: ``(height, width)`` of the sample images the role checks use, cycled;
+            sizes that differ give different grids where the span depends on the image.
+        primary: The family's primary variant: the one the costlier contract checks
+            (interventions, prefix reuse, stacked passes) run on. One per family.
+    """
+
+    name: str
+    family: str
+    builder: Callable[..., TinyVLM] = field(repr=False)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    frame: ImageFrame = field(default_factory=ImageFrame)
+    image_sizes: tuple[tuple[int, int], ...] = ()
+    primary: bool = False
+
+    def build(self, **overrides: Any) -> TinyVLM:
+        """Builds the tiny model, with ``overrides`` (``seed=``, ``dtype=``) on top of
+        :attr:`kwargs`."""
+        return self.builder(**{**self.kwargs, **overrides})
+
+
+_VARIANTS: dict[str, TinyVariant] = {}
+
+
+def register_tiny(
+    name: str,
+    builder: Callable[..., TinyVLM],
+    *,
+    family: str,
+    frame: ImageFrame,
+    kwargs: Mapping[str, Any] | None = None,
+    image_sizes: tuple[tuple[int, int], ...] = (),
+    primary: bool | None = None,
+) -> TinyVariant:
+    """Registers a tiny variant for the contract suite and returns it.
+
+    Args:
+        name: Unique test id.
+        builder: Returns a :class:`TinyVLM` (random norm weights, eager attention,
+            ``config.architectures`` set); must accept ``seed=`` and ``dtype=``.
+        family: The adapter family it exercises.
+        frame: What the processor writes around each image.
+        kwargs: Builder keyword arguments of this variant.
+        image_sizes: Sample image sizes for the role checks (default: the builder's own).
+        primary: Whether the costlier checks run on it; default: the family's first variant.
+
+    Raises:
+        ValueError: If ``name`` is taken, or a second primary variant is given for ``family``.
+
+    Example:
+        >>> from vlm_lens.testing import ImageFrame, register_tiny, tiny_llava
+        >>> from vlm_lens.testing.registry import _VARIANTS
+        >>> v = register_tiny("doc-llava", tiny_llava, family="doc", frame=ImageFrame())
+        >>> v.primary
+        True
+        >>> del _VARIANTS["doc-llava"]
+    """
+    if name in _VARIANTS:
+        raise ValueError(f"tiny variant {name!r} is already registered")
+    has_primary = any(v.primary for v in _VARIANTS.values() if v.family == family)
+    if primary is None:
+        primary = not has_primary
+    elif primary and has_primary:
+        raise ValueError(f"family {family!r} already has a primary tiny variant")
+    variant = TinyVariant(
+        name=name,
+        family=family,
+        builder=builder,
+        kwargs=MappingProxyType(dict(kwargs or {})),
+        frame=frame,
+        image_sizes=tuple(image_sizes),
+        primary=primary,
+    )
+    _VARIANTS[name] = variant
+    return variant
+
+
+def tiny_variants(
+    *, family: str | None = None, primary: bool | None = None
+) -> tuple[TinyVariant, ...]:
+    """The registered variants in registration order, optionally of one family or only the
+    primary ones (``primary=True``)."""
+    return tuple(
+        v
+        for v in _VARIANTS.values()
+        if (family is None or v.family == family) and (primary is None or v.primary == primary)
+    )
+
+
+def tiny_variant(name: str) -> TinyVariant:
+    """The variant registered as ``name``.
+
+    Raises:
+        KeyError: naming the registered variants.
+    """
+    try:
+        return _VARIANTS[name]
+    except KeyError:
+        raise KeyError(f"no tiny variant {name!r}; registered: {', '.join(_VARIANTS)}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# The built-in families
+# ------------------------------------------------------------------------------------------------
+
+_CHAMELEON = ImageFrame(opening=("<racm3:break>",), closing=("<eoss>",))
+_EMU3 = ImageFrame(
+    opening=("<|image start|>", GRID_TEXT, "<|image token|>"),
+    closing=("<|extra_201|>", "<|image end|>"),
+    grid_factor=8,  # Emu3Processor's spatial factor
+)
+_JANUS = ImageFrame(opening=("<begin_of_image>",), closing=("<end_of_image>",))
+_LLAVA = ImageFrame()
+
+register_tiny("chameleon", tiny_chameleon, family="chameleon", frame=_CHAMELEON)
+register_tiny(
+    "chameleon-swin",
+    tiny_chameleon,
+    family="chameleon",
+    frame=_CHAMELEON,
+    kwargs={"swin_norm": True},
+)
+register_tiny(
+    "emu3", tiny_emu3, family="emu3", frame=_EMU3, image_sizes=((16, 24), (24, 16), (16, 16))
+)
+register_tiny("janus-tied", tiny_janus, family="janus", frame=_JANUS)
+register_tiny(
+    "janus-untied",
+    tiny_janus,
+    family="janus",
+    frame=_JANUS,
+    kwargs={"tie_word_embeddings": False},
+)
+register_tiny("llava-llama", tiny_llava, family="llava", frame=_LLAVA)
+for _backbone in ("mistral", "qwen2"):
+    register_tiny(
+        f"llava-{_backbone}",
+        tiny_llava,
+        family="llava",
+        frame=_LLAVA,
+        kwargs={"text_backbone": _backbone},
+    )
