@@ -31,14 +31,7 @@ def variant_bf16(request: pytest.FixtureRequest) -> Wrapped:
 # Contract checks a registered variant fails today because of a library bug, as
 # (test function, variant name): reason. Each is a strict xfail, so the fix turns it into a
 # failure that asks for the entry to be removed. Never use this for a new family's own bugs.
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("test_every_variant_stacked_equals_one_pass_per_condition", "chameleon-swin"): (
-        "vlm_lens.engine.suffix_stack: on swin-norm Chameleon, an attention-input patch at layer "
-        "1 (patch(..., sites=attention_input_sites(1, n))) stacked with other conditions "
-        "(per_pass=4) differs from its own run_suffix and from the full run (max |diff| ~1.9); "
-        "alone (per_pass=1) it is equal"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -290,7 +290,7 @@ def _stacked_pass(
     else:
         kwargs["inputs_embeds"] = _along_batch(residuals[start], copies)
     kwargs["past_key_values"] = _repeated_cache(prefix, copies, start, scratch)
-    owned: dict[int, weakref.ref[Tensor]] = {}
+    owned: dict[tuple[int, int], weakref.ref[Tensor]] = {}
     hooks = [
         (name, _rows_hook(fn, slice(c * rows, (c + 1) * rows), copies * rows, owned))
         for c, condition in enumerate(conditions)
@@ -404,12 +404,17 @@ def _extended(
 
 
 def _rows_hook(
-    fn: Callable[..., Any], rows: slice, total: int, owned: dict[int, weakref.ref[Tensor]]
+    fn: Callable[..., Any],
+    rows: slice,
+    total: int,
+    owned: dict[tuple[int, int], weakref.ref[Tensor]],
 ) -> Callable[..., Any]:
     """`fn` applied to its condition's rows of a stacked activation.
 
     A result that is a new tensor is written into a copy of the activation, made once per hook
-    point and pass (`owned`), so the activation other code may still hold is never edited."""
+    point and pass (`owned`, keyed by hook point and tensor), so the activation other code may
+    still hold is never edited: a copy made at one hook point is not another's to write into
+    (in a post-norm block the attention input is the residual the block adds back)."""
 
     def on_rows(tensor: Tensor, hook: Any) -> Tensor | None:
         if tensor.ndim == 0 or tensor.shape[0] != total:
@@ -422,10 +427,10 @@ def _rows_hook(
         result = fn(piece, hook=hook)
         if result is None or result is piece or _same_memory(result, piece):
             return None
-        ref = owned.get(id(tensor))
+        ref = owned.get((id(hook), id(tensor)))
         if ref is None or ref() is not tensor:
             tensor = tensor.clone()
-            owned[id(tensor)] = weakref.ref(tensor)
+            owned[(id(hook), id(tensor))] = weakref.ref(tensor)
         tensor[rows] = result
         return tensor
 
