@@ -47,7 +47,7 @@ class VLMAdapter(ABC):
     default_placeholder: ClassVar[str] = "<image>"
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
-        self.config = model.config
+        self.config: Any = model.config
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", None)
         self.token_spec: TokenSpec = self.build_token_spec(model)

@@ -357,6 +357,9 @@ class _StackedLayer(DynamicLayer):
     layer, which cost more than the attention itself on CPU; the cache is unusable afterwards.
     """
 
+    keys: Tensor
+    values: Tensor
+
     def __init__(
         self, keys: Tensor, values: Tensor, copies: int, scratch: dict[tuple[Any, ...], Tensor]
     ) -> None:
