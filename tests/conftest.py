@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import jaxtyping
 import pytest
 import torch
 
@@ -14,6 +17,30 @@ from vlm_lens import Batch, HookedVLM
 from vlm_lens.testing import TinyVariant, TinyVLM, build_tiny, sample_image, tiny_variants
 
 warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+
+@contextmanager
+def unchecked_types() -> Iterator[None]:
+    """Turn the runtime type check off inside the block: for calls that violate the annotations
+    on purpose, to pin the error vlm_lens itself raises for users (who run without beartype)."""
+    previous = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", previous)
+
+
+@pytest.fixture(autouse=True)
+def _runtime_type_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every annotation is checked at runtime (pyproject's ``--jaxtyping-packages``), except in
+    tests marked ``bad_input_types``, which pass badly typed arguments on purpose."""
+    if request.node.get_closest_marker("bad_input_types") is None:
+        yield
+        return
+    with unchecked_types():
+        yield
+
 
 # Every registered tiny variant (vlm_lens.testing.register_tiny) and each family's primary one.
 VARIANTS: tuple[TinyVariant, ...] = tiny_variants()

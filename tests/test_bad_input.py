@@ -172,6 +172,7 @@ def test_empty_text_and_bad_arrays(wrapped: Wrapped) -> None:
     )
 
 
+@pytest.mark.bad_input_types
 @pytest.mark.parametrize(
     "bad",
     [lambda w: "cat.png", lambda w: torch.randint(0, 256, (*w.tiny.image_size, 3))],
@@ -291,6 +292,7 @@ def test_image_input_passed_twice(wrapped: Wrapped) -> None:
     )
 
 
+@pytest.mark.bad_input_types
 @pytest.mark.parametrize(
     "bad",
     [lambda b: b.input_ids, lambda b: [b.input_ids], lambda b: "USER: hi"],

@@ -70,6 +70,7 @@ def test_knockout_on_another_batch_raises(wrapped: Wrapped) -> None:
     assert not any(hp.fwd_hooks for hp in wrapped.model.hook_dict.values())
 
 
+@pytest.mark.bad_input_types
 def test_bad_arguments() -> None:
     from vlm_lens.layout import TokenLayout, TokenSpec
 

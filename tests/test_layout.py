@@ -462,6 +462,7 @@ def test_unknown_role_raises_and_names_the_roles(
             assert name in msg
 
 
+@pytest.mark.bad_input_types
 def test_shape_mismatch_between_ids_and_mask_raises() -> None:
     ids = torch.tensor([[BOS, IMG, EOI, TXT[0]]])
     with pytest.raises(ValueError, match="attention_mask") as info:

@@ -17,6 +17,7 @@ from sklearn.cluster import HDBSCAN
 from sklearn.metrics import homogeneity_score
 from sklearn.neighbors import NearestNeighbors
 
+from tests.conftest import unchecked_types
 from vlm_lens.metrics import neighbourhood as nb
 from vlm_lens.metrics.clustering import cluster_homogeneity, homogeneity_from_clusters
 from vlm_lens.metrics.cosine import abs_cosine_matrix, abs_cosine_quantiles
@@ -66,6 +67,7 @@ def test_softmax_intersection_is_float64_softmax_then_intersection() -> None:
     torch.testing.assert_close(softmax_intersection(a, a), torch.ones(4, dtype=torch.float64))
 
 
+@pytest.mark.bad_input_types
 def test_histogram_intersection_rejects_different_vocabularies() -> None:
     with pytest.raises(ValueError, match="last .*vocabulary"):
         histogram_intersection(torch.ones(3) / 3, torch.ones(4) / 4)
@@ -86,6 +88,7 @@ def test_logit_difference_int_and_per_row_ids() -> None:
     )
 
 
+@pytest.mark.bad_input_types
 def test_logit_difference_bad_ids() -> None:
     logits = torch.zeros(3, 5)
     with pytest.raises(ValueError, match=r"token_a must be an int or hold one token id per row"):
@@ -107,7 +110,7 @@ def test_flip_toward_source_truth_table() -> None:
     # d = target - source: the clean run preferred the target, the patched run the source.
     assert got == [c > 0 and p < 0 for c, p in pairs]
     assert flip_rate(clean, patched) == pytest.approx(np.mean(got))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="same shape"), unchecked_types():
         flip_toward_source(torch.ones(3), torch.ones(2))
     with pytest.raises(ValueError, match="at least one"):
         flip_rate(torch.ones(0), torch.ones(0))
@@ -441,6 +444,7 @@ def test_adp_path_calls_dadapy_as_documented(monkeypatch: pytest.MonkeyPatch) ->
     assert score.homogeneity == 1.0
 
 
+@pytest.mark.bad_input_types
 def test_cluster_homogeneity_bad_inputs() -> None:
     x = two_modalities(True)
     with pytest.raises(ValueError, match="160 rows but modality_labels has 3"):

@@ -72,6 +72,7 @@ def test_overlap_roles_from_mapping_and_frame() -> None:
     np.testing.assert_array_equal(named.overlap["gate"], res.overlap["gate"])
 
 
+@pytest.mark.bad_input_types
 def test_overlap_analysis_bad_inputs() -> None:
     reps = layered()
     with pytest.raises(ValueError, match=r"\[layers, n, d\].*x\[None\]"):

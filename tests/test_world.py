@@ -242,6 +242,7 @@ def test_vocabulary_is_closed_and_tight(scenes: list[Scene]) -> None:
             assert set(tokenize(answer)) <= set(vocab)
 
 
+@pytest.mark.bad_input_types
 def test_ask_refuses_ambiguous_questions() -> None:
     objects = [
         WorldObject("circle", "red", "large", "top left"),

@@ -148,9 +148,9 @@ class TokenLayout:
     @classmethod
     def from_input_ids(
         cls,
-        input_ids: Int[Tensor, "batch pos"],
+        input_ids: Int[Tensor, "*batch pos"],
         spec: TokenSpec,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Int[Tensor, "*batch pos"] | None = None,
     ) -> TokenLayout:
         """Build the layout of a batch from its token ids (left or right padded).
 
@@ -245,8 +245,8 @@ class TokenLayout:
     def primary_roles(self, batch_index: int = 0) -> list[str]:
         """One role per position of a sequence (the first of `ROLES` order, ``gate`` before
         ``text``/``image_end``), for display."""
-        order = ("pad", "gate", "bos", "image_start", "image", "image_row_end", "image_end")
-        order += ("text", "last")
+        order: tuple[str, ...] = ("pad", "gate", "bos", "image_start", "image", "image_row_end")
+        order += ("image_end", "text", "last")
         out = []
         for value in self.role_bits[batch_index].tolist():
             out.append(next((r for r in order if value & _BIT[r]), "text"))

@@ -122,7 +122,7 @@ class HookedVLM(nn.Module):
         name_or_path = resolve_checkpoint(name_or_path)
         config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
         model_cls = _model_class(config)
-        model = model_cls.from_pretrained(
+        model: Any = model_cls.from_pretrained(  # type: ignore[attr-defined]  # a PreTrainedModel
             name_or_path, dtype=dtype, attn_implementation=attn_implementation, **hf_kwargs
         )
         if device is not None:
@@ -170,7 +170,7 @@ class HookedVLM(nn.Module):
         chosen = _attn_implementations(model.config)
         bridge = build_bridge(model, adapter.architecture)
         if chosen != _attn_implementations(model.config):  # the TL adapter forced eager
-            model.set_attn_implementation(chosen)
+            getattr(model, "set_attn_implementation")(chosen)  # noqa: B009 - a PreTrainedModel's
         return cls(bridge, adapter, processor)
 
     # ------------------------------------------------------------------ properties
@@ -235,7 +235,8 @@ class HookedVLM(nn.Module):
                 f"unknown attention implementation {implementation!r}; use 'eager', 'sdpa' or "
                 f"one of {sorted(known)}"
             )
-        self.hf_model.set_attn_implementation(implementation)
+        hf: Any = self.hf_model
+        hf.set_attn_implementation(implementation)
         attention.route_decoder(self.hf_model, self._hf_attention(0).config)
         return self
 
@@ -543,7 +544,8 @@ class HookedVLM(nn.Module):
         batch = self._as_batch(batch)
         inputs = dict(batch.inputs)
         with self.hooks(fwd_hooks=fwd_hooks), self._image_groups(batch), torch.no_grad():
-            return self.hf_model.generate(
+            hf: Any = self.hf_model
+            return hf.generate(
                 **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs
             )
 

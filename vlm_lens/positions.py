@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool
@@ -81,7 +82,7 @@ def select(spec: PositionSpec, layout: TokenLayout) -> Bool[Tensor, "batch pos"]
         if spec.ndim == 1:
             spec = spec[None].expand(batch, -1)
         return _check_shape(spec.to("cpu"), layout) & real
-    items = spec.tolist() if isinstance(spec, Tensor) else list(spec)
+    items: list[Any] = spec.tolist() if isinstance(spec, Tensor) else list(spec)
     if items and all(isinstance(x, str) for x in items):
         out = torch.zeros(batch, length, dtype=torch.bool)
         for role in items:
@@ -111,7 +112,7 @@ def covers_generated(spec: PositionSpec, layout: TokenLayout) -> Bool[Tensor, " 
     if not isinstance(spec, str) and not callable(spec):
         if isinstance(spec, Tensor) and spec.dtype == torch.bool:
             return torch.zeros(layout.shape[0], dtype=torch.bool)
-        items = spec.tolist() if isinstance(spec, Tensor) else list(spec)
+        items: list[Any] = spec.tolist() if isinstance(spec, Tensor) else list(spec)
         if not items or not all(isinstance(x, str) for x in items):
             return torch.zeros(layout.shape[0], dtype=torch.bool)
     return select(spec, layout.extend(1))[:, -1]
@@ -221,7 +222,7 @@ def describe(spec: PositionSpec) -> str:
         return getattr(spec, "__name__", "positions")
     if isinstance(spec, Tensor):
         return "mask" if spec.dtype == torch.bool else f"positions{spec.tolist()}"
-    items = list(spec)
+    items: list[Any] = list(spec)
     if items and all(isinstance(x, str) for x in items):
         return "+".join(items)
     return f"positions{items}"

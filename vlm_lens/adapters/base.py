@@ -59,7 +59,7 @@ class VLMAdapter(ABC):
     default_placeholder: ClassVar[str] = "<image>"
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
-        self.config = model.config
+        self.config: Any = model.config
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", None)
         self.token_spec: TokenSpec = self.build_token_spec(model)
@@ -89,7 +89,8 @@ class VLMAdapter(ABC):
 
     def image_features_owner(self, model: nn.Module) -> nn.Module:
         """The module whose ``get_image_features`` computes the features that enter the decoder."""
-        return model.model
+        inner: nn.Module = getattr(model, "model")  # noqa: B009 - nn.Module types it Tensor | Module
+        return inner
 
     def expected_tokens_per_image(self, inputs: Mapping[str, Any], image: int) -> int | None:
         """Span length image number `image` of the batch must have, or ``None`` if unknown."""

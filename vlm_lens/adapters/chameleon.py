@@ -114,7 +114,8 @@ class ChameleonAdapter(VLMAdapter):
     tl_architecture_adapter = ChameleonArchitectureAdapter
 
     def build_token_spec(self, model: nn.Module) -> TokenSpec:
-        mapping = model.model.vocabulary_mapping
+        inner: Any = model.model  # ChameleonModel
+        mapping = inner.vocabulary_mapping
         placeholder = int(mapping.image_token_id)
         return TokenSpec(
             image_token_ids=frozenset([placeholder, *mapping.image_tokens]),
@@ -127,7 +128,8 @@ class ChameleonAdapter(VLMAdapter):
 
 
 def _chameleon_tokens_per_image(model: nn.Module) -> int | None:
-    vq = model.config.vq_config
+    config: Any = model.config
+    vq = config.vq_config
     factor = 2 ** (len(vq.channel_multiplier) - 1)
     side = vq.resolution // factor
     return int(side * side) if side > 0 else None

@@ -27,7 +27,9 @@ class Emu3Adapter(VLMAdapter):
     image_input_keys = ("pixel_values", "image_sizes")
 
     def build_token_spec(self, model: nn.Module) -> TokenSpec:
-        mapping = model.model.vocabulary_mapping
+        inner: Any = model.model  # Emu3Model
+        mapping = inner.vocabulary_mapping
+        config: Any = model.config
         vocab: Mapping[str, int] = mapping.vocab_map
         placeholder = int(mapping.image_token_id)
         header = {
@@ -42,13 +44,10 @@ class Emu3Adapter(VLMAdapter):
                 self.tokenizer_token("image_wrapper_token") or "<|image token|>",
             ),
             image_end_token_ids=self.ids(eof, self.tokenizer_token("eoi_token") or "<|image end|>"),
-            bos_token_ids=frozenset({int(model.config.text_config.bos_token_id)}),
+            bos_token_ids=frozenset({int(config.text_config.bos_token_id)}),
             header_text=header,
             placeholder_token_id=placeholder,
         )
-
-    def image_features_owner(self, model: nn.Module) -> nn.Module:
-        return model.model
 
     def expected_tokens_per_image(self, inputs: Mapping[str, Any], image: int) -> int | None:
         sizes = inputs.get("image_sizes")

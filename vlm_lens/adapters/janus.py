@@ -29,6 +29,7 @@ class JanusArchitectureAdapter(LlavaArchitectureAdapter):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         mapping = self.component_mapping
+        assert mapping is not None, "LlavaArchitectureAdapter sets component_mapping"
         mapping["vision_encoder"] = GeneralizedComponent(name="model.vision_model", config=self.cfg)
         mapping["vision_projector"] = VisionProjectionBridge(name="model.aligner")
         for key, path in (
@@ -48,13 +49,14 @@ class JanusAdapter(VLMAdapter):
     default_placeholder = "<image_placeholder>"
 
     def build_token_spec(self, model: nn.Module) -> TokenSpec:
-        placeholder = int(model.config.image_token_id)
+        config: Any = model.config
+        placeholder = int(config.image_token_id)
         return TokenSpec(
             image_token_ids=frozenset({placeholder}),
             image_start_token_ids=self.ids(self.tokenizer_token("boi_token") or "<begin_of_image>"),
             image_end_token_ids=self.ids(self.tokenizer_token("eoi_token") or "<end_of_image>"),
-            bos_token_ids=frozenset({int(model.config.text_config.bos_token_id)}),
-            tokens_per_image=int(model.config.vision_config.num_image_tokens),
+            bos_token_ids=frozenset({int(config.text_config.bos_token_id)}),
+            tokens_per_image=int(config.vision_config.num_image_tokens),
             placeholder_token_id=placeholder,
             delimited=True,  # <begin_of_image> ... <end_of_image>, even when ids are unknown
         )

@@ -7,6 +7,8 @@ TransformerLens 4.3 bridges LLaVA natively.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from vlm_lens.adapters.base import VLMAdapter
@@ -20,7 +22,7 @@ class LlavaAdapter(VLMAdapter):
     architectures = ("LlavaForConditionalGeneration",)
 
     def build_token_spec(self, model: nn.Module) -> TokenSpec:
-        config = model.config
+        config: Any = model.config  # a transformers config: attributes per model type
         placeholder = int(config.image_token_id)
         vision = config.vision_config
         n_patches = (vision.image_size // vision.patch_size) ** 2

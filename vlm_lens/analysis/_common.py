@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from vlm_lens.batch import Batch
 from vlm_lens.model import HookedVLM
-from vlm_lens.types import Hook
+from vlm_lens.types import HookList
 
 
 def resolve_layers(model: HookedVLM, layers: Iterable[int] | int | None) -> tuple[int, ...]:
@@ -55,7 +55,7 @@ def iter_batches(batches: Batch | Iterable[Batch], *, progress: bool, desc: str)
         yield batch
 
 
-def run(model: HookedVLM, batch: Batch, fwd_hooks: list[Hook], layers: tuple[int, ...]) -> None:
+def run(model: HookedVLM, batch: Batch, fwd_hooks: HookList, layers: tuple[int, ...]) -> None:
     """Forward `batch` with `fwd_hooks` (no grad), stopping after the last layer needed."""
     kwargs: dict[str, Any] = {}
     if max(layers) + 1 < int(model.cfg.n_layers):

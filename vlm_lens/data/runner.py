@@ -118,10 +118,13 @@ def run_dataset(
         "examples": examples_fingerprint(examples, prompts),
     }
     records = [ex.record() for ex in examples]
-    if batch_size == "auto":
-        batch_size = _auto_batch_size(model, examples, prompts, out_dir, resume and not overwrite)
+    chunk_size = (
+        batch_size
+        if isinstance(batch_size, int)
+        else _auto_batch_size(model, examples, prompts, out_dir, resume and not overwrite)
+    )
     store = ActivationStore.create(
-        out_dir, config=config, records=records, chunk_size=batch_size, overwrite=overwrite
+        out_dir, config=config, records=records, chunk_size=chunk_size, overwrite=overwrite
     )
     done = set(store.completed_chunks)
     if done and not resume:

@@ -101,6 +101,8 @@ def _builder(component: Any) -> Callable[[Any], Any] | None:
 
 
 def _dispatching_attention(template: PositionEmbeddingsAttentionBridge) -> DispatchingAttention:
+    if template.name is None:  # pragma: no cover - every attention template names its module
+        raise ValueError("an attention template without a module name")
     return DispatchingAttention(
         name=template.name,
         config=template.config,
@@ -137,7 +139,9 @@ def _same(x: Any, y: Any) -> bool:
         return len(x) == len(y) and all(_same(i, j) for i, j in zip(x, y, strict=True))
     if type(x) is not type(y):
         return False
-    if type(x).__eq__ is object.__eq__ and hasattr(x, "__dict__"):  # plain objects: their state
+    if getattr(type(x), "__eq__", None) is object.__eq__ and hasattr(
+        x, "__dict__"
+    ):  # plain objects: their state
         return _same(vars(x), vars(y))
     try:
         return bool(x == y)

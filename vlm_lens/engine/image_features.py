@@ -73,9 +73,9 @@ def _wrap(owner: nn.Module, original: Any, adapter: VLMAdapter) -> Any:
             types.MethodType(function, self) if function is not None else original
         )  # the class's function, on whichever copy of the owner this is bound to
         hook = self._modules.get(HOOK_ATTRIBUTE)
-        if hook is None:
+        if not isinstance(hook, HookPoint):
             return call(*args, **kwargs)
-        embeddings = self.get_input_embeddings()
+        embeddings = getattr(self, "get_input_embeddings")()  # noqa: B009 - an HF model's
         raw = getattr(embeddings, "original_component", None)
         if raw is not None:
             object.__setattr__(self, "get_input_embeddings", lambda: raw)
@@ -91,7 +91,7 @@ def _wrap(owner: nn.Module, original: Any, adapter: VLMAdapter) -> Any:
         return out
 
     setattr(get_image_features, _WRAPPED_FLAG, True)
-    get_image_features._vlm_lens_original = original  # type: ignore[attr-defined]
+    setattr(get_image_features, "_vlm_lens_original", original)  # noqa: B010
     return types.MethodType(get_image_features, owner)
 
 

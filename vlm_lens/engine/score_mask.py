@@ -46,7 +46,7 @@ def blocked_edges(hook_fn: Callable[..., Any]) -> BlockedEdges | None:
 
 
 def without_blocked(
-    allowed: Bool[Tensor, "batch heads q k"],
+    allowed: Bool[Tensor, "#batch #heads q k"],
     edges: list[BlockedEdges],
     shape: tuple[int, int, int, int],
     name: str,

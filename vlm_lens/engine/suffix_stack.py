@@ -351,6 +351,8 @@ def _repeated_cache(
         if index < start:
             layers.append(layer)
         else:
+            if layer.keys is None or layer.values is None:
+                raise VLMInputError(f"layer {index} of the prefix cache is empty; rebuild it")
             layers.append(_StackedLayer(layer.keys, layer.values, copies, scratch))
     return Cache(layers=layers)
 
@@ -364,6 +366,9 @@ class _StackedLayer(DynamicLayer):
     next layer overwrites them. That saves allocating (and page-faulting) ``copies`` prefixes per
     layer, which cost more than the attention itself on CPU; the cache is unusable afterwards.
     """
+
+    keys: Tensor
+    values: Tensor
 
     def __init__(
         self, keys: Tensor, values: Tensor, copies: int, scratch: dict[tuple[Any, ...], Tensor]
@@ -460,6 +465,8 @@ def _layers_from(model: Any, start: int) -> Iterator[None]:
         return
     owner = _decoder_owner(model)
     full = owner.layers
+    if not isinstance(full, nn.ModuleList):  # pragma: no cover - _decoder_owner checked it
+        raise VLMInputError("the decoder's layers are not a ModuleList")
     owner.layers = nn.ModuleList(list(full)[start:])  # nn.Module.__setattr__ registers it
     try:
         yield

@@ -109,7 +109,7 @@ def knockout(
     head_index = _as_list(heads)
     hook_fn = _mask_scores if mode == "mask" else _zero_pattern
 
-    def blocked(shape: tuple[int, int, int, int], name: str, device: Any) -> Tensor:
+    def blocked(shape: tuple[int, ...], name: str, device: Any) -> Tensor:
         batch_size, n_heads, q_len, k_len = shape
         edge = edges.for_shape(batch_size, q_len, k_len, name).to(device)[:, None]
         if head_index is not None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -43,6 +43,7 @@ from vlm_lens.layout import TokenLayout
 from vlm_lens.positions import PositionSpec, describe, select
 
 
+@runtime_checkable
 class _Runs(Protocol):
     def run_with_hooks(self, batch: Batch, *, fwd_hooks: Any, **kwargs: Any) -> Any: ...
 

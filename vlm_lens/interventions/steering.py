@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -31,6 +31,7 @@ from vlm_lens.layout import TokenLayout
 from vlm_lens.positions import PositionSpec, covers_generated, describe, select
 
 
+@runtime_checkable
 class _Runs(Protocol):
     def run_with_hooks(self, batch: Batch, *, fwd_hooks: Any, **kwargs: Any) -> Any: ...
 

@@ -129,7 +129,7 @@ def _figures(runs: Sequence[ModelRun]) -> dict[str, str]:
     heat = [r for r in runs if r.heatmap is not None]
     if heat:
         fig = image_attention_figure(
-            {r.name: r.heatmap for r in heat},
+            {r.name: r.heatmap for r in heat if r.heatmap is not None},
             layer=0,
             image={r.name: r.heatmap_image for r in heat if r.heatmap_image is not None},
             grid=None if len({r.heatmap_grid for r in heat}) > 1 else heat[0].heatmap_grid,

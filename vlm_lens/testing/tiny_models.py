@@ -626,7 +626,8 @@ def tiny_janus(
         dense=[inner.language_model, model.lm_head, inner.aligner],
         norms_in=[inner.vision_model],
     )
-    model.generation_config.generation_kwargs = {"boi_token_id": tokenizer.boi_token_id}
+    # an extra field Janus reads; GenerationConfig keeps unknown attributes
+    model.generation_config.generation_kwargs = {"boi_token_id": tokenizer.boi_token_id}  # type: ignore[attr-defined]
 
     image_processor = JanusImageProcessorPil(size={"height": height, "width": width}, min_size=4)
     processor = JanusProcessor(image_processor, tokenizer, num_image_tokens=n_image_tokens)

@@ -118,7 +118,7 @@ def image_attention_figure(
         >>> one = attention_share(model, model.prepare(images=img, text=prompt))  # doctest: +SKIP
         >>> image_attention_figure(one, layer=8, image=img).show()  # doctest: +SKIP
     """
-    named = as_mapping(shares)
+    named: dict[str, TokenShares] = as_mapping(shares)
     names = list(named)
     fig = model_grid(names, title=title, shared_yaxes=False, height=460, horizontal_spacing=0.12)
     values = {}

@@ -656,8 +656,8 @@ def collate(rows: Sequence[_Row], pad_id: int) -> dict[str, Tensor]:
         weights[i, :k] = torch.tensor(row.weights)
     labels = torch.cat([ids[:, 1:], torch.full((n, 1), pad_id)], dim=1)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    q, k = segments[:, :, None], segments[:, None, :]
-    allowed = causal & (k >= 0) & ((k == 0) | (k == q))
+    q_seg, k_seg = segments[:, :, None], segments[:, None, :]
+    allowed = causal & (k_seg >= 0) & ((k_seg == 0) | (k_seg == q_seg))
     allowed |= torch.eye(width, dtype=torch.bool)  # padding rows see themselves
     mask = torch.zeros((n, 1, width, width))
     mask.masked_fill_(~allowed[:, None], torch.finfo(mask.dtype).min)

@@ -72,7 +72,7 @@ IMAGE_SIZE = 32
 PATCH_SIZE = 4
 """CLIP patch side: 8x8 = 64 patch tokens (plus CLS, dropped by the ``"default"`` strategy)."""
 
-VISION_KINDS: tuple[str, ...] = ("colour", "shape", "size", "position")
+VISION_KINDS: tuple[world.Kind, ...] = ("colour", "shape", "size", "position")
 """Attributes the vision tower's training heads predict."""
 
 
@@ -340,7 +340,7 @@ def patch_labels(scene: world.Scene) -> np.ndarray:
 
 
 def _attribute_labels(scenes: Sequence[world.Scene]) -> dict[str, Tensor]:
-    labels = {}
+    labels: dict[str, Tensor] = {}
     for kind in VISION_KINDS:
         answers = world.ANSWERS[kind]
         labels[kind] = torch.tensor([answers.index(s.answer(kind)) for s in scenes])
@@ -499,7 +499,7 @@ def train_vision_tower(config: Any, processor: Any, settings: Settings) -> tuple
     with torch.no_grad():
         logits = heads(features([s.image for s in val]))
     labels = _attribute_labels(val)
-    accuracy = {
+    accuracy: dict[str, float] = {
         kind: float((logits[kind].mean(dim=1).argmax(-1) == labels[kind]).float().mean())
         for kind in VISION_KINDS
     }
@@ -533,7 +533,7 @@ def train_projector(model: Any, processor: Any, settings: Settings) -> dict:
     inner = model.model
     for param in model.parameters():
         param.requires_grad_(False)
-    groups = [{"params": list(inner.multi_modal_projector.parameters())}]
+    groups: list[dict[str, Any]] = [{"params": list(inner.multi_modal_projector.parameters())}]
     groups[0]["lr"] = settings.projector_lr
     trained = ["multi_modal_projector"]
     if settings.decoder_lr > 0:
@@ -594,7 +594,7 @@ def _teacher_forced_accuracy(
         n: validation scenes.
     """
     scenes = world.world_split("val", n, settings.world_seed, image_size=IMAGE_SIZE, max_objects=1)
-    out = {}
+    out: dict[str, float] = {}
     for kind in world.KINDS:
         examples = []
         for scene in scenes:
