@@ -102,7 +102,13 @@ def _visible(blocks: list[tuple[int, int]], q: int, k: int) -> bool:
 def _earliest(blocks, length: int, edges) -> int:
     """Brute force: the positions whose attention loses an edge change; a position that reads
     a changed position changes in the next layer, until nothing more changes."""
-    changed = {q for q, k in edges if _visible(blocks, q, k)}
+    return _changed_from(blocks, length, {q for q, k in edges if _visible(blocks, q, k)})
+
+
+def _changed_from(blocks: list[tuple[int, int]], length: int, written: set[int]) -> int:
+    """Brute force for writes: the written positions change; a position that reads a changed
+    one changes in the next layer, until nothing more changes."""
+    changed = set(written)
     while True:
         more = {
             q
@@ -523,21 +529,6 @@ def test_wrapping_patches_no_hugging_face_class(family: str) -> None:
     model.hook_image_embeds.remove_hooks()
     copied = copy.deepcopy(model.hf_model.model)  # a deep copy is wrapped on the copy
     assert copied.get_image_features.__self__ is copied
-
-
-def _changed_from(blocks: list[tuple[int, int]], length: int, written: set[int]) -> int:
-    """Brute force for writes: the written positions change; a position that reads a changed
-    one changes in the next layer, until nothing more changes."""
-    changed = set(written)
-    while True:
-        more = {
-            q
-            for q in range(length)
-            if q not in changed and any(_visible(blocks, q, p) for p in changed)
-        }
-        if not more:
-            return min(changed, default=length)
-        changed |= more
 
 
 @pytest.mark.parametrize("family", [BidirectionalImageAdapter, PrefixLMAdapter, LlavaAdapter])

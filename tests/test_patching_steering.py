@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import Wrapped
+from tests.contract.test_patching_steering import _pair
 from vlm_lens import VLMInputError, hooks
 from vlm_lens.interventions import (
     ablate_image_tokens,
@@ -20,22 +21,6 @@ from vlm_lens.interventions import (
     steering_vector,
 )
 from vlm_lens.testing import sample_image
-
-
-def _pair(w: Wrapped, padding_side: str = "left"):
-    """Source: images 0,1 with the plain prompt; target: images 2,3 with longer prompts."""
-    size, prompt = w.tiny.image_size, w.tiny.prompt
-    source = w.model.prepare(
-        images=[sample_image(seed=10, size=size), sample_image(seed=11, size=size)],
-        text=[prompt, prompt + " a"],
-        padding_side=padding_side,
-    )
-    target = w.model.prepare(
-        images=[sample_image(seed=12, size=size), sample_image(seed=13, size=size)],
-        text=[prompt + " a b c", prompt + " d"],
-        padding_side=padding_side,
-    )
-    return source, target
 
 
 def _gate(batch, b: int) -> int:

@@ -16,6 +16,7 @@ import torch
 from conftest import Wrapped, wrap
 from torch import nn
 
+from tests.contract.test_stacked_passes import _conditions, _pair
 from vlm_lens import VLMInputError
 from vlm_lens import hooks as hook_names
 from vlm_lens.engine.suffix_stack import (
@@ -25,52 +26,7 @@ from vlm_lens.engine.suffix_stack import (
     plan_passes,
     run_suffixes,
 )
-from vlm_lens.interventions import gate_knockout, knockout, steer
-from vlm_lens.interventions.patching import attention_input_sites, patch, record, residual_site
-from vlm_lens.positions import after
-from vlm_lens.testing import sample_image
-
-
-def _pair(w: Wrapped) -> tuple[Any, Any]:
-    size = w.tiny.image_size
-    target = w.model.prepare(
-        images=[sample_image(seed=s, size=size) for s in (5, 6)],
-        text=[w.tiny.prompt] * 2,
-        padding_side="right",
-    )
-    source = w.model.prepare(
-        images=[sample_image(seed=s, size=size) for s in (3, 4)],
-        text=[w.tiny.prompt] * 2,
-        padding_side="right",
-    )
-    return source, target
-
-
-def _conditions(w: Wrapped, source: Any, target: Any) -> list[Any]:
-    """Knockouts (scores and pattern), patches (residual, attention input), steering, a
-    filter-named hook, a final-norm hook and a hook that edits in place: every kind of hook a
-    sweep stacks, starting at layers 0 .. n_layers."""
-    n = w.model.cfg.n_layers
-    sites = [residual_site(layer) for layer in range(n)] + attention_input_sites(0, n)
-    recorded = record(w.model, source, sites=sites, positions="gate")
-    vector = torch.randn(w.model.cfg.d_model, generator=torch.Generator().manual_seed(0))
-
-    def halve_in_place(tensor: torch.Tensor, hook: Any) -> None:  # noqa: ARG001
-        tensor[:, -1] *= 0.5
-
-    def scale_final(tensor: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
-        return tensor * 1.5
-
-    return [
-        *(gate_knockout(target, layers=[layer]) for layer in range(n)),
-        gate_knockout(target, layers=range(n), mode="zero"),
-        *(patch(recorded, target, sites=[residual_site(layer)]) for layer in range(n)),
-        patch(recorded, target, sites=attention_input_sites(1, n)),
-        steer(target, vector, positions=after("text", "gate"), layers=[1], scale=2.0),
-        knockout(target, queries="last", keys="gate"),  # a filter over every layer
-        [(hook_names.FINAL_NORM, scale_final)],
-        [(hook_names.resid_post(n - 1), halve_in_place)],
-    ]
+from vlm_lens.interventions import gate_knockout
 
 
 def _brute_force_cost(starts: list[int], n_layers: int, width: int, cost: float) -> float:
