@@ -72,7 +72,7 @@ def _wrap(owner: nn.Module, original: Any, adapter: VLMAdapter) -> Any:
         call = (
             types.MethodType(function, self) if function is not None else original
         )  # the class's function, on whichever copy of the owner this is bound to
-        hook = self._modules.get(HOOK_ATTRIBUTE)
+        hook = getattr(self, HOOK_ATTRIBUTE, None)  # a registered child, by nn.Module lookup
         if not isinstance(hook, HookPoint):
             return call(*args, **kwargs)
         embeddings = getattr(self, "get_input_embeddings")()  # noqa: B009 - an HF model's
