@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--family",
         choices=TINY_FAMILIES,
         action="append",
-        help="family to show (repeatable; default: all four)",
+        help="family to show (repeatable; default: every family)",
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)

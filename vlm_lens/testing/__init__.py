@@ -3,17 +3,18 @@ of tiny variants the contract suite (``tests/contract/``) is parametrised over."
 
 from vlm_lens.testing.registry import (
     GRID_TEXT,
+    TINY_FAMILIES,
     ImageFrame,
     TinyVariant,
+    build_tiny,
     register_tiny,
+    tiny_families,
     tiny_variant,
     tiny_variants,
 )
 from vlm_lens.testing.tiny_models import (
     LLAVA_TEXT_BACKBONES,
-    TINY_FAMILIES,
     TinyVLM,
-    build_tiny,
     sample_image,
     save_tiny,
     tiny_chameleon,
@@ -35,6 +36,7 @@ __all__ = [
     "save_tiny",
     "tiny_chameleon",
     "tiny_emu3",
+    "tiny_families",
     "tiny_janus",
     "tiny_llava",
     "tiny_variant",

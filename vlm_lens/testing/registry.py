@@ -36,9 +36,12 @@ from vlm_lens.testing.tiny_models import (
 
 __all__ = [
     "GRID_TEXT",
+    "TINY_FAMILIES",
     "ImageFrame",
     "TinyVariant",
+    "build_tiny",
     "register_tiny",
+    "tiny_families",
     "tiny_variant",
     "tiny_variants",
 ]
@@ -177,6 +180,37 @@ def tiny_variant(name: str) -> TinyVariant:
         raise KeyError(f"no tiny variant {name!r}; registered: {', '.join(_VARIANTS)}") from None
 
 
+def tiny_families() -> tuple[str, ...]:
+    """The families with a registered tiny variant, in registration order."""
+    return tuple(dict.fromkeys(v.family for v in _VARIANTS.values()))
+
+
+def build_tiny(family: str, **kwargs: Any) -> TinyVLM:
+    """Builds the tiny model of ``family``: its primary registered variant.
+
+    Args:
+        family: A family with a registered variant (:func:`tiny_families`).
+        **kwargs: On top of the variant's own keyword arguments (e.g. ``seed=``, ``dtype=``,
+            ``swin_norm=`` for Chameleon, ``text_backbone=`` for LLaVA).
+
+    Returns:
+        The tiny model with its processor and tokenizer.
+
+    Raises:
+        ValueError: If ``family`` has no registered variant, naming those that have one.
+
+    Example:
+        >>> build_tiny("llava", text_backbone="qwen2").model.config.text_config.model_type
+        'qwen2'
+    """
+    primary = tiny_variants(family=family, primary=True)
+    if not primary:
+        raise ValueError(
+            f"unknown tiny VLM family {family!r}; expected one of {', '.join(tiny_families())}"
+        )
+    return primary[0].build(**kwargs)
+
+
 # ------------------------------------------------------------------------------------------------
 # The built-in families
 # ------------------------------------------------------------------------------------------------
@@ -218,3 +252,6 @@ for _backbone in ("mistral", "qwen2"):
         frame=_LLAVA,
         kwargs={"text_backbone": _backbone},
     )
+
+TINY_FAMILIES: tuple[str, ...] = tiny_families()
+"""The families vlm_lens registers a tiny variant for (accepted by :func:`build_tiny`)."""

@@ -65,9 +65,7 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 
 __all__ = [
     "LLAVA_TEXT_BACKBONES",
-    "TINY_FAMILIES",
     "TinyVLM",
-    "build_tiny",
     "sample_image",
     "save_tiny",
     "tiny_chameleon",
@@ -75,9 +73,6 @@ __all__ = [
     "tiny_janus",
     "tiny_llava",
 ]
-
-TINY_FAMILIES: tuple[str, ...] = ("chameleon", "emu3", "janus", "llava")
-"""Names accepted by :func:`build_tiny`."""
 
 LLAVA_TEXT_BACKBONES: tuple[str, ...] = ("llama", "mistral", "qwen2")
 """Values accepted by ``tiny_llava(text_backbone=...)``."""
@@ -104,7 +99,7 @@ class TinyVLM:
         processor: The family's own Processor (``ChameleonProcessor``, ``Emu3Processor``,
             ``JanusProcessor`` or ``LlavaProcessor``) wrapping a PIL image processor.
         tokenizer: The in-memory tokenizer; the same object as ``processor.tokenizer``.
-        family: One of :data:`TINY_FAMILIES`.
+        family: The adapter family (``VLMAdapter.family``) it is a model of.
         image_size: ``(height, width)`` a sample image should have (see :func:`sample_image`).
         prompt: A sample prompt with exactly one image placeholder, in the family's chat style.
     """
@@ -739,38 +734,3 @@ def tiny_llava(
         image_size=LLAVA_IMAGE_SIZE,
         prompt="USER: <image>\nWhat is in the image? ASSISTANT:",
     )
-
-
-# ------------------------------------------------------------------------------------------------
-# Dispatch
-# ------------------------------------------------------------------------------------------------
-
-_BUILDERS: dict[str, Callable[..., TinyVLM]] = {
-    "chameleon": tiny_chameleon,
-    "emu3": tiny_emu3,
-    "janus": tiny_janus,
-    "llava": tiny_llava,
-}
-
-
-def build_tiny(family: str, **kwargs: Any) -> TinyVLM:
-    """Builds the tiny model of ``family``.
-
-    Args:
-        family: One of :data:`TINY_FAMILIES`.
-        **kwargs: Forwarded to the family's builder (e.g. ``seed=``, ``dtype=``,
-            ``swin_norm=`` for Chameleon, ``text_backbone=`` for LLaVA).
-
-    Returns:
-        The tiny model with its processor and tokenizer.
-
-    Raises:
-        ValueError: If ``family`` is unknown.
-    """
-    try:
-        builder = _BUILDERS[family]
-    except KeyError:
-        raise ValueError(
-            f"unknown tiny VLM family {family!r}; expected one of {', '.join(TINY_FAMILIES)}"
-        ) from None
-    return builder(**kwargs)
