@@ -28,7 +28,7 @@ All four families load back with ``transformers.AutoModelForImageTextToText`` an
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,6 +360,7 @@ _CHAMELEON_VQ_LEVELS = 3  # len(channel_multiplier) = L -> spatial downsample 2 
 def tiny_chameleon(
     *,
     swin_norm: bool = False,
+    text_config: Mapping[str, Any] | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> TinyVLM:
@@ -377,6 +378,8 @@ def tiny_chameleon(
 
     Args:
         swin_norm: Use Chameleon's swin-norm (post-norm on each branch) decoder layers.
+        text_config: Decoder config fields on top of the tiny shape (``hidden_size``,
+            ``num_attention_heads``...), e.g. a released model's shapes at reduced depth.
         seed: Seed for the HF init and the weight randomisation.
         dtype: Dtype the parameters are cast to at the end (RoPE ``inv_freq`` stays float32,
             as after ``from_pretrained``).
@@ -403,7 +406,7 @@ def tiny_chameleon(
     )
     height, width = CHAMELEON_IMAGE_SIZE
     config = ChameleonConfig(
-        **_text_config(tokenizer),
+        **_text_config(tokenizer, **(text_config or {})),
         swin_norm=swin_norm,
         vocabulary_map=tokenizer.get_vocab(),
         vq_config={
@@ -539,6 +542,8 @@ _JANUS_PATCH = 4
 def tiny_janus(
     *,
     tie_word_embeddings: bool = True,
+    text_config: Mapping[str, Any] | None = None,
+    vision_config: Mapping[str, Any] | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> TinyVLM:
@@ -558,6 +563,9 @@ def tiny_janus(
     Args:
         tie_word_embeddings: Tie ``lm_head.weight`` to the input embeddings (Janus' default). When
             True, ``model.lm_head.weight is model.model.language_model.embed_tokens.weight``.
+        text_config: Language-model config fields on top of the tiny shape.
+        vision_config: Vision-tower config fields on top of the tiny shape (``image_size`` and
+            ``patch_size`` set the number of image tokens and the processor's size).
         seed: Seed for the HF init and the weight randomisation.
         dtype: Dtype the parameters are cast to at the end (RoPE ``inv_freq`` stays float32,
             as after ``from_pretrained``).
@@ -585,21 +593,23 @@ def tiny_janus(
         boi_token="<begin_of_image>",
         eoi_token="<end_of_image>",
     )
-    height, width = JANUS_IMAGE_SIZE
-    n_image_tokens = (height // _JANUS_PATCH) * (width // _JANUS_PATCH)
+    text = _text_config(tokenizer, **(text_config or {}))
+    vision: dict[str, Any] = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": JANUS_IMAGE_SIZE[0],
+        "patch_size": _JANUS_PATCH,
+        "mlp_ratio": 2,
+        "projection_dim": text["hidden_size"],  # aligner output == text hidden size
+        "depth": 2,
+        **(vision_config or {}),
+    }
+    height = width = int(vision["image_size"])
+    n_image_tokens = (height // vision["patch_size"]) * (width // vision["patch_size"])
     config = JanusConfig(
-        text_config={"model_type": "llama", **_text_config(tokenizer)},
-        vision_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": height,
-            "patch_size": _JANUS_PATCH,
-            "mlp_ratio": 2,
-            "projection_dim": HIDDEN,  # aligner output == text hidden size
-            "depth": 2,
-            "num_image_tokens": n_image_tokens,
-        },
+        text_config={"model_type": "llama", **text},
+        vision_config={**vision, "num_image_tokens": n_image_tokens},
         vq_config={
             "embed_dim": 8,
             "num_embeddings": 16,
@@ -607,8 +617,8 @@ def tiny_janus(
             "base_channels": 32,  # GroupNorm(32)
             "channel_multiplier": [1, 1, 1],  # factor 4 == patch size -> decoded image is 16x16
             "num_res_blocks": 1,
-            "projection_dim": HIDDEN,
-            "image_token_embed_dim": HIDDEN,
+            "projection_dim": text["hidden_size"],
+            "image_token_embed_dim": text["hidden_size"],
         },
         image_token_id=tokenizer.image_token_id,
         tie_word_embeddings=tie_word_embeddings,
@@ -631,7 +641,7 @@ def tiny_janus(
         processor=processor,
         tokenizer=tokenizer,
         family="janus",
-        image_size=JANUS_IMAGE_SIZE,
+        image_size=(height, width),
         prompt="<|User|>: <image_placeholder>\nWhat is in the image?\n\n<|Assistant|>:",
     )
 
