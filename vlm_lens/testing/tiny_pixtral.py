@@ -41,10 +41,20 @@ from vlm_lens.testing.tiny_models import (
     _text_config,
 )
 
-__all__ = ["PIXTRAL_IMAGE_SIZE", "PIXTRAL_PATCH", "tiny_mistral3", "tiny_pixtral"]
+__all__ = [
+    "MISTRAL3_IMAGE_SIZE",
+    "PIXTRAL_IMAGE_SIZE",
+    "PIXTRAL_PATCH",
+    "tiny_mistral3",
+    "tiny_pixtral",
+]
 
 PIXTRAL_IMAGE_SIZE = (16, 24)
-"""``(height, width)`` of the sample image: 4 rows of 6 patches (Pixtral)."""
+"""``(height, width)`` of the Pixtral sample image: 4 rows of 6 patches."""
+MISTRAL3_IMAGE_SIZE = (24, 32)
+"""``(height, width)`` of the Mistral 3 sample image: 3 rows of 4 merged patches. (With 16 x 24,
+the prompt's image ends at position 9, and a 9-position prefix pass's eager attention rounds
+differently from the full pass's on CPU, so prefix reuse would not be bit-exact.)"""
 PIXTRAL_PATCH = 4
 """Patch size of the tiny Pixtral tower."""
 _LONGEST_EDGE = 32
@@ -88,7 +98,9 @@ def _mistral_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _build(merge: int, seed: int, dtype: torch.dtype, family: str) -> TinyVLM:
+def _build(
+    merge: int, seed: int, dtype: torch.dtype, family: str, image_size: tuple[int, int]
+) -> TinyVLM:
     tokenizer = _mistral_tokenizer()
     vision = {
         "model_type": "pixtral",
@@ -141,7 +153,7 @@ def _build(merge: int, seed: int, dtype: torch.dtype, family: str) -> TinyVLM:
         processor=processor,
         tokenizer=tokenizer,
         family=family,
-        image_size=PIXTRAL_IMAGE_SIZE,
+        image_size=image_size,
         prompt="[INST][IMG]What is in the image?[/INST]",
     )
 
@@ -160,13 +172,13 @@ def tiny_pixtral(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVL
     Returns:
         The tiny model with its processor and tokenizer.
     """
-    return _build(1, seed, dtype, "pixtral")
+    return _build(1, seed, dtype, "pixtral", PIXTRAL_IMAGE_SIZE)
 
 
 def tiny_mistral3(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVLM:
     """Builds a tiny ``Mistral3ForConditionalGeneration``: the Pixtral tower, then Mistral 3's
-    RMSNorm, a 2 x 2 patch merger and the projector, so one ``[IMG]`` per 8 x 8 pixels (a 16 x 24
-    image: 2 rows of 3).
+    RMSNorm, a 2 x 2 patch merger and the projector, so one ``[IMG]`` per 8 x 8 pixels (the
+    24 x 32 sample image: 3 rows of 4).
 
     Args:
         seed: Seed for the HF init and the weight randomisation.
@@ -175,4 +187,4 @@ def tiny_mistral3(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyV
     Returns:
         The tiny model with its processor and tokenizer.
     """
-    return _build(2, seed, dtype, "mistral3")
+    return _build(2, seed, dtype, "mistral3", MISTRAL3_IMAGE_SIZE)
