@@ -121,14 +121,14 @@ class HookedVLM(nn.Module):
 
         name_or_path = resolve_checkpoint(name_or_path)
         config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
-        model_cls = _model_class(config)
+        model_cls, adapter_cls = _model_class(config)
         model: Any = model_cls.from_pretrained(  # type: ignore[attr-defined]  # a PreTrainedModel
             name_or_path, dtype=dtype, attn_implementation=attn_implementation, **hf_kwargs
         )
         if device is not None:
             model = model.to(device)
         try:
-            processor = transformers.AutoProcessor.from_pretrained(name_or_path, **hf_kwargs)
+            processor = adapter_cls.load_processor(name_or_path, **hf_kwargs)
         except (OSError, ValueError, TypeError, KeyError):
             processor = None
         return cls.from_hf(model, processor, copy_model=False)
@@ -633,14 +633,14 @@ class HookedVLM(nn.Module):
             set_images_per_sequence(self._feature_owner, None)
 
 
-def _model_class(config: Any) -> type[nn.Module]:
+def _model_class(config: Any) -> tuple[type[nn.Module], type[VLMAdapter]]:
     import transformers
 
-    from vlm_lens.adapters import supported_architectures
+    from vlm_lens.adapters import adapter_class_for_config, supported_architectures
 
     for name in getattr(config, "architectures", None) or []:
-        if name in supported_architectures():
-            return getattr(transformers, name)
+        if name in supported_architectures():  # an unknown vision tower is refused here
+            return getattr(transformers, name), adapter_class_for_config(name, config)
     raise UnsupportedModelError(
         f"the checkpoint's architectures {getattr(config, 'architectures', None)} (model_type "
         f"{getattr(config, 'model_type', None)!r}) are not supported. Supported: "

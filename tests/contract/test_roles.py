@@ -50,6 +50,24 @@ def placeholder_runs(ids: Sequence[int], mask: Sequence[int], placeholder: int) 
     return runs
 
 
+def image_runs(w: Wrapped, ids: Sequence[int], mask: Sequence[int]) -> list[range]:
+    """Placeholder runs, where the frame has a `row_end` token joined across each single
+    `row_end` between two runs (one run per image: rows and the row ends between them)."""
+    tok, frame = w.tiny.tokenizer, frame_of(w)
+    runs = placeholder_runs(ids, mask, tok.image_token_id)
+    if frame.row_end is None:
+        return runs
+    row_end = tok.convert_tokens_to_ids(frame.row_end)
+    joined: list[range] = []
+    for run in runs:
+        last = joined[-1] if joined else None
+        if last is not None and run.start == last.stop + 1 and ids[last.stop] == row_end:
+            joined[-1] = range(last.start, run.stop)
+        else:
+            joined.append(run)
+    return joined
+
+
 def grid(frame: ImageFrame, size: tuple[int, int]) -> tuple[int, int]:
     assert frame.grid_factor is not None
     return size[0] // frame.grid_factor, size[1] // frame.grid_factor
@@ -69,7 +87,7 @@ def reference_roles(
     roles: list[set[str]] = [set() if mask[p] else {"pad"} for p in range(n)]
     index = [-1] * n
     images: list[range] = []
-    for run in placeholder_runs(ids, mask, tok.image_token_id):
+    for run in image_runs(w, ids, mask):
         if not frame.closing:  # no delimiters: a run holds len(run) / per_image images
             each = per_image(w)
             assert len(run) % each == 0
@@ -84,9 +102,14 @@ def reference_roles(
     for k, span in enumerate(images):
         if frame.grid_factor is not None:
             rows, cols = grid(frame, sizes[k])
-            assert len(span) == rows * (cols + 1)
+            # a row_end frame closes the last row with its first closing token, after the span
+            assert len(span) == rows * (cols + 1) - (frame.row_end is not None)
             for j, p in enumerate(span):
-                label(p, k, "image_row_end" if (j + 1) % (cols + 1) == 0 else "image")
+                row_end = (j + 1) % (cols + 1) == 0
+                if frame.row_end is not None:
+                    is_marker = ids[p] == tok.convert_tokens_to_ids(frame.row_end)
+                    assert is_marker == row_end, (p, ids[p])
+                label(p, k, "image_row_end" if row_end else "image")
         else:
             for p in span:
                 label(p, k, "image")
@@ -166,7 +189,7 @@ def test_family_invariants(variant: Wrapped, scenario: str) -> None:
     layout, tok, frame = batch.layout, variant.tiny.tokenizer, frame_of(variant)
     sizes = image_sizes_per_row(batch)
     for b, (ids, mask) in enumerate(rows_of(batch)):
-        runs = placeholder_runs(ids, mask, tok.image_token_id)
+        runs = image_runs(variant, ids, mask)
         placeholder_pos = [p for r in runs for p in r]
         row_ends: list[int] = []
         if frame.grid_factor is not None:
@@ -174,6 +197,9 @@ def test_family_invariants(variant: Wrapped, scenario: str) -> None:
             for run, size in zip(runs, sizes[b], strict=True):
                 cols = grid(frame, size)[1]
                 row_ends += list(run)[cols :: cols + 1]  # every (cols+1)th position of the span
+        if frame.row_end is not None:  # the row ends are the row_end tokens, and only those
+            marker = tok.convert_tokens_to_ids(frame.row_end)
+            assert row_ends == [p for p in placeholder_pos if ids[p] == marker]
         image = sorted(set(placeholder_pos) - set(row_ends))
         assert layout.positions("image")[b].tolist() == image
         assert layout.positions("image_row_end")[b].tolist() == row_ends

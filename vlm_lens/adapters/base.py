@@ -14,11 +14,16 @@ The seams a family may override, each with a default that fits Chameleon, Emu3, 
 `image_features`,              where the features inside ``get_image_features``' output are
 `with_image_features`          (default ``.pooler_output``)
 `attention_structure`          causal, or bidirectional blocks (`AttentionStructure`)
+`handles`                      whether this adapter takes a model of one of its classes (default:
+                               any; by ``vision_config.model_type`` when `vision_towers` is set)
+`load_processor`               how `HookedVLM.from_pretrained` loads the processor (default
+                               ``AutoProcessor.from_pretrained``)
 ============================== ================================================================
 """
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -45,6 +50,12 @@ class VLMAdapter(ABC):
         tl_architecture_adapter: a TransformerLens ``ArchitectureAdapter`` class to register
             for ``architectures`` when TransformerLens has none; ``None`` to use TL's own.
         default_placeholder: the prompt placeholder when the processor does not name one.
+        vision_towers: ``vision_config.model_type`` values the adapter takes (`handles`); empty
+            (the default) takes any. Several adapters may share a Hugging Face class: LLaVA
+            takes CLIP and SigLIP towers, Pixtral the ``"pixtral"`` one.
+        tl_architecture: the name the bridge is built, and `tl_architecture_adapter`
+            registered, under; ``None`` (the default) for ``architectures[0]``. Set it when the
+            adapter shares its Hugging Face class with another that bridges it differently.
 
     Example:
         >>> from vlm_lens.adapters import supported_families
@@ -57,6 +68,8 @@ class VLMAdapter(ABC):
     image_input_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
     tl_architecture_adapter: ClassVar[type | None] = None
     default_placeholder: ClassVar[str] = "<image>"
+    vision_towers: ClassVar[tuple[str, ...]] = ()
+    tl_architecture: ClassVar[str | None] = None
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
         self.config: Any = model.config
@@ -72,7 +85,34 @@ class VLMAdapter(ABC):
     @property
     def architecture(self) -> str:
         """The architecture name the TransformerLens bridge is built with."""
-        return self.architectures[0]
+        return self.tl_architecture or self.architectures[0]
+
+    @classmethod
+    def handles(cls, config: Any) -> bool:
+        """Whether this adapter takes a model of one of its `architectures` with `config`.
+
+        `vlm_lens.adapters.adapter_class_for` asks each adapter registered for the model's
+        class in turn and takes the first that says yes. Default: any config when
+        `vision_towers` is empty, else those whose ``vision_config.model_type`` is in it.
+
+        Example:
+            >>> from vlm_lens.adapters import LlavaAdapter
+            >>> from vlm_lens.testing import build_tiny
+            >>> LlavaAdapter.handles(build_tiny("llava").model.config)
+            True
+        """
+        return not cls.vision_towers or vision_tower_type(config) in cls.vision_towers
+
+    @classmethod
+    def load_processor(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """The processor of a checkpoint (`HookedVLM.from_pretrained` calls it).
+
+        Default: ``transformers.AutoProcessor.from_pretrained``. Override where that cannot
+        load the family's processor without torchvision (Pixtral).
+        """
+        import transformers
+
+        return transformers.AutoProcessor.from_pretrained(name_or_path, **kwargs)
 
     @property
     def placeholder_token_id(self) -> int:
@@ -259,3 +299,14 @@ class VLMAdapter(ABC):
                         "tokens; let the processor expand the placeholders (model.prepare)."
                     )
                 k += 1
+
+
+def vision_tower_type(config: Any) -> str | None:
+    """``config.vision_config.model_type``, or ``None`` when the config has no vision config.
+
+    Example:
+        >>> from vlm_lens.testing import build_tiny
+        >>> vision_tower_type(build_tiny("llava").model.config)
+        'clip_vision_model'
+    """
+    return getattr(getattr(config, "vision_config", None), "model_type", None)

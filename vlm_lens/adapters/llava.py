@@ -1,4 +1,4 @@
-"""LLaVA: a CLIP tower and a projector feed any Llama-like decoder (Llama, Mistral, Qwen2).
+"""LLaVA: a CLIP (or SigLIP) tower and a projector feed any Llama-like decoder (Llama, Mistral, Qwen2).
 
 There is no end-of-image token: the gate is the first prompt token after the placeholders, and
 it is also a ``text`` token. Adjacent images are split by the fixed tokens-per-image count.
@@ -20,6 +20,7 @@ class LlavaAdapter(VLMAdapter):
 
     family = "llava"
     architectures = ("LlavaForConditionalGeneration",)
+    vision_towers = ("clip_vision_model", "siglip_vision_model")  # a Pixtral tower: PixtralAdapter
 
     def build_token_spec(self, model: nn.Module) -> TokenSpec:
         config: Any = model.config  # a transformers config: attributes per model type

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -71,16 +72,30 @@ def ablate_image_tokens(
         raise VLMInputError(f"{describe(tokens)!r} selects no image token in this batch")
     if isinstance(value, str) and value not in ("zero", "mean"):
         raise ValueError(f"value must be 'zero', 'mean' or a [d_model] tensor, got {value!r}")
-    # index of each selected position among its sequence's span positions = feature row
-    rows = [m[s].nonzero().flatten() for m, s in zip(mask, span, strict=True)]
-    image_rows = [layout.mask("image")[b][span[b]].nonzero().flatten() for b in range(len(rows))]
+    # Feature row of a selected position: its index among the sequence's span positions when
+    # row ends carry features (Emu3's are placeholders), else among its image positions (a
+    # row-end token of its own, Pixtral's [IMG_BREAK], has none); the features' width tells.
+    image = layout.mask("image")
+    by_span = [m[s].nonzero().flatten() for m, s in zip(mask, span, strict=True)]
+    by_image = [m[i].nonzero().flatten() for m, i in zip(mask, image, strict=True)]
+    mean_span = [image[b][span[b]].nonzero().flatten() for b in range(len(by_span))]
+    mean_image = [torch.arange(int(i.sum())) for i in image]
+    row_end_selected = bool((mask & layout.mask("image_row_end")).any())
 
     def ablate(features: Float[Tensor, "batch n d_model"], hook: Any) -> Tensor:
-        if features.shape[0] != len(rows):
+        if features.shape[0] != len(by_span):
             raise VLMInputError(
-                f"{hook.name}: the ablation was built for {len(rows)} sequences but the model "
-                f"ran {features.shape[0]}; build it from the batch you run"
+                f"{hook.name}: the ablation was built for {len(by_span)} sequences but the "
+                f"model ran {features.shape[0]}; build it from the batch you run"
             )
+        rows, image_rows = by_span, mean_span
+        if features.shape[1] != int(span.sum(1).max()):  # row ends carry no features
+            if row_end_selected:
+                raise VLMInputError(
+                    f"{describe(tokens)!r} selects image_row_end positions, which carry no "
+                    "image features in this family; select image positions"
+                )
+            rows, image_rows = by_image, mean_image
         out = features.clone()
         for b, idx in enumerate(rows):
             idx = idx.to(features.device)

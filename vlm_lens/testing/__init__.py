@@ -22,6 +22,7 @@ from vlm_lens.testing.tiny_models import (
     tiny_janus,
     tiny_llava,
 )
+from vlm_lens.testing.tiny_pixtral import tiny_mistral3, tiny_pixtral
 
 __all__ = [
     "GRID_TEXT",
@@ -39,6 +40,8 @@ __all__ = [
     "tiny_families",
     "tiny_janus",
     "tiny_llava",
+    "tiny_mistral3",
+    "tiny_pixtral",
     "tiny_variant",
     "tiny_variants",
 ]

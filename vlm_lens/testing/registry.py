@@ -33,6 +33,7 @@ from vlm_lens.testing.tiny_models import (
     tiny_janus,
     tiny_llava,
 )
+from vlm_lens.testing.tiny_pixtral import PIXTRAL_PATCH, tiny_mistral3, tiny_pixtral
 
 __all__ = [
     "GRID_TEXT",
@@ -63,11 +64,15 @@ class ImageFrame:
             by their fixed placeholder count.
         grid_factor: If set, an ``H x W`` image gives ``H // f`` rows of ``W // f`` codes, and
             each row of the span ends with one more placeholder (role ``image_row_end``).
+        row_end: With `grid_factor`: the token that ends each row *but the last* instead of a
+            placeholder (role ``image_row_end``, inside the span); the last row is closed by
+            the first `closing` token (Pixtral's ``[IMG_BREAK]`` and ``[IMG_END]``).
     """
 
     opening: tuple[str, ...] = ()
     closing: tuple[str, ...] = ()
     grid_factor: int | None = None
+    row_end: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +256,18 @@ for _backbone in ("mistral", "qwen2"):
         family="llava",
         frame=_LLAVA,
         kwargs={"text_backbone": _backbone},
+    )
+# Pixtral/Mistral 3: one [IMG] per patch (x spatial merge), sizes that differ in both axes.
+_PIXTRAL_SIZES = ((16, 24), (24, 16), (16, 16))
+for _name, _builder, _merge in (("pixtral", tiny_pixtral, 1), ("mistral3", tiny_mistral3, 2)):
+    register_tiny(
+        _name,
+        _builder,
+        family=_name,
+        frame=ImageFrame(
+            closing=("[IMG_END]",), grid_factor=PIXTRAL_PATCH * _merge, row_end="[IMG_BREAK]"
+        ),
+        image_sizes=_PIXTRAL_SIZES,
     )
 
 TINY_FAMILIES: tuple[str, ...] = tiny_families()
