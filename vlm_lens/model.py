@@ -626,7 +626,8 @@ class HookedVLM(nn.Module):
 
     @contextmanager
     def _image_groups(self, batch: Batch) -> Iterator[None]:
-        set_images_per_sequence(self._feature_owner, batch.images_per_sequence)
+        rows = self.adapter.feature_rows_per_sequence(batch.inputs, batch.images_per_sequence)
+        set_images_per_sequence(self._feature_owner, rows)
         try:
             yield
         finally:

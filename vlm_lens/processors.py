@@ -17,7 +17,7 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["pixtral_processor_class"]
+__all__ = ["internvl_processor_class", "pixtral_processor_class"]
 
 
 def pixtral_processor_class() -> Any:
@@ -41,3 +41,35 @@ def pixtral_processor_class() -> Any:
         return importlib.import_module(name).PixtralProcessor
     finally:
         del sys.modules[stand_in.__name__]
+
+
+def internvl_processor_class() -> Any:
+    """transformers' ``InternVLProcessor`` without its video processor (which needs torchvision).
+
+    The subclass takes ``(image_processor, tokenizer, image_seq_length, chat_template)``; it
+    writes images exactly as ``InternVLProcessor`` does and loads with ``from_pretrained``
+    from a folder that ``InternVLProcessor`` saved.
+
+    Example:
+        >>> internvl_processor_class().get_attributes()
+        ['image_processor', 'tokenizer']
+    """
+    from transformers import InternVLProcessor
+
+    class InternVLImageProcessor(InternVLProcessor):  # type: ignore[misc]  # transformers is untyped
+        """``InternVLProcessor`` for images only (no video processor)."""
+
+        def __init__(
+            self,
+            image_processor: Any = None,
+            tokenizer: Any = None,
+            image_seq_length: int = 256,
+            chat_template: Any = None,
+            **kwargs: Any,
+        ) -> None:
+            # the base passes ``video_processor=None`` positionally after the two attributes
+            # this signature names; ProcessorMixin zips it away with the attributes
+            super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs)
+
+    InternVLImageProcessor.__module__ = __name__
+    return InternVLImageProcessor

@@ -16,6 +16,8 @@ The seams a family may override, each with a default that fits Chameleon, Emu3, 
 `attention_structure`          causal, or bidirectional blocks (`AttentionStructure`)
 `handles`                      whether this adapter takes a model of one of its classes (default:
                                any; by ``vision_config.model_type`` when `vision_towers` is set)
+`feature_rows_per_sequence`    how many entries of `image_features` belong to each sequence
+                               (default: its images; InternVL: its tiles)
 `load_processor`               how `HookedVLM.from_pretrained` loads the processor (default
                                ``AutoProcessor.from_pretrained``)
 ============================== ================================================================
@@ -198,6 +200,23 @@ class VLMAdapter(ABC):
             ...         return (features, *output[1:])
         """
         return output.pooler_output
+
+    def feature_rows_per_sequence(
+        self, inputs: Mapping[str, Any], images_per_sequence: tuple[int, ...]
+    ) -> tuple[int, ...]:
+        """How many entries (rows of a tensor, items of a list) of `image_features` belong to
+        each sequence of a batch, in order; ``hook_image_embeds`` joins them per sequence.
+
+        Default: one entry per image, ``images_per_sequence``. Override when the features come
+        per crop or tile rather than per image (InternVL: one row per tile).
+
+        Example:
+            >>> class TileFeatures(VLMAdapter):  # doctest: +SKIP
+            ...     def feature_rows_per_sequence(self, inputs, images_per_sequence):
+            ...         return tuple(int(n) for n in inputs["tiles_per_sequence"])
+        """
+        del inputs
+        return images_per_sequence
 
     def with_image_features(self, output: Any, features: Any) -> Any:
         """`output` of ``get_image_features`` with its image features replaced by `features`

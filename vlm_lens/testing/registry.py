@@ -33,6 +33,7 @@ from vlm_lens.testing.tiny_models import (
     tiny_janus,
     tiny_llava,
 )
+from vlm_lens.testing.tiny_internvl import tiny_internvl
 from vlm_lens.testing.tiny_pixtral import PIXTRAL_PATCH, tiny_mistral3, tiny_pixtral
 
 __all__ = [
@@ -269,6 +270,15 @@ for _name, _builder, _merge in (("pixtral", tiny_pixtral, 1), ("mistral3", tiny_
         ),
         image_sizes=_PIXTRAL_SIZES,
     )
+
+# InternVL: <img> + <IMG_CONTEXT> x 4 per tile + </img>; 1, 3 (2 tiles + thumbnail) and 5 tiles.
+register_tiny(
+    "internvl",
+    tiny_internvl,
+    family="internvl",
+    frame=ImageFrame(opening=("<img>",), closing=("</img>",)),
+    image_sizes=((16, 32), (16, 16), (32, 32), (32, 16)),
+)
 
 TINY_FAMILIES: tuple[str, ...] = tiny_families()
 """The families vlm_lens registers a tiny variant for (accepted by :func:`build_tiny`)."""
