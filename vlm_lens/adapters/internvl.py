@@ -78,9 +78,9 @@ class InternVLAdapter(VLMAdapter):
             >>> from vlm_lens import HookedVLM
             >>> from vlm_lens.testing import build_tiny
             >>> tiny = build_tiny("internvl")
-            >>> inputs = tiny.sample_inputs()  # one 16 x 32 image: 2 tiles and a thumbnail
+            >>> inputs = tiny.sample_inputs()  # one 32 x 32 image: 4 tiles and a thumbnail
             >>> HookedVLM.from_hf(tiny.model).adapter.count_images(inputs), len(inputs["pixel_values"])
-            (1, 3)
+            (1, 5)
         """
         if inputs.get("pixel_values") is None:
             return 0

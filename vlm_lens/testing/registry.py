@@ -271,13 +271,13 @@ for _name, _builder, _merge in (("pixtral", tiny_pixtral, 1), ("mistral3", tiny_
         image_sizes=_PIXTRAL_SIZES,
     )
 
-# InternVL: <img> + <IMG_CONTEXT> x 4 per tile + </img>; 1, 3 (2 tiles + thumbnail) and 5 tiles.
+# InternVL: <img> + <IMG_CONTEXT> x 4 per tile + </img>; 5, 3 (2 tiles + thumbnail) and 1 tile(s).
 register_tiny(
     "internvl",
     tiny_internvl,
     family="internvl",
     frame=ImageFrame(opening=("<img>",), closing=("</img>",)),
-    image_sizes=((16, 32), (16, 16), (32, 32), (32, 16)),
+    image_sizes=((32, 32), (16, 32), (16, 16), (32, 16)),
 )
 
 TINY_FAMILIES: tuple[str, ...] = tiny_families()

@@ -37,8 +37,10 @@ from vlm_lens.testing.tiny_models import (
 
 __all__ = ["INTERNVL_IMAGE_SIZE", "INTERNVL_TILE", "tiny_internvl"]
 
-INTERNVL_IMAGE_SIZE = (16, 32)
-"""``(height, width)`` of the sample image: 2 tiles and a thumbnail, 12 image tokens."""
+INTERNVL_IMAGE_SIZE = (32, 32)
+"""``(height, width)`` of the sample image: 2 x 2 tiles and a thumbnail, 20 image tokens. (With
+16 x 32, 12 tokens, a prefix pass's eager attention rounds differently from the full pass's on
+CPU, so prefix reuse would not be bit-exact.)"""
 INTERNVL_TILE = 16
 """Side of one tile (the tower's image size)."""
 _PATCH = 4
