@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+import typing
 from typing import Any
 
 __all__ = ["internvl_processor_class", "pixtral_processor_class"]
@@ -56,10 +57,11 @@ def internvl_processor_class() -> Any:
     """
     from transformers import InternVLProcessor
 
-    class InternVLImageProcessor(InternVLProcessor):  # type: ignore[misc]  # transformers is untyped
+    class InternVLImageProcessor(InternVLProcessor):
         """``InternVLProcessor`` for images only (no video processor)."""
 
-        def __init__(
+        @typing.no_type_check  # a runtime type checker's wrapper would hide this signature,
+        def __init__(  # which ProcessorMixin reads to pick the saved kwargs it passes on
             self,
             image_processor: Any = None,
             tokenizer: Any = None,
@@ -69,7 +71,9 @@ def internvl_processor_class() -> Any:
         ) -> None:
             # the base passes ``video_processor=None`` positionally after the two attributes
             # this signature names; ProcessorMixin zips it away with the attributes
-            super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs)
+            super().__init__(
+                image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs
+            )
 
     InternVLImageProcessor.__module__ = __name__
     return InternVLImageProcessor

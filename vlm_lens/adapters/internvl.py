@@ -1,4 +1,4 @@
-"""InternVL (``InternVLForConditionalGeneration``, the HF-native port: ``OpenGVLab/InternVL3-1B-hf``).
+"""InternVL (``InternVLForConditionalGeneration``, native port: ``OpenGVLab/InternVL3-1B-hf``).
 
 An InternViT tower, a pixel shuffle and an MLP projector feed a Qwen2 (or Llama-like) decoder.
 The processor cuts each image into dynamic high-resolution tiles (plus a thumbnail when there is
@@ -15,7 +15,8 @@ Example:
     >>> from vlm_lens.testing import build_tiny
     >>> tiny = build_tiny("internvl")
     >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
-    >>> model.family, [tiny.tokenizer.decode([i]) for i in model.adapter.token_spec.image_end_token_ids]
+    >>> spec = model.adapter.token_spec
+    >>> model.family, tiny.tokenizer.convert_ids_to_tokens(sorted(spec.image_end_token_ids))
     ('internvl', ['</img>'])
 """
 
@@ -79,7 +80,8 @@ class InternVLAdapter(VLMAdapter):
             >>> from vlm_lens.testing import build_tiny
             >>> tiny = build_tiny("internvl")
             >>> inputs = tiny.sample_inputs()  # one 32 x 32 image: 4 tiles and a thumbnail
-            >>> HookedVLM.from_hf(tiny.model).adapter.count_images(inputs), len(inputs["pixel_values"])
+            >>> adapter = HookedVLM.from_hf(tiny.model).adapter
+            >>> adapter.count_images(inputs), len(inputs["pixel_values"])
             (1, 5)
         """
         if inputs.get("pixel_values") is None:

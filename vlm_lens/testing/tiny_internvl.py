@@ -5,16 +5,18 @@ shuffle by 0.5 and the 2-layer projector: 4 ``<IMG_CONTEXT>`` per tile. The proc
 transformers' ``InternVLProcessor`` on the PIL ``GotOcr2ImageProcessorPil`` with dynamic
 high-resolution tiles (``crop_to_patches``, at most 4 tiles, plus a 16 x 16 thumbnail when an
 image gives more than one tile): a 16 x 16 image is 1 tile (4 tokens), 16 x 32 is 2 tiles and a
-thumbnail (12 tokens). Each image is written ``<img>`` + ``<IMG_CONTEXT>`` x 4 x tiles +
+thumbnail (12 tokens), 32 x 32 is 4 tiles and a thumbnail (20). Each image is written ``<img>``
++ ``<IMG_CONTEXT>`` x 4 x tiles +
 ``</img>``; its tiles are rows of ``pixel_values``. No video processor (it needs torchvision).
 
 The text model is Qwen2 (q/k/v biases), as in InternVL3-1B/2B/8B.
 
 Example:
     >>> tiny = tiny_internvl()
-    >>> ids = tiny.sample_inputs()["input_ids"][0].tolist()
-    >>> tiny.tokenizer.convert_ids_to_tokens(ids[1:3] + ids[-16:-14])
-    ['<img>', '<IMG_CONTEXT>', '<IMG_CONTEXT>', '</img>']
+    >>> inputs = tiny.sample_inputs()  # 32 x 32: 2 x 2 tiles and a thumbnail
+    >>> tokens = tiny.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist())
+    >>> tokens[1:3], tokens.count("<IMG_CONTEXT>"), tokens[22], len(inputs["pixel_values"])
+    (['<img>', '<IMG_CONTEXT>'], 20, '</img>', 5)
 """
 
 from __future__ import annotations
@@ -103,7 +105,9 @@ def tiny_internvl(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyV
         min_patches=1,
         max_patches=4,
     )
-    processor = internvl_processor_class()(image_processor, tokenizer, image_seq_length=tokens_per_tile)
+    processor = internvl_processor_class()(
+        image_processor, tokenizer, image_seq_length=tokens_per_tile
+    )
     return TinyVLM(
         model=_finish(model, tokenizer, dtype),
         processor=processor,
