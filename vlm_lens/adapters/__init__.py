@@ -52,7 +52,9 @@ def register_family(adapter: type[VLMAdapter]) -> type[VLMAdapter]:
         else:
             entries.append(adapter)
     if adapter.tl_architecture_adapter is not None:
-        for name in (adapter.tl_architecture,) if adapter.tl_architecture else adapter.architectures:
+        for name in (
+            (adapter.tl_architecture,) if adapter.tl_architecture else adapter.architectures
+        ):
             ArchitectureAdapterFactory.register_adapter(name, adapter.tl_architecture_adapter)
     return adapter
 
@@ -121,9 +123,7 @@ def adapter_class_for_config(architecture: str, config: Any) -> type[VLMAdapter]
             f"{architecture} is not a supported vision-language architecture. Supported: "
             f"{', '.join(supported_architectures())}."
         )
-    towers = "; ".join(
-        f"{', '.join(a.vision_towers) or 'any'} ({a.family})" for a in entries
-    )
+    towers = "; ".join(f"{', '.join(a.vision_towers) or 'any'} ({a.family})" for a in entries)
     raise UnsupportedModelError(
         f"{architecture} with a vision tower of model_type {vision_tower_type(config)!r} is "
         f"not supported: vlm_lens would misread its image layout. Supported towers of "

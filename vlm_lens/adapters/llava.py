@@ -1,4 +1,4 @@
-"""LLaVA: a CLIP (or SigLIP) tower and a projector feed any Llama-like decoder (Llama, Mistral, Qwen2).
+"""LLaVA: a CLIP or SigLIP tower and a projector feed a Llama-like decoder (Llama, Mistral, Qwen2).
 
 There is no end-of-image token: the gate is the first prompt token after the placeholders, and
 it is also a ``text`` token. Adjacent images are split by the fixed tokens-per-image count.

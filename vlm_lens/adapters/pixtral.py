@@ -17,12 +17,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-import types
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 from transformer_lens.model_bridge.supported_architectures.mistral3 import (
@@ -31,6 +28,7 @@ from transformer_lens.model_bridge.supported_architectures.mistral3 import (
 
 from vlm_lens.adapters.base import VLMAdapter
 from vlm_lens.layout import TokenSpec
+from vlm_lens.processors import pixtral_processor_class
 
 # Mistral's tokenizers (Tekken, v3) put these control tokens at fixed ids; used without one.
 _MISTRAL_IDS = {"[IMG]": 10, "[IMG_BREAK]": 12, "[IMG_END]": 13}
@@ -41,9 +39,9 @@ class PixtralAdapter(VLMAdapter):
 
     family = "pixtral"
     architectures = ("LlavaForConditionalGeneration",)
-    vision_towers = ("pixtral",)
-    tl_architecture = "LlavaForConditionalGeneration[pixtral]"
-    tl_architecture_adapter = Mistral3ArchitectureAdapter
+    vision_towers: ClassVar[tuple[str, ...]] = ("pixtral",)
+    tl_architecture: ClassVar[str | None] = "LlavaForConditionalGeneration[pixtral]"
+    tl_architecture_adapter: ClassVar[type | None] = Mistral3ArchitectureAdapter
     image_input_keys = ("pixel_values", "image_sizes")
     default_placeholder = "[IMG]"
 
@@ -88,26 +86,3 @@ class Mistral3Adapter(PixtralAdapter):
     vision_towers = ()
     tl_architecture = None
     tl_architecture_adapter = None
-
-
-def pixtral_processor_class() -> type:
-    """transformers' ``PixtralProcessor``, importable without torchvision.
-
-    Its module imports one helper from the torchvision image processor; without torchvision
-    the same helper of the PIL image processor stands in for that import only.
-    """
-    name = "transformers.models.pixtral.processing_pixtral"
-    try:
-        return importlib.import_module(name).PixtralProcessor  # type: ignore[no-any-return]
-    except ModuleNotFoundError as error:
-        if error.name != "torchvision":
-            raise
-    from transformers.models.pixtral import image_processing_pil_pixtral as pil
-
-    stand_in = types.ModuleType("transformers.models.pixtral.image_processing_pixtral")
-    stand_in.get_resize_output_image_size = pil.get_resize_output_image_size  # type: ignore[attr-defined]
-    sys.modules[stand_in.__name__] = stand_in
-    try:
-        return importlib.import_module(name).PixtralProcessor  # type: ignore[no-any-return]
-    finally:
-        del sys.modules[stand_in.__name__]

@@ -32,7 +32,7 @@ from transformers import (
 )
 from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
-from vlm_lens.adapters.pixtral import pixtral_processor_class
+from vlm_lens.processors import pixtral_processor_class
 from vlm_lens.testing.tiny_models import (
     TinyVLM,
     _construct,
@@ -113,7 +113,7 @@ def _build(
         "patch_size": PIXTRAL_PATCH,
     }
     text = {"model_type": "mistral", **_text_config(tokenizer)}
-    image_token = tokenizer.convert_tokens_to_ids("[IMG]")
+    image_token = int(tokenizer.convert_tokens_to_ids("[IMG]"))  # type: ignore[arg-type]
     config: Any
     if merge == 1:
         config = LlavaConfig(
