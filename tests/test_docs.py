@@ -16,9 +16,8 @@ TUTORIALS = sorted((Path(__file__).parent.parent / "tutorials").glob("*.py"))
 def test_demo_runs_and_reports_parity(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 0
     out = capsys.readouterr().out
-    for family in TINY_FAMILIES:  # every registered family, the four first ones included
+    for family in TINY_FAMILIES:
         assert f"=== {family}" in out
-    assert {"chameleon", "emu3", "janus", "llava"} <= set(TINY_FAMILIES)
     assert out.count("equal to Hugging Face: True") == len(TINY_FAMILIES)
     assert "gate" in out and "hook_image_embeds" in out
 

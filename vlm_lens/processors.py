@@ -1,8 +1,9 @@
-"""Hugging Face processors that need torchvision to import, made importable without it.
+"""Hugging Face processor classes that import torchvision at module level, loaded without it.
 
-``transformers.PixtralProcessor`` is a placeholder that raises when torchvision is missing,
-although the processor itself runs on PIL; `pixtral_processor_class` returns the real class.
-Used by the Pixtral adapter's ``load_processor`` and by the tiny Pixtral builders.
+torchvision cannot be a dependency (it pins its own torch); a processor whose module imports one
+helper from a torchvision-backed image processor is imported here with the PIL image
+processor's helper standing in for that one import. Used by the adapters' `load_processor` and
+the tiny builders of `vlm_lens.testing`.
 
 Example:
     >>> pixtral_processor_class().__name__
@@ -15,6 +16,8 @@ import importlib
 import sys
 import types
 from typing import Any
+
+__all__ = ["pixtral_processor_class"]
 
 
 def pixtral_processor_class() -> Any:
@@ -32,7 +35,7 @@ def pixtral_processor_class() -> Any:
     from transformers.models.pixtral import image_processing_pil_pixtral as pil
 
     stand_in = types.ModuleType("transformers.models.pixtral.image_processing_pixtral")
-    setattr(stand_in, "get_resize_output_image_size", pil.get_resize_output_image_size)  # noqa: B010
+    stand_in.get_resize_output_image_size = pil.get_resize_output_image_size  # type: ignore[attr-defined]
     sys.modules[stand_in.__name__] = stand_in
     try:
         return importlib.import_module(name).PixtralProcessor

@@ -52,9 +52,8 @@ def register_family(adapter: type[VLMAdapter]) -> type[VLMAdapter]:
         else:
             entries.append(adapter)
     if adapter.tl_architecture_adapter is not None:
-        for name in (
-            (adapter.tl_architecture,) if adapter.tl_architecture else adapter.architectures
-        ):
+        names = (adapter.tl_architecture,) if adapter.tl_architecture else adapter.architectures
+        for name in names:
             ArchitectureAdapterFactory.register_adapter(name, adapter.tl_architecture_adapter)
     return adapter
 

@@ -113,7 +113,7 @@ def _build(
         "patch_size": PIXTRAL_PATCH,
     }
     text = {"model_type": "mistral", **_text_config(tokenizer)}
-    image_token = int(tokenizer.convert_tokens_to_ids("[IMG]"))  # type: ignore[arg-type]
+    image_token: Any = tokenizer.convert_tokens_to_ids("[IMG]")
     config: Any
     if merge == 1:
         config = LlavaConfig(
