@@ -258,7 +258,7 @@ def test_span_shorter_than_its_image(wrapped: Wrapped) -> None:
     inputs["input_ids"] = batch.input_ids[:, keep]
     inputs["attention_mask"] = batch.inputs["attention_mask"][:, keep]
     msg = message_of(VLMInputError, lambda: wrapped.model(inputs), "model.prepare")
-    assert has_number(msg, n - 1, "placeholder positions")
+    assert has_number(msg, n - 1, "image-span positions")
     assert has_number(msg, n, "tokens")
 
 

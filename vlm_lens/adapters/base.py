@@ -319,7 +319,7 @@ class VLMAdapter(ABC):
                 if expected is not None and span.length != expected:
                     raise VLMInputError(
                         f"image {k} (sequence {b}, positions {span.start}..{span.end}) has "
-                        f"{span.length} placeholder positions but its image gives {expected} "
+                        f"{span.length} image-span positions but its image gives {expected} "
                         "tokens; let the processor expand the placeholders (model.prepare)."
                     )
                 k += 1
