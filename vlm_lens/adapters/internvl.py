@@ -80,7 +80,7 @@ class InternVLAdapter(VLMAdapter):
             if span.length % per_tile:
                 raise VLMInputError(
                     f"an image span (sequence {b}, positions {span.start}..{span.end}) has "
-                    f"{span.length} placeholder positions, not a whole number of tiles of "
+                    f"{span.length} image-span positions, not a whole number of tiles of "
                     f"{per_tile} tokens ({span.length // per_tile * per_tile or per_tile} or "
                     f"{(span.length // per_tile + 1) * per_tile} tokens would be); let the "
                     "processor expand the placeholders (model.prepare)."
