@@ -18,6 +18,8 @@ The seams a family may override, each with a default that fits Chameleon, Emu3, 
                                any; by ``vision_config.model_type`` when `vision_towers` is set)
 `load_processor`               how `HookedVLM.from_pretrained` loads the processor (default
                                ``AutoProcessor.from_pretrained``)
+`refine_layout`                roles that follow from the image inputs, not the ids (default:
+                               none; LLaVA-Next's ``image_newline`` row ends and image lengths)
 ============================== ================================================================
 """
 
@@ -53,6 +55,8 @@ class VLMAdapter(ABC):
         vision_towers: ``vision_config.model_type`` values the adapter takes (`handles`); empty
             (the default) takes any. Several adapters may share a Hugging Face class: LLaVA
             takes CLIP and SigLIP towers, Pixtral the ``"pixtral"`` one.
+        layout_needs_image_inputs: the roles need the image inputs (`refine_layout`), so
+            `HookedVLM.layout` refuses token ids alone; ``False`` (the default): ids suffice.
         tl_architecture: the name the bridge is built, and `tl_architecture_adapter`
             registered, under; ``None`` (the default) for ``architectures[0]``. Set it when the
             adapter shares its Hugging Face class with another that bridges it differently.
@@ -70,6 +74,7 @@ class VLMAdapter(ABC):
     default_placeholder: ClassVar[str] = "<image>"
     vision_towers: ClassVar[tuple[str, ...]] = ()
     tl_architecture: ClassVar[str | None] = None
+    layout_needs_image_inputs: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
         self.config: Any = model.config
@@ -255,6 +260,24 @@ class VLMAdapter(ABC):
     ) -> TokenLayout:
         """The `TokenLayout` of a batch of token ids."""
         return TokenLayout.from_input_ids(input_ids, self.token_spec, attention_mask)
+
+    def refine_layout(self, layout: TokenLayout, inputs: Mapping[str, Any]) -> TokenLayout:
+        """The layout of `inputs` (ids, mask and image inputs) refined from its image inputs.
+
+        `HookedVLM.prepare`, `HookedVLM.batch_from_inputs` and `HookedVLM.layout` (given
+        ``image_inputs``) call it on the layout `layout` found from the ids. Default: `layout`
+        as it is. LLaVA-Next and LLaVA-OneVision mark their ``image_newline`` positions (the
+        placeholder id, so invisible in the ids) as ``image_row_end`` and cut adjacent images
+        apart from ``image_sizes``; they set `layout_needs_image_inputs`.
+
+        Example:
+            >>> class RowEndsFromSizes(VLMAdapter):  # doctest: +SKIP
+            ...     layout_needs_image_inputs = True
+            ...     def refine_layout(self, layout, inputs):
+            ...         return layout.with_images([[(5, [4])] * n for n in layout.n_images])
+        """
+        del inputs
+        return layout
 
     def check_inputs(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
         """Raise `VLMInputError` unless the image inputs match the image spans of `input_ids`.
