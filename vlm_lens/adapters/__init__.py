@@ -8,7 +8,7 @@ adapters that TransformerLens lacks (Chameleon, Janus, the Pixtral-tower LLaVA) 
 Example:
     >>> from vlm_lens.adapters import supported_families
     >>> supported_families()
-    ('chameleon', 'emu3', 'janus', 'llava', 'mistral3', 'pixtral')
+    ('chameleon', 'emu3', 'janus', 'llava', 'llava_next', 'llava_onevision', 'mistral3', 'pixtral')
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from vlm_lens.adapters.chameleon import ChameleonAdapter, ChameleonArchitectureA
 from vlm_lens.adapters.emu3 import Emu3Adapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
+from vlm_lens.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter
 from vlm_lens.errors import UnsupportedModelError
 
@@ -141,6 +142,8 @@ for _adapter in (
     Emu3Adapter,
     JanusAdapter,
     LlavaAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
     Mistral3Adapter,
     PixtralAdapter,
 ):
@@ -153,6 +156,8 @@ __all__ = [
     "JanusAdapter",
     "JanusArchitectureAdapter",
     "LlavaAdapter",
+    "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
     "Mistral3Adapter",
     "PixtralAdapter",
     "VLMAdapter",
