@@ -60,10 +60,11 @@ _PINPOINTS = [[8, 8], [8, 16], [16, 8], [16, 16]]
 
 
 def _build(onevision: bool, text_backbone: str, seed: int, dtype: torch.dtype) -> TinyVLM:
+    bos: dict[str, str] = {} if onevision else {"bos_token": "<s>"}
     tokenizer = _make_tokenizer(
         ["<s>", "</s>", "<unk>", "<pad>", "<image>", "<video>"],
         add_bos=None if onevision else "<s>",
-        bos_token=None if onevision else "<s>",
+        **bos,
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
