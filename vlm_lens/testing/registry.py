@@ -289,6 +289,14 @@ register_tiny(
     image_sizes=LLAVA_NEXT_SIZES,
 )
 register_tiny(
+    "llava_next-mistral",
+    tiny_llava_next,
+    family="llava_next",
+    frame=ImageFrame(newline_rows=True),
+    kwargs={"text_backbone": "mistral"},
+    image_sizes=LLAVA_NEXT_SIZES,
+)
+register_tiny(
     "llava_onevision",
     tiny_llava_onevision,
     family="llava_onevision",
