@@ -115,7 +115,8 @@ class ImageSpan:
     Attributes:
         start: first span position (image content or row end).
         end: last span position.
-        grid: ``(rows, cols)`` of image codes when known (Emu3), else ``None``.
+        grid: ``(rows, cols)`` of image codes when known (Emu3; LLaVA-Next's tile grid,
+            the last ``rows * cols`` image tokens of the span), else ``None``.
     """
 
     start: int
@@ -290,7 +291,9 @@ class TokenLayout:
             spans=self.spans,
         )
 
-    def with_images(self, images: Sequence[Sequence[tuple[int, Sequence[int]]]]) -> TokenLayout:
+    def with_images(
+        self, images: Sequence[Sequence[tuple[int, Sequence[int], tuple[int, int] | None]]]
+    ) -> TokenLayout:
         """The layout with each span cut into images of known lengths and their row ends set.
 
         For families whose image lengths and row ends follow from the image inputs, not the
@@ -299,8 +302,10 @@ class TokenLayout:
         first image's index, positions after it (the gate) its last one's.
 
         Args:
-            images: per sequence, ``(length, row_end_offsets)`` of each image in order; the
-                offsets count from the image's first position.
+            images: per sequence, ``(length, row_end_offsets, grid)`` of each image in order;
+                the offsets count from the image's first position; `grid` (or ``None``) is
+                the ``(rows, cols)`` of the image tokens that end the span (LLaVA-Next's tile
+                grid, after the base crop), the span's `ImageSpan.grid`.
 
         Returns:
             The refined layout.
@@ -311,7 +316,7 @@ class TokenLayout:
         Example:
             >>> spec = TokenSpec(image_token_ids=frozenset({9}))
             >>> layout = TokenLayout.from_input_ids(torch.tensor([[5, 9, 9, 9, 9, 9, 6]]), spec)
-            >>> refined = layout.with_images([[(2, [1]), (3, [2])]])
+            >>> refined = layout.with_images([[(2, [1], None), (3, [2], (1, 2))]])
             >>> refined.n_images, refined.primary_roles()[1:6]
             ([2], ['image', 'image_row_end', 'image', 'image', 'image_row_end'])
         """
@@ -326,10 +331,10 @@ class TokenLayout:
                 while start <= span.end:
                     if not todo:
                         raise ValueError(f"sequence {b}: image span {span} holds more positions")
-                    length, row_ends = todo.pop(0)
+                    length, row_ends, grid = todo.pop(0)
                     if start + length - 1 > span.end:
                         raise ValueError(f"sequence {b}: an image of {length} overruns {span}")
-                    spans.append(ImageSpan(start, start + length - 1))
+                    spans.append(ImageSpan(start, start + length - 1, grid))
                     index[b, start : start + length] = len(spans) - 1
                     for offset in row_ends:
                         bits[b, start + offset] = _BIT["image_row_end"]

@@ -72,12 +72,13 @@ class LlavaNextAdapter(VLMAdapter):
     def _tiled(self, inputs: Mapping[str, Any]) -> list[bool]:
         return [True] * len(inputs["image_sizes"])
 
-    def _images(self, inputs: Mapping[str, Any]) -> list[tuple[int, list[int]]]:
+    def _images(self, inputs: Mapping[str, Any]) -> list[tuple[int, list[int], Any]]:
         out = []
         for size, tiled in zip(inputs["image_sizes"].tolist(), self._tiled(inputs), strict=True):
             base, rows, cols = self.image_rows(size, tiled)
             ends = [base + r * (cols + 1) + cols for r in range(rows)] if tiled else [base]
-            out.append((base + rows * (cols + 1) + (not tiled), ends))
+            grid = (rows, cols) if tiled else None
+            out.append((base + rows * (cols + 1) + (not tiled), ends, grid))
         return out
 
     def refine_layout(self, layout: TokenLayout, inputs: Mapping[str, Any]) -> TokenLayout:
