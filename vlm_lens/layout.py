@@ -324,7 +324,7 @@ class TokenLayout:
         index = self.image_index.clone()
         all_spans = []
         for b, row in enumerate(images):
-            todo, spans = list(row), []
+            todo, spans = list(row), list[ImageSpan]()
             new_of: dict[int, tuple[int, int, int]] = {}  # old index -> (first, last, start)
             for k, span in enumerate(self.spans[b]):
                 first, start = len(spans), span.start

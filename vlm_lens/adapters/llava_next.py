@@ -67,6 +67,7 @@ class LlavaNextAdapter(VLMAdapter):
         return n * n, *self._scaled(int(rows), int(cols), n)
 
     def _scaled(self, rows: int, cols: int, n: int) -> tuple[int, int]:
+        del n  # OneVision shrinks grids of more than anyres_max_N crops of n x n tokens
         return rows, cols
 
     def _tiled(self, inputs: Mapping[str, Any]) -> list[bool]:
@@ -107,7 +108,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     image_input_keys = ("pixel_values", "image_sizes", "batch_num_images")
 
     def _scaled(self, rows: int, cols: int, n: int) -> tuple[int, int]:
-        most = int(getattr(self.config, "vision_aspect_ratio", "anyres_max_9").strip("anyres_max_"))
+        aspect = getattr(self.config, "vision_aspect_ratio", "anyres_max_9")
+        most = int(aspect.removeprefix("anyres_max_"))
         ratio = math.sqrt(rows * cols / (most * n**2))
         return (int(rows // ratio), int(cols // ratio)) if ratio > 1.1 else (rows, cols)
 

@@ -103,9 +103,7 @@ def _build(onevision: bool, text_backbone: str, seed: int, dtype: torch.dtype) -
         norms_in=[inner.vision_tower],
     )
     image_kwargs: dict[str, Any] = {
-        "size": {"height": _CROP, "width": _CROP}
-        if onevision
-        else {"shortest_edge": _CROP},
+        "size": {"height": _CROP, "width": _CROP} if onevision else {"shortest_edge": _CROP},
         "crop_size": {"height": _CROP, "width": _CROP},
         "image_grid_pinpoints": _PINPOINTS,
     }
@@ -117,7 +115,9 @@ def _build(onevision: bool, text_backbone: str, seed: int, dtype: torch.dtype) -
             num_image_tokens=(_CROP // _PATCH) ** 2,
             vision_feature_select_strategy=strategy,
         )
-        prompt = "<|im_start|>user\n<image>\nWhat is in the image?<|im_end|>\n<|im_start|>assistant\n"
+        prompt = (
+            "<|im_start|>user\n<image>\nWhat is in the image?<|im_end|>\n<|im_start|>assistant\n"
+        )
     else:
         processor = LlavaNextProcessor(
             LlavaNextImageProcessorPil(**image_kwargs),
