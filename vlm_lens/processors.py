@@ -66,7 +66,7 @@ def images_only_processor_class(processor_class: Any) -> Any:
     if cached is not None:
         return cached
 
-    class ImagesOnly(processor_class):  # type: ignore[misc, valid-type]
+    class ImagesOnly(processor_class):
         @classmethod
         def get_attributes(cls) -> list[str]:
             return [a for a in super().get_attributes() if a != "video_processor"]

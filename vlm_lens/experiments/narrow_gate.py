@@ -428,7 +428,10 @@ def _heatmap(
     if span_grid is not None and n > span_grid[0] * span_grid[1]:
         n = span_grid[0] * span_grid[1]  # the grid ends the span (LLaVA-Next: after the base)
         result = dataclasses.replace(result, per_token=result.per_token[:, -n:])
-    return result, patch_grid(n, span_grid)
+    try:
+        return result, patch_grid(n, span_grid)
+    except ValueError as error:  # tiles (InternVL), or a span without a known grid
+        raise AnalysisSkipped(f"no image grid to draw the attention map on: {error}") from error
 
 
 def _view(model: HookedVLM, batch: Batch, layer: int) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from vlm_lens.testing.tiny_internvl import tiny_internvl
 from vlm_lens.testing.tiny_llava_next import (
     LLAVA_NEXT_SIZES,
     tiny_llava_next,
@@ -279,6 +280,20 @@ for _name, _builder, _merge in (("pixtral", tiny_pixtral, 1), ("mistral3", tiny_
         image_sizes=_PIXTRAL_SIZES,
     )
 
+# InternVL: one span per image, its tiles (2 + thumbnail, 1, 2 + thumbnail) back to back.
+_INTERNVL = ImageFrame(opening=("<img>",), closing=("</img>",))
+_INTERNVL_SIZES = ((16, 32), (16, 16), (32, 16))
+register_tiny(
+    "internvl-qwen2", tiny_internvl, family="internvl", frame=_INTERNVL, image_sizes=_INTERNVL_SIZES
+)
+register_tiny(
+    "internvl-llama",
+    tiny_internvl,
+    family="internvl",
+    frame=_INTERNVL,
+    kwargs={"text_backbone": "llama"},
+    image_sizes=_INTERNVL_SIZES,
+)
 # LLaVA-Next / OneVision: one span per image (base crop, then tile rows each ended by the
 # image_newline placeholder), the gate the first text token; sizes give different tile grids.
 register_tiny(
