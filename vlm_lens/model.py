@@ -316,7 +316,10 @@ class HookedVLM(nn.Module):
             kwargs["padding"] = True
         if padding_side is not None:
             kwargs["padding_side"] = padding_side
-        encoded = self.processor(images=flat or None, text=texts, **kwargs)
+        nested = [[_to_pil(img) for img in imgs] for imgs in groups]
+        encoded = self.processor(
+            images=self.adapter.processor_images(nested) if flat else None, text=texts, **kwargs
+        )
         inputs = move_inputs(dict(encoded), self.device, self.dtype)
         layout = self.layout(inputs["input_ids"], inputs.get("attention_mask"), image_inputs=inputs)
         attention = self.adapter.attention_structure(layout, inputs)

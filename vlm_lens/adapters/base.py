@@ -19,6 +19,8 @@ The seams a family may override, each with a default that fits Chameleon, Emu3, 
                                any; by ``vision_config.model_type`` when `vision_towers` is set)
 `load_processor`               how `HookedVLM.from_pretrained` loads the processor (default
                                ``AutoProcessor.from_pretrained``)
+`processor_images`             how `HookedVLM.prepare` hands the images to the processor
+                               (default: one flat list; OneVision: one list per prompt)
 `refine_layout`                roles that follow from the image inputs, not the ids (default:
                                none; LLaVA-Next's ``image_newline`` row ends and image lengths)
 ============================== ================================================================
@@ -282,6 +284,18 @@ class VLMAdapter(ABC):
     ) -> TokenLayout:
         """The `TokenLayout` of a batch of token ids."""
         return TokenLayout.from_input_ids(input_ids, self.token_spec, attention_mask)
+
+    def processor_images(self, images: list[list[Any]]) -> Any:
+        """The ``images`` argument `HookedVLM.prepare` gives the processor, from the images of
+        each prompt (`images`, PIL). Default: one flat list. LLaVA-OneVision's processor takes
+        them per prompt, and writes a prompt's images in its multi-image mode (base crop only).
+
+        Example:
+            >>> class PerPrompt(VLMAdapter):  # doctest: +SKIP
+            ...     def processor_images(self, images):
+            ...         return images
+        """
+        return [image for group in images for image in group]
 
     def refine_layout(self, layout: TokenLayout, inputs: Mapping[str, Any]) -> TokenLayout:
         """The layout of `inputs` (ids, mask and image inputs) refined from its image inputs.

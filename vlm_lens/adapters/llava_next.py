@@ -119,6 +119,10 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             return super()._tiled(inputs)
         return [int(n) == 1 for n in counts for _ in range(int(n))]
 
+    def processor_images(self, images: list[list[Any]]) -> Any:
+        """Per prompt, so that a prompt with several images gets OneVision's multi-image mode."""
+        return [group for group in images if group]
+
     @classmethod
     def load_processor(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """``LlavaOnevisionProcessor`` without its video processor (which needs torchvision)."""
