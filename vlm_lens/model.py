@@ -361,7 +361,11 @@ class HookedVLM(nn.Module):
         if image_inputs is not None and image_inputs.get("pixel_values") is not None:
             ids = {"input_ids": input_ids, "attention_mask": attention_mask}
             return self.adapter.refine_layout(layout, {**image_inputs, **ids})
-        if self.adapter.layout_needs_image_inputs and layout.spans != ((),) * layout.shape[0]:
+        if (
+            image_inputs is None
+            and self.adapter.layout_needs_image_inputs
+            and layout.spans != ((),) * layout.shape[0]
+        ):
             raise VLMInputError(
                 f"{self.family} marks image row ends and image lengths from the image inputs, "
                 "not from the token ids; pass them: model.layout(input_ids, attention_mask, "
