@@ -8,8 +8,9 @@ LLaVA) through its public
 
 Example:
     >>> from vlm_lens.adapters import supported_families
-    >>> supported_families()
-    ('chameleon', 'emu3', 'internvl', 'janus', 'llava', 'mistral3', 'pixtral')
+    >>> supported_families()  # doctest: +NORMALIZE_WHITESPACE
+    ('chameleon', 'emu3', 'internvl', 'janus', 'llava', 'llava_next', 'llava_onevision',
+     'mistral3', 'pixtral')
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vlm_lens.adapters.emu3 import Emu3Adapter
 from vlm_lens.adapters.internvl import InternVLAdapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
+from vlm_lens.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter
 from vlm_lens.errors import UnsupportedModelError
 
@@ -144,6 +146,8 @@ for _adapter in (
     InternVLAdapter,
     JanusAdapter,
     LlavaAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
     Mistral3Adapter,
     PixtralAdapter,
 ):
@@ -157,6 +161,8 @@ __all__ = [
     "JanusAdapter",
     "JanusArchitectureAdapter",
     "LlavaAdapter",
+    "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
     "Mistral3Adapter",
     "PixtralAdapter",
     "VLMAdapter",

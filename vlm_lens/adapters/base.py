@@ -19,6 +19,10 @@ The seams a family may override, each with a default that fits Chameleon, Emu3, 
                                any; by ``vision_config.model_type`` when `vision_towers` is set)
 `load_processor`               how `HookedVLM.from_pretrained` loads the processor (default
                                ``AutoProcessor.from_pretrained``)
+`processor_images`             how `HookedVLM.prepare` hands the images to the processor
+                               (default: one flat list; OneVision: one list per prompt)
+`refine_layout`                roles that follow from the image inputs, not the ids (default:
+                               none; LLaVA-Next's ``image_newline`` row ends and image lengths)
 ============================== ================================================================
 """
 
@@ -56,6 +60,8 @@ class VLMAdapter(ABC):
             takes CLIP and SigLIP towers, Pixtral the ``"pixtral"`` one.
         pixel_rows: what one row of ``pixel_values`` is (`count_images` counts them), in
             error messages: ``"image"``; InternVL's are ``"tile"``s.
+        layout_needs_image_inputs: the roles need the image inputs (`refine_layout`), so
+            `HookedVLM.layout` refuses token ids alone; ``False`` (the default): ids suffice.
         tl_architecture: the name the bridge is built, and `tl_architecture_adapter`
             registered, under; ``None`` (the default) for ``architectures[0]``. Set it when the
             adapter shares its Hugging Face class with another that bridges it differently.
@@ -74,6 +80,7 @@ class VLMAdapter(ABC):
     vision_towers: ClassVar[tuple[str, ...]] = ()
     pixel_rows: ClassVar[str] = "image"
     tl_architecture: ClassVar[str | None] = None
+    layout_needs_image_inputs: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
         self.config: Any = model.config
@@ -277,6 +284,36 @@ class VLMAdapter(ABC):
     ) -> TokenLayout:
         """The `TokenLayout` of a batch of token ids."""
         return TokenLayout.from_input_ids(input_ids, self.token_spec, attention_mask)
+
+    def processor_images(self, images: list[list[Any]]) -> Any:
+        """The ``images`` argument `HookedVLM.prepare` gives the processor, from the images of
+        each prompt (`images`, PIL). Default: one flat list. LLaVA-OneVision's processor takes
+        them per prompt, and writes a prompt's images in its multi-image mode (base crop only).
+
+        Example:
+            >>> class PerPrompt(VLMAdapter):  # doctest: +SKIP
+            ...     def processor_images(self, images):
+            ...         return images
+        """
+        return [image for group in images for image in group]
+
+    def refine_layout(self, layout: TokenLayout, inputs: Mapping[str, Any]) -> TokenLayout:
+        """The layout of `inputs` (ids, mask and image inputs) refined from its image inputs.
+
+        `HookedVLM.prepare`, `HookedVLM.batch_from_inputs` and `HookedVLM.layout` (given
+        ``image_inputs``) call it on the layout `layout` found from the ids. Default: `layout`
+        as it is. LLaVA-Next and LLaVA-OneVision mark their ``image_newline`` positions (the
+        placeholder id, so invisible in the ids) as ``image_row_end`` and cut adjacent images
+        apart from ``image_sizes``; they set `layout_needs_image_inputs`.
+
+        Example:
+            >>> class RowEndsFromSizes(VLMAdapter):  # doctest: +SKIP
+            ...     layout_needs_image_inputs = True
+            ...     def refine_layout(self, layout, inputs):
+            ...         return layout.with_images([[(5, [4])] * n for n in layout.n_images])
+        """
+        del inputs
+        return layout
 
     def check_inputs(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
         """Raise `VLMInputError` unless the image inputs match the image spans of `input_ids`.
