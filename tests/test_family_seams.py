@@ -165,7 +165,8 @@ def test_defaults_reproduce_the_four_families(wrapped: Wrapped) -> None:
     assert batch.attention is not None and batch.attention.is_causal
     length = batch.input_ids.shape[1]
     assert torch.equal(adapter.position_ids(batch.inputs), torch.arange(length)[None])
-    assert adapter.count_images(batch.inputs) == sum(batch.images_per_sequence)
+    # pixel_values rows: one per image, or per tile where the adapter groups tiles (InternVL)
+    assert adapter.count_images(batch.inputs) == sum(adapter.feature_groups(batch.layout))
 
 
 # ---------------------------------------------------------------------- knockouts

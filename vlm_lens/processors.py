@@ -1,13 +1,18 @@
-"""Hugging Face processor classes that import torchvision at module level, loaded without it.
+"""Hugging Face processor classes that need torchvision, used without it.
 
-torchvision cannot be a dependency (it pins its own torch); a processor whose module imports one
-helper from a torchvision-backed image processor is imported here with the PIL image
-processor's helper standing in for that one import. Used by the adapters' `load_processor` and
-the tiny builders of `vlm_lens.testing`.
+torchvision cannot be a dependency (it pins its own torch). Two cases: a processor whose module
+imports one helper from a torchvision-backed image processor is imported with the PIL image
+processor's helper standing in for that one import (`pixtral_processor_class`); a processor
+that also takes a video processor (torchvision only) gets a subclass without it
+(`images_only_processor_class`). Used by the adapters' `load_processor` and the tiny builders
+of `vlm_lens.testing`.
 
 Example:
     >>> pixtral_processor_class().__name__
     'PixtralProcessor'
+    >>> from transformers import InternVLProcessor
+    >>> images_only_processor_class(InternVLProcessor).get_attributes()
+    ['image_processor', 'tokenizer']
 """
 
 from __future__ import annotations
@@ -15,10 +20,9 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-import typing
 from typing import Any
 
-__all__ = ["internvl_processor_class", "pixtral_processor_class"]
+__all__ = ["images_only_processor_class", "pixtral_processor_class"]
 
 
 def pixtral_processor_class() -> Any:
@@ -44,36 +48,33 @@ def pixtral_processor_class() -> Any:
         del sys.modules[stand_in.__name__]
 
 
-def internvl_processor_class() -> Any:
-    """transformers' ``InternVLProcessor`` without its video processor (which needs torchvision).
+def images_only_processor_class(processor_class: Any) -> Any:
+    """A subclass of a transformers processor class that has no video processor.
 
-    The subclass takes ``(image_processor, tokenizer, image_seq_length, chat_template)``; it
-    writes images exactly as ``InternVLProcessor`` does and loads with ``from_pretrained``
-    from a folder that ``InternVLProcessor`` saved.
+    ``ProcessorMixin`` takes its sub-processors from ``get_attributes()``; without
+    ``"video_processor"`` there, the class is built, saved and loaded (``from_pretrained``)
+    with an image processor and a tokenizer only; its ``__call__`` is the parent's. It
+    keeps the parent's name, so a saved processor names the real class.
 
-    Example:
-        >>> internvl_processor_class().get_attributes()
-        ['image_processor', 'tokenizer']
+    Args:
+        processor_class: e.g. ``transformers.InternVLProcessor``.
+
+    Returns:
+        The subclass (cached: one per parent class).
     """
-    from transformers import InternVLProcessor
+    cached = _IMAGES_ONLY.get(processor_class)
+    if cached is not None:
+        return cached
 
-    class InternVLImageProcessor(InternVLProcessor):
-        """``InternVLProcessor`` for images only (no video processor)."""
+    class ImagesOnly(processor_class):
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return [a for a in super().get_attributes() if a != "video_processor"]
 
-        @typing.no_type_check  # a runtime type checker's wrapper would hide this signature,
-        def __init__(  # which ProcessorMixin reads to pick the saved kwargs it passes on
-            self,
-            image_processor: Any = None,
-            tokenizer: Any = None,
-            image_seq_length: int = 256,
-            chat_template: Any = None,
-            **kwargs: Any,
-        ) -> None:
-            # the base passes ``video_processor=None`` positionally after the two attributes
-            # this signature names; ProcessorMixin zips it away with the attributes
-            super().__init__(
-                image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs
-            )
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = processor_class.__name__
+    ImagesOnly.__module__ = processor_class.__module__
+    _IMAGES_ONLY[processor_class] = ImagesOnly
+    return ImagesOnly
 
-    InternVLImageProcessor.__module__ = __name__
-    return InternVLImageProcessor
+
+_IMAGES_ONLY: dict[Any, Any] = {}

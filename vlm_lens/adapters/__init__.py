@@ -2,13 +2,15 @@
 
 `adapter_for(model)` finds the adapter of a Hugging Face model; `register_family` adds a new
 one (see CONTRIBUTING.md). Importing this package registers the TransformerLens architecture
-adapters that TransformerLens lacks (Chameleon, Janus, the Pixtral-tower LLaVA) through its public
+adapters that TransformerLens lacks (Chameleon, Janus, InternVL, the Pixtral-tower
+LLaVA) through its public
 ``ArchitectureAdapterFactory.register_adapter``.
 
 Example:
     >>> from vlm_lens.adapters import supported_families
-    >>> supported_families()
-    ('chameleon', 'emu3', 'internvl', 'janus', 'llava', 'mistral3', 'pixtral')
+    >>> supported_families()  # doctest: +NORMALIZE_WHITESPACE
+    ('chameleon', 'emu3', 'internvl', 'janus', 'llava', 'llava_next', 'llava_onevision',
+     'mistral3', 'pixtral')
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from transformer_lens.factories.architecture_adapter_factory import Architecture
 from vlm_lens.adapters.base import VLMAdapter, vision_tower_type
 from vlm_lens.adapters.chameleon import ChameleonAdapter, ChameleonArchitectureAdapter
 from vlm_lens.adapters.emu3 import Emu3Adapter
-from vlm_lens.adapters.internvl import InternVLAdapter, InternVLArchitectureAdapter
+from vlm_lens.adapters.internvl import InternVLAdapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
+from vlm_lens.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter
 from vlm_lens.errors import UnsupportedModelError
 
@@ -143,6 +146,8 @@ for _adapter in (
     InternVLAdapter,
     JanusAdapter,
     LlavaAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
     Mistral3Adapter,
     PixtralAdapter,
 ):
@@ -153,10 +158,11 @@ __all__ = [
     "ChameleonArchitectureAdapter",
     "Emu3Adapter",
     "InternVLAdapter",
-    "InternVLArchitectureAdapter",
     "JanusAdapter",
     "JanusArchitectureAdapter",
     "LlavaAdapter",
+    "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
     "Mistral3Adapter",
     "PixtralAdapter",
     "VLMAdapter",

@@ -1,33 +1,27 @@
-"""Tiny offline InternVL (``InternVLForConditionalGeneration``, the HF-native port of InternVL3).
+"""Tiny offline InternVL (``InternVLForConditionalGeneration``) with transformers' own
+``InternVLProcessor`` (images only: its video processor needs torchvision).
 
-InternViT-style tower (hidden 32, 2 layers, 16 x 16 tiles of 4 x 4 patches, CLS dropped), pixel
-shuffle by 0.5 and the 2-layer projector: 4 ``<IMG_CONTEXT>`` per tile. The processor is
-transformers' ``InternVLProcessor`` on the PIL ``GotOcr2ImageProcessorPil`` with dynamic
-high-resolution tiles (``crop_to_patches``, at most 4 tiles, plus a 16 x 16 thumbnail when an
-image gives more than one tile): a 16 x 16 image is 1 tile (4 tokens), 16 x 32 is 2 tiles and a
-thumbnail (12 tokens), 32 x 32 is 4 tiles and a thumbnail (20). Each image is written ``<img>``
-+ ``<IMG_CONTEXT>`` x 4 x tiles +
-``</img>``; its tiles are rows of ``pixel_values``. No video processor (it needs torchvision).
-
-The text model is Qwen2 (q/k/v biases), as in InternVL3-1B/2B/8B.
+Shapes of :mod:`vlm_lens.testing.tiny_models` for the text model (hidden 32, 2 layers, 4 heads,
+2 KV heads; Qwen2 with q/k/v biases by default, tied embeddings as InternVL's config sets); a
+2-layer InternViT tower on 16 x 16 tiles, patch 4 (16 patches + CLS, CLS dropped), pixel shuffle
+0.5 -> 4 tokens per tile. The PIL ``GotOcr2ImageProcessorPil`` crops an image into up to 4
+tiles of 16 x 16 and adds a thumbnail when it made more than one (the 16 x 32 sample image:
+2 tiles + thumbnail = 12 ``<IMG_CONTEXT>``).
 
 Example:
     >>> tiny = tiny_internvl()
-    >>> inputs = tiny.sample_inputs()  # 32 x 32: 2 x 2 tiles and a thumbnail
-    >>> tokens = tiny.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist())
-    >>> tokens[1:3], tokens.count("<IMG_CONTEXT>"), tokens[22], len(inputs["pixel_values"])
-    (['<img>', '<IMG_CONTEXT>'], 20, '</img>', 5)
+    >>> ids = tiny.sample_inputs()["input_ids"][0].tolist()
+    >>> tiny.tokenizer.convert_ids_to_tokens(ids).count("<IMG_CONTEXT>")
+    12
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from transformers import InternVLConfig, InternVLForConditionalGeneration
+from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-from vlm_lens.processors import internvl_processor_class
+from vlm_lens.processors import images_only_processor_class
 from vlm_lens.testing.tiny_models import (
     TinyVLM,
     _construct,
@@ -37,25 +31,26 @@ from vlm_lens.testing.tiny_models import (
     _text_config,
 )
 
-__all__ = ["INTERNVL_IMAGE_SIZE", "INTERNVL_TILE", "tiny_internvl"]
+__all__ = ["INTERNVL_IMAGE_SIZE", "tiny_internvl"]
 
-INTERNVL_IMAGE_SIZE = (32, 32)
-"""``(height, width)`` of the sample image: 2 x 2 tiles and a thumbnail, 20 image tokens. (With
-16 x 32, 12 tokens, a prefix pass's eager attention rounds differently from the full pass's on
-CPU, so prefix reuse would not be bit-exact.)"""
-INTERNVL_TILE = 16
-"""Side of one tile (the tower's image size)."""
+INTERNVL_IMAGE_SIZE = (16, 32)
+"""``(height, width)`` of the sample image: two 16 x 16 tiles and the thumbnail."""
+_TILE = 16
 _PATCH = 4
+_TILE_TOKENS = ((_TILE // _PATCH) // 2) ** 2  # pixel shuffle 0.5 halves each side
 
 
-def tiny_internvl(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVLM:
-    """Builds a tiny ``InternVLForConditionalGeneration`` with a Qwen2 text model.
+def tiny_internvl(
+    *, text_backbone: str = "qwen2", seed: int = 0, dtype: torch.dtype = torch.float32
+) -> TinyVLM:
+    """Builds a tiny ``InternVLForConditionalGeneration``.
 
-    Token ids: ``<|im_start|>`` 256 (BOS, prepended), ``<|im_end|>`` 257, ``<unk>`` 258,
-    ``<pad>`` 259, ``<img>`` 260, ``</img>`` 261, ``<IMG_CONTEXT>`` 262 (placeholder),
-    ``<video>`` 263.
+    Token ids: bytes 0-255, then ``<|endoftext|>`` 256 (padding), ``<|im_start|>`` 257,
+    ``<|im_end|>`` 258 (end of sequence), ``<img>`` 259, ``</img>`` 260 (the gate),
+    ``<IMG_CONTEXT>`` 261 (the placeholder), ``<video>`` 262. No BOS, as Qwen2.
 
     Args:
+        text_backbone: ``text_config.model_type``: ``"qwen2"`` (InternVL 3) or ``"llama"``.
         seed: Seed for the HF init and the weight randomisation.
         dtype: Dtype the parameters are cast to at the end.
 
@@ -63,34 +58,28 @@ def tiny_internvl(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyV
         The tiny model with its processor and tokenizer.
     """
     tokenizer = _make_tokenizer(
-        ["<|im_start|>", "<|im_end|>", "<unk>", "<pad>", "<img>", "</img>", "<IMG_CONTEXT>"],
-        ["<video>"],
-        add_bos="<|im_start|>",
-        bos_token="<|im_start|>",
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
+        + ["<video>"],
         eos_token="<|im_end|>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        image_token="<IMG_CONTEXT>",
+        pad_token="<|endoftext|>",
         start_image_token="<img>",
         end_image_token="</img>",
         context_image_token="<IMG_CONTEXT>",
+        image_token="<IMG_CONTEXT>",  # the name the other families' tokenizers use
         video_token="<video>",
     )
-    tokens_per_tile = (INTERNVL_TILE // _PATCH) ** 2 // 4  # pixel shuffle by 0.5
-    image_token: Any = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     config = InternVLConfig(
         vision_config={
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
-            "image_size": [INTERNVL_TILE, INTERNVL_TILE],
+            "image_size": [_TILE, _TILE],
             "patch_size": [_PATCH, _PATCH],
         },
-        text_config={"model_type": "qwen2", **_text_config(tokenizer)},
-        image_token_id=image_token,
-        image_seq_length=tokens_per_tile,
-        tie_word_embeddings=False,
+        text_config={"model_type": text_backbone, **_text_config(tokenizer)},
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=_TILE_TOKENS,
     )
     model = _construct(InternVLForConditionalGeneration, config, seed)
     inner = model.model
@@ -100,13 +89,10 @@ def tiny_internvl(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyV
         norms_in=[inner.vision_tower],
     )
     image_processor = GotOcr2ImageProcessorPil(
-        size={"height": INTERNVL_TILE, "width": INTERNVL_TILE},
-        crop_to_patches=True,
-        min_patches=1,
-        max_patches=4,
+        size={"height": _TILE, "width": _TILE}, crop_to_patches=True, min_patches=1, max_patches=4
     )
-    processor = internvl_processor_class()(
-        image_processor, tokenizer, image_seq_length=tokens_per_tile
+    processor = images_only_processor_class(InternVLProcessor)(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=_TILE_TOKENS
     )
     return TinyVLM(
         model=_finish(model, tokenizer, dtype),
@@ -114,5 +100,6 @@ def tiny_internvl(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyV
         tokenizer=tokenizer,
         family="internvl",
         image_size=INTERNVL_IMAGE_SIZE,
-        prompt="<IMG_CONTEXT>\nWhat is in the image?",
+        prompt="<|im_start|>user\n<IMG_CONTEXT>\nWhat is in the image?<|im_end|>\n"
+        "<|im_start|>assistant\n",
     )
