@@ -17,7 +17,7 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["pixtral_processor_class"]
+__all__ = ["images_only_processor_class", "pixtral_processor_class"]
 
 
 def pixtral_processor_class() -> Any:
@@ -41,3 +41,30 @@ def pixtral_processor_class() -> Any:
         return importlib.import_module(name).PixtralProcessor
     finally:
         del sys.modules[stand_in.__name__]
+
+
+_IMAGES_ONLY: dict[type, type] = {}
+
+
+def images_only_processor_class(base: type) -> Any:
+    """A subclass of processor class `base` (``Qwen2VLProcessor``...) built from an image
+    processor and a tokenizer alone, with no video processor (whose module needs torchvision).
+
+    Example:
+        >>> from transformers import Qwen2VLProcessor
+        >>> images_only_processor_class(Qwen2VLProcessor).get_attributes()
+        ['image_processor', 'tokenizer']
+    """
+    if base not in _IMAGES_ONLY:
+
+        def __init__(  # noqa: N807 - the processor's own constructor
+            self: Any,
+            image_processor: Any = None,
+            tokenizer: Any = None,
+            chat_template: Any = None,
+            **kwargs: Any,
+        ) -> None:
+            base.__init__(self, image_processor, tokenizer, None, chat_template=chat_template)
+
+        _IMAGES_ONLY[base] = type(base.__name__, (base,), {"__init__": __init__})
+    return _IMAGES_ONLY[base]

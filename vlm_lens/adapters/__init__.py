@@ -24,6 +24,7 @@ from vlm_lens.adapters.emu3 import Emu3Adapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter
+from vlm_lens.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 from vlm_lens.errors import UnsupportedModelError
 
 _REGISTRY: dict[str, list[type[VLMAdapter]]] = {}
@@ -143,6 +144,9 @@ for _adapter in (
     LlavaAdapter,
     Mistral3Adapter,
     PixtralAdapter,
+    Qwen2VLAdapter,
+    Qwen2_5_VLAdapter,
+    Qwen3VLAdapter,
 ):
     register_family(_adapter)
 
@@ -155,6 +159,9 @@ __all__ = [
     "LlavaAdapter",
     "Mistral3Adapter",
     "PixtralAdapter",
+    "Qwen2VLAdapter",
+    "Qwen2_5_VLAdapter",
+    "Qwen3VLAdapter",
     "VLMAdapter",
     "adapter_class_for",
     "adapter_class_for_config",
