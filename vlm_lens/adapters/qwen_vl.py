@@ -100,7 +100,6 @@ class Qwen2VLAdapter(VLMAdapter):
     architectures = ("Qwen2VLForConditionalGeneration",)
     tl_architecture_adapter: ClassVar[type | None] = QwenVLArchitectureAdapter
     image_input_keys = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
-    default_placeholder = "<|image_pad|>"
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
         super().__init__(model, processor)
@@ -115,6 +114,11 @@ class Qwen2VLAdapter(VLMAdapter):
             placeholder_token_id=int(config.image_token_id),
             delimited=True,
         )
+
+    @property
+    def image_placeholder(self) -> str:
+        """``<|vision_start|><|image_pad|><|vision_end|>``: the processor expands only the pad."""
+        return "<|vision_start|><|image_pad|><|vision_end|>"
 
     def count_images(self, inputs: Mapping[str, Any]) -> int:
         grid = inputs.get("image_grid_thw")

@@ -13,7 +13,7 @@ Example:
     >>> tiny = tiny_qwen2_vl()
     >>> inputs = tiny.sample_inputs()
     >>> inputs["image_grid_thw"].tolist()
-    [[1, 4, 6]]
+    [[1, 8, 8]]
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ from vlm_lens.testing.tiny_models import (
 
 __all__ = ["QWEN_IMAGE_SIZE", "QWEN_PATCH", "tiny_qwen2_5_vl", "tiny_qwen2_vl", "tiny_qwen3_vl"]
 
-QWEN_IMAGE_SIZE = (16, 24)
-"""``(height, width)`` of the sample image: a 4 x 6 patch grid, 2 x 3 merged tokens."""
+QWEN_IMAGE_SIZE = (32, 32)
+"""``(height, width)`` of the sample image: an 8 x 8 patch grid, 4 x 4 merged tokens (the gate
+sits at position 20: an eager prefix pass shorter than 16 positions is not bit-exact on CPU)."""
 QWEN_PATCH = 4
 """Patch size of the tiny towers (times the 2 x 2 merge: 8 pixels a token)."""
 _SPECIALS = (
@@ -85,7 +86,12 @@ def _vision(family: str, out: int) -> dict[str, Any]:
 def _build(family: str, seed: int, dtype: torch.dtype, **text: Any) -> TinyVLM:
     config_cls, model_cls, processor_cls = _FAMILIES[family]
     tokenizer = _make_tokenizer(
-        _SPECIALS, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>"
+        _SPECIALS,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        image_token="<|image_pad|>",
+        video_token="<|video_pad|>",
     )
     text_config = _text_config(tokenizer, **text)
     head_dim = text_config["hidden_size"] // text_config["num_attention_heads"]
