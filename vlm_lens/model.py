@@ -626,7 +626,7 @@ class HookedVLM(nn.Module):
 
     @contextmanager
     def _image_groups(self, batch: Batch) -> Iterator[None]:
-        set_images_per_sequence(self._feature_owner, batch.images_per_sequence)
+        set_images_per_sequence(self._feature_owner, self.adapter.feature_groups(batch.layout))
         try:
             yield
         finally:

@@ -1,13 +1,18 @@
-"""Hugging Face processor classes that import torchvision at module level, loaded without it.
+"""Hugging Face processor classes that need torchvision, used without it.
 
-torchvision cannot be a dependency (it pins its own torch); a processor whose module imports one
-helper from a torchvision-backed image processor is imported here with the PIL image
-processor's helper standing in for that one import. Used by the adapters' `load_processor` and
-the tiny builders of `vlm_lens.testing`.
+torchvision cannot be a dependency (it pins its own torch). Two cases: a processor whose module
+imports one helper from a torchvision-backed image processor is imported with the PIL image
+processor's helper standing in for that one import (`pixtral_processor_class`); a processor
+that also takes a video processor (torchvision only) gets a subclass without it
+(`images_only_processor_class`). Used by the adapters' `load_processor` and the tiny builders
+of `vlm_lens.testing`.
 
 Example:
     >>> pixtral_processor_class().__name__
     'PixtralProcessor'
+    >>> from transformers import InternVLProcessor
+    >>> images_only_processor_class(InternVLProcessor).get_attributes()
+    ['image_processor', 'tokenizer']
 """
 
 from __future__ import annotations
@@ -43,28 +48,33 @@ def pixtral_processor_class() -> Any:
         del sys.modules[stand_in.__name__]
 
 
-_IMAGES_ONLY: dict[type, type] = {}
+def images_only_processor_class(processor_class: Any) -> Any:
+    """A subclass of a transformers processor class that has no video processor.
 
+    ``ProcessorMixin`` takes its sub-processors from ``get_attributes()``; without
+    ``"video_processor"`` there, the class is built, saved and loaded (``from_pretrained``)
+    with an image processor and a tokenizer only; its ``__call__`` is the parent's. It
+    keeps the parent's name, so a saved processor names the real class.
 
-def images_only_processor_class(base: type) -> Any:
-    """A subclass of processor class `base` (``Qwen2VLProcessor``...) built from an image
-    processor and a tokenizer alone, with no video processor (whose module needs torchvision).
+    Args:
+        processor_class: e.g. ``transformers.InternVLProcessor``.
 
-    Example:
-        >>> from transformers import Qwen2VLProcessor
-        >>> images_only_processor_class(Qwen2VLProcessor).get_attributes()
-        ['image_processor', 'tokenizer']
+    Returns:
+        The subclass (cached: one per parent class).
     """
-    if base not in _IMAGES_ONLY:
+    cached = _IMAGES_ONLY.get(processor_class)
+    if cached is not None:
+        return cached
 
-        def __init__(  # noqa: N807 - the processor's own constructor
-            self: Any,
-            image_processor: Any = None,
-            tokenizer: Any = None,
-            chat_template: Any = None,
-            **kwargs: Any,
-        ) -> None:
-            base.__init__(self, image_processor, tokenizer, None, chat_template=chat_template)
+    class ImagesOnly(processor_class):
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return [a for a in super().get_attributes() if a != "video_processor"]
 
-        _IMAGES_ONLY[base] = type(base.__name__, (base,), {"__init__": __init__})
-    return _IMAGES_ONLY[base]
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = processor_class.__name__
+    ImagesOnly.__module__ = processor_class.__module__
+    _IMAGES_ONLY[processor_class] = ImagesOnly
+    return ImagesOnly
+
+
+_IMAGES_ONLY: dict[Any, Any] = {}

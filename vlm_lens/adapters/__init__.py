@@ -2,13 +2,14 @@
 
 `adapter_for(model)` finds the adapter of a Hugging Face model; `register_family` adds a new
 one (see CONTRIBUTING.md). Importing this package registers the TransformerLens architecture
-adapters that TransformerLens lacks (Chameleon, Janus, the Pixtral-tower LLaVA) through its public
+adapters that TransformerLens lacks (Chameleon, Janus, InternVL, the Pixtral-tower
+LLaVA) through its public
 ``ArchitectureAdapterFactory.register_adapter``.
 
 Example:
     >>> from vlm_lens.adapters import supported_families
     >>> supported_families()
-    ('chameleon', 'emu3', 'janus', 'llava', 'mistral3', 'pixtral')
+    ('chameleon', 'emu3', 'internvl', 'janus', 'llava', 'mistral3', 'pixtral')
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformer_lens.factories.architecture_adapter_factory import Architecture
 from vlm_lens.adapters.base import VLMAdapter, vision_tower_type
 from vlm_lens.adapters.chameleon import ChameleonAdapter, ChameleonArchitectureAdapter
 from vlm_lens.adapters.emu3 import Emu3Adapter
+from vlm_lens.adapters.internvl import InternVLAdapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter
@@ -140,6 +142,7 @@ def adapter_for(model: nn.Module, processor: Any | None = None) -> VLMAdapter:
 for _adapter in (
     ChameleonAdapter,
     Emu3Adapter,
+    InternVLAdapter,
     JanusAdapter,
     LlavaAdapter,
     Mistral3Adapter,
@@ -154,6 +157,7 @@ __all__ = [
     "ChameleonAdapter",
     "ChameleonArchitectureAdapter",
     "Emu3Adapter",
+    "InternVLAdapter",
     "JanusAdapter",
     "JanusArchitectureAdapter",
     "LlavaAdapter",

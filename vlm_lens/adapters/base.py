@@ -14,6 +14,7 @@ The seams a family may override, each with a default that fits Chameleon, Emu3, 
 `image_features`,              where the features inside ``get_image_features``' output are
 `with_image_features`          (default ``.pooler_output``)
 `attention_structure`          causal, or bidirectional blocks (`AttentionStructure`)
+`feature_groups`               rows of ``get_image_features`` per sequence (default: images)
 `handles`                      whether this adapter takes a model of one of its classes (default:
                                any; by ``vision_config.model_type`` when `vision_towers` is set)
 `load_processor`               how `HookedVLM.from_pretrained` loads the processor (default
@@ -53,6 +54,8 @@ class VLMAdapter(ABC):
         vision_towers: ``vision_config.model_type`` values the adapter takes (`handles`); empty
             (the default) takes any. Several adapters may share a Hugging Face class: LLaVA
             takes CLIP and SigLIP towers, Pixtral the ``"pixtral"`` one.
+        pixel_rows: what one row of ``pixel_values`` is (`count_images` counts them), in
+            error messages: ``"image"``; InternVL's are ``"tile"``s.
         tl_architecture: the name the bridge is built, and `tl_architecture_adapter`
             registered, under; ``None`` (the default) for ``architectures[0]``. Set it when the
             adapter shares its Hugging Face class with another that bridges it differently.
@@ -69,6 +72,7 @@ class VLMAdapter(ABC):
     tl_architecture_adapter: ClassVar[type | None] = None
     default_placeholder: ClassVar[str] = "<image>"
     vision_towers: ClassVar[tuple[str, ...]] = ()
+    pixel_rows: ClassVar[str] = "image"
     tl_architecture: ClassVar[str | None] = None
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
@@ -154,6 +158,24 @@ class VLMAdapter(ABC):
         """
         pixel_values = inputs.get("pixel_values")
         return 0 if pixel_values is None else int(pixel_values.shape[0])
+
+    def feature_groups(self, layout: TokenLayout) -> list[int]:
+        """How many leading rows of ``get_image_features``' output each sequence owns.
+
+        ``hook_image_embeds`` concatenates each sequence's rows into one ``[n_tokens, d]``
+        row of its ``[batch, n_tokens, d]`` tensor. Default: the sequence's images
+        (``layout.n_images``). InternVL's rows are tiles (several per image).
+
+        Example:
+            >>> from vlm_lens import HookedVLM
+            >>> from vlm_lens.testing import build_tiny, sample_image
+            >>> tiny = build_tiny("llava")
+            >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
+            >>> batch = model.prepare(images=sample_image(size=tiny.image_size), text=tiny.prompt)
+            >>> model.adapter.feature_groups(batch.layout)
+            [1]
+        """
+        return list(layout.n_images)
 
     def position_ids(self, inputs: Mapping[str, Any]) -> torch.Tensor:
         """The position ids Hugging Face's forward uses for the full prompt of `inputs`.
@@ -279,13 +301,15 @@ class VLMAdapter(ABC):
             )
         if n_images and not n_placeholder_spans:
             raise VLMInputError(
-                f"{n_images} image(s) were given but the input_ids hold no image placeholder "
+                f"{n_images} {self.pixel_rows}(s) were given but the input_ids hold no image "
+                "placeholder "
                 f"({self.image_placeholder!r}). Put {self.image_placeholder!r} in the prompt where "
                 "each image goes and build inputs with model.prepare(images=..., text=...)."
             )
         if n_images != n_placeholder_spans:
             raise VLMInputError(
-                f"{n_images} image(s) were given but the input_ids hold {n_placeholder_spans} "
+                f"{n_images} {self.pixel_rows}(s) were given but the input_ids hold "
+                f"{n_placeholder_spans} "
                 f"image placeholder span(s); give one image per {self.image_placeholder!r}."
             )
         k = 0
@@ -295,7 +319,7 @@ class VLMAdapter(ABC):
                 if expected is not None and span.length != expected:
                     raise VLMInputError(
                         f"image {k} (sequence {b}, positions {span.start}..{span.end}) has "
-                        f"{span.length} placeholder positions but its image gives {expected} "
+                        f"{span.length} image-span positions but its image gives {expected} "
                         "tokens; let the processor expand the placeholders (model.prepare)."
                     )
                 k += 1

@@ -424,7 +424,10 @@ def _heatmap(
         raise AnalysisSkipped("no per-token attention for this prompt")
     n = result.per_token.shape[1]
     span_grid = batch.layout.spans[0][0].grid if batch.layout.spans[0] else None
-    return result, patch_grid(n, span_grid)
+    try:
+        return result, patch_grid(n, span_grid)
+    except ValueError as error:  # tiles (InternVL), or a span without a known grid
+        raise AnalysisSkipped(f"no image grid to draw the attention map on: {error}") from error
 
 
 def _view(model: HookedVLM, batch: Batch, layer: int) -> str:

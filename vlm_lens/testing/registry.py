@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from vlm_lens.testing.tiny_internvl import tiny_internvl
 from vlm_lens.testing.tiny_models import (
     TinyVLM,
     tiny_chameleon,
@@ -281,6 +282,21 @@ for _name, _builder in (
     register_tiny(
         _name, _builder, family=_name, frame=_QWEN_VL, image_sizes=((16, 24), (24, 16), (16, 16))
     )
+
+# InternVL: one span per image, its tiles (2 + thumbnail, 1, 2 + thumbnail) back to back.
+_INTERNVL = ImageFrame(opening=("<img>",), closing=("</img>",))
+_INTERNVL_SIZES = ((16, 32), (16, 16), (32, 16))
+register_tiny(
+    "internvl-qwen2", tiny_internvl, family="internvl", frame=_INTERNVL, image_sizes=_INTERNVL_SIZES
+)
+register_tiny(
+    "internvl-llama",
+    tiny_internvl,
+    family="internvl",
+    frame=_INTERNVL,
+    kwargs={"text_backbone": "llama"},
+    image_sizes=_INTERNVL_SIZES,
+)
 
 TINY_FAMILIES: tuple[str, ...] = tiny_families()
 """The families vlm_lens registers a tiny variant for (accepted by :func:`build_tiny`)."""
