@@ -149,7 +149,6 @@ for _adapter in (
     PixtralAdapter,
     Qwen2VLAdapter,
     Qwen2_5_VLAdapter,
-    Qwen3VLAdapter,
 ):
     register_family(_adapter)
 
