@@ -396,7 +396,7 @@ def test_unknown_vlm_architecture(wrapped: Wrapped) -> None:
 
 @pytest.mark.parametrize(
     "architectures",
-    [["Qwen2VLForConditionalGeneration"], ["LlamaForCausalLM"], None],
+    [["Kosmos2ForConditionalGeneration"], ["LlamaForCausalLM"], None],
     ids=["other-vlm", "text-only", "missing"],
 )
 def test_from_pretrained_unsupported_raises_before_loading_weights(

@@ -28,6 +28,7 @@ from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
 from vlm_lens.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter
+from vlm_lens.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 from vlm_lens.errors import UnsupportedModelError
 
 _REGISTRY: dict[str, list[type[VLMAdapter]]] = {}
@@ -150,6 +151,8 @@ for _adapter in (
     LlavaOnevisionAdapter,
     Mistral3Adapter,
     PixtralAdapter,
+    Qwen2VLAdapter,
+    Qwen2_5_VLAdapter,
 ):
     register_family(_adapter)
 
@@ -165,6 +168,9 @@ __all__ = [
     "LlavaOnevisionAdapter",
     "Mistral3Adapter",
     "PixtralAdapter",
+    "Qwen2VLAdapter",
+    "Qwen2_5_VLAdapter",
+    "Qwen3VLAdapter",
     "VLMAdapter",
     "adapter_class_for",
     "adapter_class_for_config",

@@ -40,6 +40,7 @@ from vlm_lens.testing.tiny_models import (
     tiny_llava,
 )
 from vlm_lens.testing.tiny_pixtral import PIXTRAL_PATCH, tiny_mistral3, tiny_pixtral
+from vlm_lens.testing.tiny_qwen_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
 
 __all__ = [
     "GRID_TEXT",
@@ -278,6 +279,16 @@ for _name, _builder, _merge in (("pixtral", tiny_pixtral, 1), ("mistral3", tiny_
             closing=("[IMG_END]",), grid_factor=PIXTRAL_PATCH * _merge, row_end="[IMG_BREAK]"
         ),
         image_sizes=_PIXTRAL_SIZES,
+    )
+
+# Qwen-VL: <|vision_start|> + one <|image_pad|> per merged 2x2 patch group + <|vision_end|>.
+_QWEN_VL = ImageFrame(opening=("<|vision_start|>",), closing=("<|vision_end|>",))
+for _name, _builder in (
+    ("qwen2_vl", tiny_qwen2_vl),
+    ("qwen2_5_vl", tiny_qwen2_5_vl),
+):
+    register_tiny(
+        _name, _builder, family=_name, frame=_QWEN_VL, image_sizes=((16, 24), (24, 16), (16, 16))
     )
 
 # InternVL: one span per image, its tiles (2 + thumbnail, 1, 2 + thumbnail) back to back.
