@@ -95,6 +95,14 @@ class TokenSpec:
         delimited: the family always writes exactly one special token before and one after each
             image; when `image_start_token_ids`/`image_end_token_ids` are unknown (no tokenizer),
             the token before a span is taken as ``image_start`` and the gate as ``image_end``.
+        tile_token_ids: ids that open a tile of a tiled image (Idefics3's
+            ``<fake_token_around_image>``, ``<row_i_col_j>``, ``<global-img>``). Placeholder runs
+            with only these and `tile_break_token_ids` between them are one image span, inside
+            which these positions are ``image_start`` (the headers of the tiles after the first).
+        tile_break_token_ids: ids that end a row of tiles (Idefics3's ``\n``): ``image_row_end``
+            between two tiles of one span, ordinary text elsewhere.
+        last_tile_token_ids: ids in the header of an image's last tile (``<global-img>``): the
+            span ends with that tile, so adjacent tiled images stay apart.
     """
 
     image_token_ids: frozenset[int]
@@ -106,6 +114,9 @@ class TokenSpec:
     tokens_per_image: int | None = None
     placeholder_token_id: int | None = None
     delimited: bool = False
+    tile_token_ids: frozenset[int] = frozenset()
+    tile_break_token_ids: frozenset[int] = frozenset()
+    last_tile_token_ids: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -379,8 +390,13 @@ def _layout_row(
         for i in range(n)
     ]
     spans = _find_spans(ids, in_span, real, spec)
+    # a header never reaches back to the previous image's gate, nor closing specials forward
+    # into the next image's header (Idefics3's <fake_token_around_image> both opens and closes)
+    floors = [0] + [s.end + 2 for s in spans[:-1]]
+    headers = [_header_start(ids, s.start, real, spec, f) for s, f in zip(spans, floors)]
     for k, span in enumerate(spans):
-        _mark_span(ids, bits, index, real, span, k, spec)
+        ceiling = headers[k + 1] if k + 1 < len(spans) else n
+        _mark_span(ids, bits, index, real, span, k, spec, floors[k], ceiling)
     first_real = next((i for i in range(n) if real[i]), None)
     if first_real is not None and ids[first_real] in spec.bos_token_ids and bits[first_real] == 0:
         bits[first_real] = _BIT["bos"]
@@ -407,6 +423,8 @@ def _find_spans(
             j += 1
         runs.append((i, j))
         i = j + 1
+    if spec.tile_token_ids:
+        runs = _join_tiles(ids, runs, real, spec)
     spans: list[ImageSpan] = []
     for start, end in runs:
         grid = _parse_header_grid(ids, start, real, spec)
@@ -422,15 +440,41 @@ def _find_spans(
     return spans
 
 
-def _header_start(ids: list[int], start: int, real: list[bool], spec: TokenSpec) -> int:
+def _join_tiles(
+    ids: list[int], runs: list[tuple[int, int]], real: list[bool], spec: TokenSpec
+) -> list[tuple[int, int]]:
+    """Placeholder runs joined into one run per tiled image: across gaps of tile headers and
+    row breaks only, and never past a tile whose header holds a `last_tile_token_ids` id."""
+    inner = spec.tile_token_ids | spec.tile_break_token_ids
+    joined: list[tuple[int, int]] = []
+    closed = True  # the last joined run ends with an image's last tile
+    for start, end in runs:
+        gap = range(joined[-1][1] + 1, start) if joined else range(0)
+        if not closed and all(real[p] and ids[p] in inner for p in gap):
+            joined[-1] = (joined[-1][0], end)
+        else:
+            joined.append((start, end))
+        p = start - 1
+        while p >= 0 and real[p] and ids[p] in spec.tile_token_ids:
+            p -= 1
+        closed = any(ids[q] in spec.last_tile_token_ids for q in range(p + 1, start))
+    return joined
+
+
+def _header_start(
+    ids: list[int], start: int, real: list[bool], spec: TokenSpec, floor: int = 0
+) -> int:
     """First position of the image header (BOI specials and size text) before a span.
 
     The header reaches back to the earliest image-start token in the unbroken run of
-    image-start/header tokens before `start`; returns `start` when there is none.
+    image-start/header tokens before `start`, not before `floor`; returns `start` when there
+    is none.
     """
     p, earliest = start - 1, start
     while (
-        p >= 0 and real[p] and (ids[p] in spec.image_start_token_ids or ids[p] in spec.header_text)
+        p >= floor
+        and real[p]
+        and (ids[p] in spec.image_start_token_ids or ids[p] in spec.header_text)
     ):
         if ids[p] in spec.image_start_token_ids:
             earliest = p
@@ -459,15 +503,22 @@ def _mark_span(
     span: ImageSpan,
     k: int,
     spec: TokenSpec,
+    floor: int = 0,
+    ceiling: int | None = None,
 ) -> None:
     for p in range(span.start, span.end + 1):
         is_row_end = ids[p] in spec.row_end_token_ids
         if span.grid is not None and span.length == span.grid[0] * (span.grid[1] + 1):
             is_row_end = is_row_end or (p - span.start) % (span.grid[1] + 1) == span.grid[1]
         bits[p] = _BIT["image_row_end"] if is_row_end else _BIT["image"]
+        if ids[p] not in spec.image_token_ids:  # a tiled span's tile headers and row breaks
+            if ids[p] in spec.tile_break_token_ids:
+                bits[p] = _BIT["image_row_end"]
+            elif ids[p] in spec.tile_token_ids:
+                bits[p] = _BIT["image_start"]
         index[p] = k
     # header: image-start specials and header text just before the span
-    header_start = _header_start(ids, span.start, real, spec)
+    header_start = _header_start(ids, span.start, real, spec, floor)
     if (
         spec.delimited
         and not spec.image_start_token_ids
@@ -486,7 +537,8 @@ def _mark_span(
         index[p] = k
     if spec.delimited and not spec.image_end_token_ids and bits[p : p + 1] == [_BIT["gate"]]:
         bits[p] |= _BIT["image_end"]
-    while p < len(ids) and real[p] and ids[p] in spec.image_end_token_ids:
+    stop = len(ids) if ceiling is None else ceiling
+    while p < stop and real[p] and ids[p] in spec.image_end_token_ids:
         bits[p] |= _BIT["image_end"]
         index[p] = k
         p += 1

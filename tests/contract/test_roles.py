@@ -16,7 +16,14 @@ import pytest
 import torch
 
 from tests.conftest import Wrapped
-from tests.contract._scenarios import SCENARIOS, UNPADDED, frame_of, make_batch, per_image
+from tests.contract._scenarios import (
+    SCENARIOS,
+    UNPADDED,
+    frame_of,
+    images_for,
+    make_batch,
+    per_image,
+)
 from vlm_lens import HookedVLM
 from vlm_lens.batch import Batch
 from vlm_lens.errors import VLMInputError
@@ -93,6 +100,58 @@ def image_runs(w: Wrapped, ids: Sequence[int], mask: Sequence[int]) -> list[rang
     return joined
 
 
+def tile_grids(w: Wrapped, batch: Batch) -> list[list[tuple[int, int]]]:
+    """Per sequence, the ``(rows, cols)`` tile grid of each image of a `tile_open` frame, from
+    the HF image processor run again on the scenario's images (``(0, 0)``: the global tile
+    alone)."""
+    images = images_for(w, sum(batch.images_per_sequence))
+    info = w.tiny.processor.image_processor(images=[images], return_row_col_info=True)
+    flat = list(zip(info["rows"][0], info["cols"][0], strict=True))
+    out, k = [], 0
+    for n in batch.images_per_sequence:
+        out.append(flat[k : k + n])
+        k += n
+    return out
+
+
+def tiled_images(
+    w: Wrapped, ids: Sequence[int], mask: Sequence[int], grids: Sequence[tuple[int, int]]
+) -> list[list[range]]:
+    """The placeholder runs of each image of a `tile_open` frame (one run per tile, the
+    global tile last), by its grid: ``rows * cols + 1`` runs, or 1 for a ``(0, 0)`` grid."""
+    runs = placeholder_runs(ids, mask, w.tiny.tokenizer.image_token_id)
+    out = []
+    for rows, cols in grids:
+        out.append(runs[: rows * cols + 1])
+        runs = runs[rows * cols + 1 :]
+    assert not runs
+    return out
+
+
+def tile_headers(
+    w: Wrapped, ids: Sequence[int], tiles: Sequence[range], grid_rc: tuple[int, int]
+) -> tuple[list[int], list[int]]:
+    """Header positions (`tile_open` + marker before each tile) and row-end positions (the
+    `tile_row_end` text after each tile row and before the global tile) of one tiled image,
+    asserting that the processor wrote them."""
+    tok, frame = w.tiny.tokenizer, frame_of(w)
+    assert frame.tile_open is not None and frame.global_tile and frame.tile_row_end
+    rows, cols = grid_rc
+    markers = [f"<row_{i + 1}_col_{j + 1}>" for i in range(rows) for j in range(cols)]
+    headers: list[int] = []
+    row_ends: list[int] = []
+    for t, (run, marker) in enumerate(zip(tiles, [*markers, frame.global_tile], strict=True)):
+        assert ids[run.start - 1] == tok.convert_tokens_to_ids(marker), (marker, run)
+        assert ids[run.start - 2] == tok.convert_tokens_to_ids(frame.tile_open), run
+        headers += [run.start - 2, run.start - 1]
+        if t > 0:  # what stands between the previous tile and this one's header
+            gap = range(tiles[t - 1].stop, run.start - 2)
+            newlines = 2 if t == len(markers) else int(t % cols == 0)
+            assert tok.decode([ids[p] for p in gap]) == frame.tile_row_end * newlines, (t, gap)
+            row_ends += list(gap)
+    return headers, row_ends
+
+
 def grid(frame: ImageFrame, size: tuple[int, int]) -> tuple[int, int]:
     assert frame.grid_factor is not None
     return size[0] // frame.grid_factor, size[1] // frame.grid_factor
@@ -104,12 +163,14 @@ def reference_roles(
     mask: Sequence[int],
     sizes: Sequence[tuple[int, int]],
     newline: Sequence[tuple[int, list[int]]] = (),
+    grids: Sequence[tuple[int, int]] = (),
 ) -> tuple[list[set[str]], list[int]]:
     """Roles and image index of one sequence, re-derived from the tokenizer's special tokens.
 
     Slow and deliberately naive: it walks each placeholder run and labels what the variant's
     `ImageFrame` says its processor puts around it, asserting that those tokens are really
-    there. `newline`: the images of a `newline_rows` frame (`newline_images`).
+    there. `newline`: the images of a `newline_rows` frame (`newline_images`); `grids`: the
+    tile grids of a `tile_open` frame (`tile_grids`).
     """
     tok, frame = w.tiny.tokenizer, frame_of(w)
     n = len(ids)
@@ -117,7 +178,8 @@ def reference_roles(
     index = [-1] * n
     images: list[range] = []
     todo = list(newline)
-    for run in image_runs(w, ids, mask):
+    tiled = tiled_images(w, ids, mask, grids) if frame.tile_open is not None else []
+    for run in [] if tiled else image_runs(w, ids, mask):
         if frame.newline_rows:  # cut by the lengths of the HF model's image features
             start = run.start
             while start < run.stop:
@@ -136,6 +198,15 @@ def reference_roles(
         roles[p].update(names)
         index[p] = k
 
+    for k, tiles in enumerate(tiled):  # headers and row ends, then the span and gate below
+        headers, row_ends = tile_headers(w, ids, tiles, grids[k])
+        for p in headers:
+            label(p, k, "image_start")
+        for p in row_ends:
+            label(p, k, "image_row_end")
+        for p in (p for t in tiles for p in t):
+            label(p, k, "image")
+        images.append(range(tiles[0].start, tiles[-1].stop))
     for k, span in enumerate(images):
         if frame.grid_factor is not None:
             rows, cols = grid(frame, sizes[k])
@@ -150,12 +221,12 @@ def reference_roles(
         elif frame.newline_rows:
             for j, p in enumerate(span):
                 label(p, k, "image_row_end" if j in newline[k][1] else "image")
-        else:
+        elif not tiled:  # a tiled span is labelled above, its opening the first tile's header
             for p in span:
                 label(p, k, "image")
         # opening tokens, walked backwards from the span
         p = span.start - 1
-        for i in reversed(range(len(frame.opening))):
+        for i in reversed(range(0 if tiled else len(frame.opening))):
             token = frame.opening[i]
             if token == GRID_TEXT:
                 before = tok.convert_tokens_to_ids(frame.opening[i - 1])
@@ -211,8 +282,11 @@ def test_layout_matches_reference(variant: Wrapped, scenario: str) -> None:
     layout = batch.layout
     sizes = image_sizes_per_row(batch)
     newline = newline_images(variant, batch) if frame_of(variant).newline_rows else None
+    grids = tile_grids(variant, batch) if frame_of(variant).tile_open else None
     for b, (ids, mask) in enumerate(rows_of(batch)):
-        roles, index = reference_roles(variant, ids, mask, sizes[b], newline[b] if newline else ())
+        roles, index = reference_roles(
+            variant, ids, mask, sizes[b], newline[b] if newline else (), grids[b] if grids else ()
+        )
         assert_roles(layout, b, roles, index)
         assert layout.n_images[b] == batch.images_per_sequence[b]
     if scenario.startswith("padded"):
@@ -230,10 +304,24 @@ def test_family_invariants(variant: Wrapped, scenario: str) -> None:
     layout, tok, frame = batch.layout, variant.tiny.tokenizer, frame_of(variant)
     sizes = image_sizes_per_row(batch)
     newline = newline_images(variant, batch) if frame.newline_rows else None
+    grids = tile_grids(variant, batch) if frame.tile_open else None
     for b, (ids, mask) in enumerate(rows_of(batch)):
         runs = image_runs(variant, ids, mask)
         placeholder_pos = [p for r in runs for p in r]
         row_ends: list[int] = []
+        inner_headers: list[int] = []  # tile headers inside a tiled span (image_start)
+        if grids is not None:  # one run per image: its first tile to its global tile
+            tiled = tiled_images(variant, ids, mask, grids[b])
+            for tiles, grid_rc in zip(tiled, grids[b], strict=True):
+                headers, ends = tile_headers(variant, ids, tiles, grid_rc)
+                inner_headers += headers[2:]
+                row_ends += ends
+            runs = [range(t[0].start, t[-1].stop) for t in tiled]
+            placeholder_pos = [p for r in runs for p in r]
+            assert layout.positions("image_start")[b].tolist() == sorted(
+                p for t, grid_rc in zip(tiled, grids[b], strict=True)
+                for p in tile_headers(variant, ids, t, grid_rc)[0]
+            )
         if newline is not None:  # images back to back in their runs, row ends from HF
             start = iter([p for r in runs for p in r])
             for length, ends in newline[b]:
@@ -248,7 +336,7 @@ def test_family_invariants(variant: Wrapped, scenario: str) -> None:
         if frame.row_end is not None:  # the row ends are the row_end tokens, and only those
             marker = tok.convert_tokens_to_ids(frame.row_end)
             assert row_ends == [p for p in placeholder_pos if ids[p] == marker]
-        image = sorted(set(placeholder_pos) - set(row_ends))
+        image = sorted(set(placeholder_pos) - set(row_ends) - set(inner_headers))
         assert layout.positions("image")[b].tolist() == image
         assert layout.positions("image_row_end")[b].tolist() == row_ends
         # the gate is the first position after each contiguous placeholder run
@@ -281,7 +369,9 @@ def test_family_invariants(variant: Wrapped, scenario: str) -> None:
             n_img = len(layout.positions("image", image=k)[b]) + len(
                 layout.positions("image_row_end", image=k)[b]
             )
-            assert n_img == layout.spans[b][k].length
+            inner = [p for p in inner_headers if layout.spans[b][k].start <= p]
+            inner = [p for p in inner if p <= layout.spans[b][k].end]
+            assert n_img + len(inner) == layout.spans[b][k].length
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

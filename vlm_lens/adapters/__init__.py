@@ -9,8 +9,8 @@ LLaVA) through its public
 Example:
     >>> from vlm_lens.adapters import supported_families
     >>> supported_families()  # doctest: +NORMALIZE_WHITESPACE
-    ('chameleon', 'emu3', 'internvl', 'janus', 'llava', 'llava_next', 'llava_onevision',
-     'mistral3', 'pixtral')
+    ('chameleon', 'emu3', 'idefics3', 'internvl', 'janus', 'llava', 'llava_next',
+     'llava_onevision', 'mistral3', 'pixtral', 'qwen2_5_vl', 'qwen2_vl', 'smolvlm')
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from transformer_lens.factories.architecture_adapter_factory import Architecture
 from vlm_lens.adapters.base import VLMAdapter, vision_tower_type
 from vlm_lens.adapters.chameleon import ChameleonAdapter, ChameleonArchitectureAdapter
 from vlm_lens.adapters.emu3 import Emu3Adapter
+from vlm_lens.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from vlm_lens.adapters.internvl import InternVLAdapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
@@ -144,6 +145,7 @@ def adapter_for(model: nn.Module, processor: Any | None = None) -> VLMAdapter:
 for _adapter in (
     ChameleonAdapter,
     Emu3Adapter,
+    Idefics3Adapter,
     InternVLAdapter,
     JanusAdapter,
     LlavaAdapter,
@@ -153,6 +155,7 @@ for _adapter in (
     PixtralAdapter,
     Qwen2VLAdapter,
     Qwen2_5_VLAdapter,
+    SmolVLMAdapter,
 ):
     register_family(_adapter)
 
@@ -160,6 +163,7 @@ __all__ = [
     "ChameleonAdapter",
     "ChameleonArchitectureAdapter",
     "Emu3Adapter",
+    "Idefics3Adapter",
     "InternVLAdapter",
     "JanusAdapter",
     "JanusArchitectureAdapter",
@@ -171,6 +175,7 @@ __all__ = [
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
     "Qwen3VLAdapter",
+    "SmolVLMAdapter",
     "VLMAdapter",
     "adapter_class_for",
     "adapter_class_for_config",

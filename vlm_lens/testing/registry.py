@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from vlm_lens.testing.tiny_idefics3 import IDEFICS3_SIZES, tiny_idefics3, tiny_smolvlm
 from vlm_lens.testing.tiny_internvl import tiny_internvl
 from vlm_lens.testing.tiny_llava_next import (
     LLAVA_NEXT_SIZES,
@@ -77,6 +78,13 @@ class ImageFrame:
         newline_rows: Images differ in length and some placeholders are row ends (role
             ``image_row_end``): those whose image feature is the model's ``image_newline``
             (LLaVA-Next, OneVision). The reference reads them from the HF model's features.
+        tile_open: Tiled images (Idefics3, SmolVLM): the token before each tile's marker
+            (``<row_i_col_j>`` from the image processor's grid, `global_tile` for the last
+            tile) and after the last tile (the gate and ``image_end``). One span per image,
+            from its first placeholder to its last; the tile headers are ``image_start``.
+        global_tile: With `tile_open`: the marker of the global tile, the image's last.
+        tile_row_end: With `tile_open`: the text after each row of tiles, and once more before
+            the global tile (role ``image_row_end``).
     """
 
     opening: tuple[str, ...] = ()
@@ -84,6 +92,9 @@ class ImageFrame:
     grid_factor: int | None = None
     row_end: str | None = None
     newline_rows: bool = False
+    tile_open: str | None = None
+    global_tile: str | None = None
+    tile_row_end: str | None = None
 
 
 @dataclass(frozen=True)
@@ -329,6 +340,17 @@ register_tiny(
     frame=ImageFrame(newline_rows=True),
     image_sizes=LLAVA_NEXT_SIZES,
 )
+
+# Idefics3 / SmolVLM: a grid of tiles and the global tile per image, in one span; the sizes
+# give 2 x 2, 1 x 2 and 2 x 1 grids.
+_IDEFICS3 = ImageFrame(
+    closing=("<fake_token_around_image>",),
+    tile_open="<fake_token_around_image>",
+    global_tile="<global-img>",
+    tile_row_end="\n",
+)
+for _name, _builder in (("idefics3", tiny_idefics3), ("smolvlm", tiny_smolvlm)):
+    register_tiny(_name, _builder, family=_name, frame=_IDEFICS3, image_sizes=IDEFICS3_SIZES)
 
 TINY_FAMILIES: tuple[str, ...] = tiny_families()
 """The families vlm_lens registers a tiny variant for (accepted by :func:`build_tiny`)."""

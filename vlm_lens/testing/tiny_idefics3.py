@@ -33,6 +33,7 @@ from transformers import (
     SmolVLMForConditionalGeneration,
 )
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
 from vlm_lens.testing.tiny_models import (
     TinyVLM,
@@ -43,10 +44,12 @@ from vlm_lens.testing.tiny_models import (
     _text_config,
 )
 
-__all__ = ["IDEFICS3_IMAGE_SIZE", "IDEFICS3_TILE", "tiny_idefics3", "tiny_smolvlm"]
+__all__ = ["IDEFICS3_IMAGE_SIZE", "IDEFICS3_SIZES", "IDEFICS3_TILE", "tiny_idefics3", "tiny_smolvlm"]
 
 IDEFICS3_IMAGE_SIZE = (32, 32)
 """``(height, width)`` of the sample image: 2 x 2 tiles and the global image, 20 ``<image>``."""
+IDEFICS3_SIZES = ((32, 32), (16, 32), (32, 16))
+"""Sample image sizes of the role checks: 2 x 2, 1 x 2 and 2 x 1 tiles (and the global one)."""
 IDEFICS3_TILE = 16
 """Side of one tile (the tower's image size)."""
 _PATCH = 4
@@ -98,7 +101,8 @@ def _build(smol: bool, seed: int, dtype: torch.dtype) -> TinyVLM:
         dense=[inner.text_model, model.lm_head, inner.connector],
         norms_in=[inner.vision_model],
     )
-    image_processor = Idefics3ImageProcessorPil(
+    image_processor_cls: Any = SmolVLMImageProcessorPil if smol else Idefics3ImageProcessorPil
+    image_processor = image_processor_cls(
         size={"longest_edge": 2 * IDEFICS3_TILE},
         max_image_size={"longest_edge": IDEFICS3_TILE},
         do_image_splitting=True,
@@ -132,8 +136,10 @@ def tiny_idefics3(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyV
 
 
 def tiny_smolvlm(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVLM:
-    """Builds a tiny ``SmolVLMForConditionalGeneration``: the Idefics3 model, processor and
-    tokenizer of :func:`tiny_idefics3` under SmolVLM's classes.
+    """Builds a tiny ``SmolVLMForConditionalGeneration``: the Idefics3 model and tokenizer of
+    :func:`tiny_idefics3` under SmolVLM's classes, with SmolVLM's PIL image processor in an
+    ``Idefics3Processor`` (``SmolVLMProcessor`` writes the same image prompt but needs
+    ``num2words`` and a torchvision video processor).
 
     Args:
         seed: Seed for the HF init and the weight randomisation.
