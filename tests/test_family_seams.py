@@ -12,6 +12,7 @@ ids by recording what the Hugging Face forward receives.
 from __future__ import annotations
 
 import copy
+import inspect
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -175,8 +176,21 @@ def test_defaults_reproduce_the_four_families(wrapped: Wrapped) -> None:
             attention_mask=batch.inputs.get("attention_mask"),
         )
     assert torch.equal(adapter.position_ids(batch.inputs), expected)
-    # pixel_values rows: one per image, or per tile where the adapter groups tiles (InternVL)
-    assert adapter.count_images(batch.inputs) == sum(adapter.feature_groups(batch.layout))
+    # the rows of HF's get_image_features: one per image, per tile (InternVL) or per
+    # sequence (Idefics3), as feature_groups hands them to hook_image_embeds
+    owner = adapter.image_features_owner(wrapped.reference)
+    params = inspect.signature(owner.get_image_features).parameters
+    with torch.no_grad():
+        out = owner.get_image_features(**{k: v for k, v in batch.inputs.items() if k in params})
+    rows = len(adapter.image_features(out))
+    assert sum(adapter.feature_groups(batch.layout)) == rows
+    # what count_images counts: images, or the tiles HF encodes (its all-zero padding aside)
+    if adapter.pixel_rows == "image":
+        assert adapter.count_images(batch.inputs) == sum(batch.layout.n_images) == rows
+    else:
+        pixels = batch.inputs["pixel_values"]
+        tiles = pixels.reshape(-1, *pixels.shape[-3:]).flatten(1).ne(0).any(1)
+        assert adapter.count_images(batch.inputs) == int(tiles.sum())
 
 
 # ---------------------------------------------------------------------- knockouts

@@ -393,7 +393,9 @@ def _layout_row(
     # a header never reaches back to the previous image's gate, nor closing specials forward
     # into the next image's header (Idefics3's <fake_token_around_image> both opens and closes)
     floors = [0] + [s.end + 2 for s in spans[:-1]]
-    headers = [_header_start(ids, s.start, real, spec, f) for s, f in zip(spans, floors)]
+    headers = [
+        _header_start(ids, s.start, real, spec, f) for s, f in zip(spans, floors, strict=True)
+    ]
     for k, span in enumerate(spans):
         ceiling = headers[k + 1] if k + 1 < len(spans) else n
         _mark_span(ids, bits, index, real, span, k, spec, floors[k], ceiling)

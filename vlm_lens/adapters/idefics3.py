@@ -1,4 +1,4 @@
-"""Idefics3 (``Idefics3ForConditionalGeneration``) and SmolVLM (``SmolVLMForConditionalGeneration``).
+"""Idefics3 and SmolVLM (``Idefics3ForConditionalGeneration``, ``SmolVLMForConditionalGeneration``).
 
 An image is split into a grid of tiles plus the whole image as a global tile; the processor
 writes ``<fake_token_around_image><row_i_col_j>`` + ``<image>`` x n for each tile, ``\\n`` after
@@ -52,7 +52,7 @@ class Idefics3Adapter(VLMAdapter):
 
     def build_token_spec(self, model: nn.Module) -> TokenSpec:
         config: Any = model.config
-        breaks = frozenset()
+        breaks: frozenset[int] = frozenset()
         if self.tokenizer is not None:  # "\n" and, where the tokenizer merges them, "\n\n"
             encoded = [self.tokenizer.encode(t, add_special_tokens=False) for t in ("\n", "\n\n")]
             breaks = frozenset(e[0] for e in encoded if len(e) == 1)
@@ -120,22 +120,33 @@ class Idefics3Adapter(VLMAdapter):
         return [1] * layout.shape[0]
 
     def check_inputs(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
-        """The base checks with tiles for images: each sequence's spans hold as many tiles of
-        `tile_tokens` placeholders as its row of ``pixel_values`` holds real tiles."""
-        ids, per_tile = inputs["input_ids"], self.tile_tokens
-        if not any(layout.spans) or not self.count_images(inputs):
+        """The base checks with tiles for images: each span's placeholders make whole tiles of
+        `tile_tokens`, and each sequence's spans as many as its real tiles in ``pixel_values``."""
+        ids, per_tile, tiles = inputs["input_ids"], self.tile_tokens, self.count_images(inputs)
+        spans = [(b, s) for b, row in enumerate(layout.spans) for s in row]
+        if not spans or not tiles:
             super().check_inputs(inputs, layout)  # placeholders without images or the reverse
             return
         real = self._real_tiles(inputs).tolist()
-        for b, spans in enumerate(layout.spans):
-            counts = [int((ids[b, s.start : s.end + 1] == self.placeholder_token_id).sum()) for s in spans]
-            if any(c % per_tile for c in counts) or sum(counts) // per_tile != real[b]:
+        held = [0] * len(layout.spans)
+        for b, span in spans:
+            n = int((ids[b, span.start : span.end + 1] == self.placeholder_token_id).sum())
+            if n % per_tile:
                 raise VLMInputError(
-                    f"sequence {b}: its {len(spans)} image span(s) hold {sum(counts)} image "
-                    f"placeholders ({per_tile} per tile) but pixel_values holds {real[b]} real "
-                    f"tile(s) for it; give one image per {self.image_placeholder!r} and build "
-                    "inputs with model.prepare(images=..., text=...)."
+                    f"an image span (sequence {b}, positions {span.start}..{span.end}) holds "
+                    f"{n} image-span positions with the placeholder, not a whole number of tiles "
+                    f"of {per_tile} tokens ({n // per_tile * per_tile or per_tile} or "
+                    f"{(n // per_tile + 1) * per_tile} tokens would be); let the processor "
+                    "expand the placeholders (model.prepare)."
                 )
+            held[b] += n // per_tile
+        if held != real:
+            raise VLMInputError(
+                f"pixel_values holds {tiles} tile(s) ({real} per sequence) but the "
+                f"{len(spans)} image placeholder span(s) of the input_ids hold {held}; give one "
+                f"image per {self.image_placeholder!r} and build inputs with "
+                "model.prepare(images=..., text=...)."
+            )
 
     @classmethod
     def load_processor(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:

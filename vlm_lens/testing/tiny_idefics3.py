@@ -44,7 +44,13 @@ from vlm_lens.testing.tiny_models import (
     _text_config,
 )
 
-__all__ = ["IDEFICS3_IMAGE_SIZE", "IDEFICS3_SIZES", "IDEFICS3_TILE", "tiny_idefics3", "tiny_smolvlm"]
+__all__ = [
+    "IDEFICS3_IMAGE_SIZE",
+    "IDEFICS3_SIZES",
+    "IDEFICS3_TILE",
+    "tiny_idefics3",
+    "tiny_smolvlm",
+]
 
 IDEFICS3_IMAGE_SIZE = (32, 32)
 """``(height, width)`` of the sample image: 2 x 2 tiles and the global image, 20 ``<image>``."""
