@@ -8,8 +8,9 @@ role           positions
 ============== =====================================================================================
 ``bos``        the beginning-of-sequence token (first real token, when it is a BOS id)
 ``image_start`` every token that opens an image: BOI specials and, for Emu3, the ``H*W`` size text
+               (Idefics3: each tile's header, inside the span after the first tile)
 ``image``      image-content positions (placeholders or VQ code tokens), row-end markers excluded
-``image_row_end`` Emu3's end-of-row markers inside the image span
+``image_row_end`` end-of-row markers inside the image span (Emu3, Pixtral; Idefics3's newlines)
 ``gate``       the single token right after an image span (the paper's "narrow gate")
 ``image_end``  every special token that closes an image (Emu3: end-of-frame and ``<|image end|>``)
 ``text``       every other real token (the LLaVA gate is a text token and has both roles)
@@ -99,7 +100,7 @@ class TokenSpec:
             ``<fake_token_around_image>``, ``<row_i_col_j>``, ``<global-img>``). Placeholder runs
             with only these and `tile_break_token_ids` between them are one image span, inside
             which these positions are ``image_start`` (the headers of the tiles after the first).
-        tile_break_token_ids: ids that end a row of tiles (Idefics3's ``\n``): ``image_row_end``
+        tile_break_token_ids: ids that end a row of tiles (Idefics3's ``\\n``): ``image_row_end``
             between two tiles of one span, ordinary text elsewhere.
         last_tile_token_ids: ids in the header of an image's last tile (``<global-img>``): the
             span ends with that tile, so adjacent tiled images stay apart.
@@ -392,7 +393,7 @@ def _layout_row(
     spans = _find_spans(ids, in_span, real, spec)
     # a header never reaches back to the previous image's gate, nor closing specials forward
     # into the next image's header (Idefics3's <fake_token_around_image> both opens and closes)
-    floors = [0] + [s.end + 2 for s in spans[:-1]]
+    floors = [0, *(s.end + 2 for s in spans[:-1])][: len(spans)]
     headers = [
         _header_start(ids, s.start, real, spec, f) for s, f in zip(spans, floors, strict=True)
     ]

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -49,6 +50,7 @@ class Idefics3Adapter(VLMAdapter):
     architectures = ("Idefics3ForConditionalGeneration",)
     image_input_keys = ("pixel_values", "pixel_attention_mask")
     pixel_rows = "tile"
+    pil_image_processor: ClassVar[str] = "Idefics3ImageProcessorPil"
 
     def build_token_spec(self, model: nn.Module) -> TokenSpec:
         config: Any = model.config
@@ -150,16 +152,17 @@ class Idefics3Adapter(VLMAdapter):
 
     @classmethod
     def load_processor(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """``Idefics3Processor`` with the PIL image processor (the default one needs
-        torchvision). SmolVLM's processor writes the same image prompt; it also needs
+        """``Idefics3Processor`` with the family's PIL image processor (the default one needs
+        torchvision). SmolVLM's own processor writes the same image prompt but also needs
         ``num2words`` and a video processor, so SmolVLM checkpoints load this one too."""
         import transformers
-        from transformers.models.idefics3.image_processing_pil_idefics3 import (
-            Idefics3ImageProcessorPil,
-        )
 
+        module = importlib.import_module(
+            f"transformers.models.{cls.family}.image_processing_pil_{cls.family}"
+        )
+        image_processor = getattr(module, cls.pil_image_processor)
         return transformers.Idefics3Processor(
-            Idefics3ImageProcessorPil.from_pretrained(name_or_path, **kwargs),
+            image_processor.from_pretrained(name_or_path, **kwargs),
             transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs),
             image_seq_len=_image_seq_len(name_or_path, **kwargs),
         )
@@ -179,3 +182,4 @@ class SmolVLMAdapter(Idefics3Adapter):
     family = "smolvlm"
     architectures = ("SmolVLMForConditionalGeneration",)
     tl_architecture_adapter: ClassVar[type | None] = Idefics3ArchitectureAdapter
+    pil_image_processor = "SmolVLMImageProcessorPil"
