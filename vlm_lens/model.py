@@ -320,7 +320,10 @@ class HookedVLM(nn.Module):
         encoded = self.processor(
             images=self.adapter.processor_images(nested) if flat else None, text=texts, **kwargs
         )
-        inputs = move_inputs(dict(encoded), self.device, self.dtype)
+        # ``labels`` (PaliGemma's processor writes them) are a training target, not an input
+        inputs = move_inputs(
+            {k: v for k, v in encoded.items() if k != "labels"}, self.device, self.dtype
+        )
         layout = self.layout(inputs["input_ids"], inputs.get("attention_mask"), image_inputs=inputs)
         attention = self.adapter.attention_structure(layout, inputs)
         batch = Batch(inputs, layout, tuple(len(g) for g in groups), tuple(texts), attention)

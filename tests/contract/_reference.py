@@ -7,17 +7,30 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import torch
 
 from tests.conftest import Wrapped
 
 
 @contextmanager
-def on_sdpa(w: Wrapped) -> Iterator[torch.nn.Module]:
+def on_sdpa(w: Wrapped) -> Iterator[torch.nn.Module | None]:
     """The wrapped model on SDPA for the block (eager again after it), and an HF copy of the
-    reference switched to SDPA with Hugging Face's own ``set_attn_implementation``."""
+    reference switched to SDPA with Hugging Face's own ``set_attn_implementation``.
+
+    Where Hugging Face refuses SDPA for the model (PaliGemma 2: Gemma 2 soft-caps its scores),
+    vlm_lens must refuse it the same way and keep running eager; the block then gets ``None``.
+    """
     reference = copy.deepcopy(w.reference)
-    reference.set_attn_implementation("sdpa")
+    try:
+        reference.set_attn_implementation("sdpa")
+    except ValueError as refusal:
+        with pytest.raises(ValueError) as ours:
+            w.model.set_attn_implementation("sdpa")
+        assert str(ours.value) == str(refusal)
+        assert w.model.attn_implementation == "eager"
+        yield None
+        return
     w.model.set_attn_implementation("sdpa")
     try:
         yield reference

@@ -10,7 +10,7 @@ Example:
     >>> from vlm_lens.adapters import supported_families
     >>> supported_families()  # doctest: +NORMALIZE_WHITESPACE
     ('chameleon', 'emu3', 'internvl', 'janus', 'llava', 'llava_next', 'llava_onevision',
-     'mistral3', 'pixtral')
+     'mistral3', 'paligemma', 'pixtral')
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from vlm_lens.adapters.internvl import InternVLAdapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
 from vlm_lens.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from vlm_lens.adapters.paligemma import PaliGemmaAdapter, PaliGemmaArchitectureAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter
 from vlm_lens.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 from vlm_lens.errors import UnsupportedModelError
@@ -150,6 +151,7 @@ for _adapter in (
     LlavaNextAdapter,
     LlavaOnevisionAdapter,
     Mistral3Adapter,
+    PaliGemmaAdapter,
     PixtralAdapter,
     Qwen2VLAdapter,
     Qwen2_5_VLAdapter,
@@ -167,6 +169,8 @@ __all__ = [
     "LlavaNextAdapter",
     "LlavaOnevisionAdapter",
     "Mistral3Adapter",
+    "PaliGemmaAdapter",
+    "PaliGemmaArchitectureAdapter",
     "PixtralAdapter",
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",

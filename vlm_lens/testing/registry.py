@@ -39,6 +39,7 @@ from vlm_lens.testing.tiny_models import (
     tiny_janus,
     tiny_llava,
 )
+from vlm_lens.testing.tiny_paligemma import tiny_paligemma
 from vlm_lens.testing.tiny_pixtral import PIXTRAL_PATCH, tiny_mistral3, tiny_pixtral
 from vlm_lens.testing.tiny_qwen_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
 
@@ -77,6 +78,9 @@ class ImageFrame:
         newline_rows: Images differ in length and some placeholders are row ends (role
             ``image_row_end``): those whose image feature is the model's ``image_newline``
             (LLaVA-Next, OneVision). The reference reads them from the HF model's features.
+        bos_after_image: The processor writes the tokenizer's BOS right after the last image of
+            each prompt, not at its start (PaliGemma): with empty `closing`, that BOS is the
+            last image's gate, with roles ``gate`` and ``bos``.
     """
 
     opening: tuple[str, ...] = ()
@@ -84,6 +88,7 @@ class ImageFrame:
     grid_factor: int | None = None
     row_end: str | None = None
     newline_rows: bool = False
+    bos_after_image: bool = False
 
 
 @dataclass(frozen=True)
@@ -328,6 +333,17 @@ register_tiny(
     family="llava_onevision",
     frame=ImageFrame(newline_rows=True),
     image_sizes=LLAVA_NEXT_SIZES,
+)
+
+# PaliGemma: 16 <image> per image, no delimiters; <bos> after the last image is its gate.
+_PALIGEMMA = ImageFrame(bos_after_image=True)
+register_tiny("paligemma", tiny_paligemma, family="paligemma", frame=_PALIGEMMA)
+register_tiny(
+    "paligemma2",
+    tiny_paligemma,
+    family="paligemma",
+    frame=_PALIGEMMA,
+    kwargs={"text_backbone": "gemma2"},
 )
 
 TINY_FAMILIES: tuple[str, ...] = tiny_families()
