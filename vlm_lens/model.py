@@ -236,7 +236,12 @@ class HookedVLM(nn.Module):
                 f"one of {sorted(known)}"
             )
         hf: Any = self.hf_model
-        hf.set_attn_implementation(implementation)
+        before = _attn_implementations(hf.config)
+        try:
+            hf.set_attn_implementation(implementation)
+        except ValueError:  # HF refused one sub-model (Gemma 2: no SDPA): leave none switched
+            hf.set_attn_implementation(before)
+            raise
         attention.route_decoder(self.hf_model, self._hf_attention(0).config)
         return self
 
