@@ -270,6 +270,7 @@ class HookedVLM(nn.Module):
         text: str | Sequence[str] = "",
         *,
         padding_side: str | None = None,
+        processor_kwargs: Mapping[str, Any] | None = None,
     ) -> Batch:
         """Turn images and prompts into a `Batch` on the model's device.
 
@@ -283,6 +284,8 @@ class HookedVLM(nn.Module):
                 per prompt). ``None`` for text-only prompts.
             text: one prompt or a list of prompts.
             padding_side: ``"left"`` or ``"right"``; default: the tokenizer's.
+            processor_kwargs: further arguments of the family's processor, e.g. PaliGemma's
+                ``suffix=`` (text after the prompt, in the causal part of its prefix-LM).
 
         Returns:
             The `Batch` (``batch.inputs`` for the HF model, ``batch.layout`` for roles).
@@ -316,7 +319,7 @@ class HookedVLM(nn.Module):
             if found != len(imgs):
                 raise VLMInputError(_placeholder_message(i, prompt, found, len(imgs), placeholder))
         flat = [_to_pil(img) for imgs in groups for img in imgs]
-        kwargs: dict[str, Any] = {"return_tensors": "pt"}
+        kwargs: dict[str, Any] = {**(processor_kwargs or {}), "return_tensors": "pt"}
         if len(texts) > 1:
             kwargs["padding"] = True
         if padding_side is not None:
