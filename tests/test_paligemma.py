@@ -123,3 +123,15 @@ def test_generation_from_a_suffix_batch_equals_hf(pg: Wrapped) -> None:
     with torch.no_grad():
         theirs = pg.reference.generate(**batch.inputs, max_new_tokens=4, do_sample=False)
     assert torch.equal(ours, theirs)
+
+
+def test_token_type_ids_of_another_shape_are_refused(pg: Wrapped) -> None:
+    inputs = dict(_batch(pg).inputs)
+    inputs["token_type_ids"] = inputs["token_type_ids"][:, 1:]
+    with pytest.raises(VLMInputError, match="token_type_ids have shape"):
+        pg.model(inputs)
+
+
+def test_text_only_prompts_are_refused_with_the_fix(pg: Wrapped) -> None:
+    with pytest.raises(VLMInputError, match="batch_from_inputs"):
+        pg.model.prepare(text="Describe the scene.")

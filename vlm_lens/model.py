@@ -325,9 +325,20 @@ class HookedVLM(nn.Module):
         if padding_side is not None:
             kwargs["padding_side"] = padding_side
         nested = [[_to_pil(img) for img in imgs] for imgs in groups]
-        encoded = self.processor(
-            images=self.adapter.processor_images(nested) if flat else None, text=texts, **kwargs
-        )
+        try:
+            encoded = self.processor(
+                images=self.adapter.processor_images(nested) if flat else None,
+                text=texts,
+                **kwargs,
+            )
+        except ValueError as error:
+            if flat:
+                raise
+            raise VLMInputError(  # PaliGemma's processor takes no text-only prompt
+                f"the {self.family} processor refused prompts without images ({error}); give "
+                "each prompt an image, or tokenize the text yourself and call "
+                "model.batch_from_inputs(inputs)"
+            ) from error
         # ``labels`` (PaliGemma's processor writes them) are a training target, not an input
         inputs = move_inputs(
             {k: v for k, v in encoded.items() if k != "labels"}, self.device, self.dtype

@@ -41,6 +41,7 @@ from transformer_lens.model_bridge.generalized_components.base import Generalize
 
 from vlm_lens.adapters.base import VLMAdapter
 from vlm_lens.attention_structure import AttentionStructure
+from vlm_lens.errors import VLMInputError
 from vlm_lens.layout import TokenLayout, TokenSpec
 
 _LM = "model.language_model"
@@ -106,7 +107,8 @@ class PaliGemmaAdapter(VLMAdapter):
     family = "paligemma"
     architectures = ("PaliGemmaForConditionalGeneration",)
     tl_architecture_adapter: ClassVar[type | None] = PaliGemmaArchitectureAdapter
-    image_input_keys = ("pixel_values", "token_type_ids")
+    image_input_keys = ("pixel_values", "token_type_ids")  # both on every call, neither in
+    # suffix passes: HF reads token_type_ids only on a pass that starts the cache
 
     def build_token_spec(self, model: nn.Module) -> TokenSpec:
         config: Any = model.config
@@ -131,6 +133,16 @@ class PaliGemmaAdapter(VLMAdapter):
         if inputs is None:
             return AttentionStructure.prefix([layout.shape[1]] * layout.shape[0], layout.shape[1])
         types = inputs.get("token_type_ids")
-        if types is None:
+        if types is None or tuple(types.shape) != tuple(layout.shape):  # else check_inputs
             return AttentionStructure.causal(*layout.shape)
         return AttentionStructure(torch.where(types == 0, 0, -1))
+
+    def check_inputs(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
+        """The base checks, then ``token_type_ids`` of the shape of ``input_ids``."""
+        super().check_inputs(inputs, layout)
+        types = inputs.get("token_type_ids")
+        if types is not None and tuple(types.shape) != tuple(layout.shape):
+            raise VLMInputError(
+                f"token_type_ids have shape {tuple(types.shape)} but input_ids "
+                f"{tuple(layout.shape)}; build the inputs with model.prepare"
+            )
