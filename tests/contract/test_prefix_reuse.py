@@ -14,7 +14,6 @@ import torch
 from conftest import Wrapped
 
 from tests.contract._reference import no_prefix_reuse_at_gate
-
 from vlm_lens.analysis import PatchPair, knockout_sweep, patching_sweep, run_sweep
 from vlm_lens.interventions import (
     ablate_image_tokens,

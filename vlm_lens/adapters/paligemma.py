@@ -95,7 +95,9 @@ class PaliGemmaArchitectureAdapter(ArchitectureAdapter):
         """Gemma 2's norm layout and final-logit soft-cap, read from the text config."""
         super().prepare_model(hf_model)
         text = hf_model.config.get_text_config()
-        self.cfg.output_logits_soft_cap = getattr(text, "final_logit_softcapping", None)
+        cap = getattr(text, "final_logit_softcapping", None)  # Gemma 2
+        if cap is not None:
+            self.cfg.output_logits_soft_cap = float(cap)
         if text.model_type == "gemma2":
             self.supports_fold_ln = False
             self.component_mapping = self._mapping(gemma2=True)

@@ -80,7 +80,8 @@ def tiny_paligemma(
     height, width = PALIGEMMA_IMAGE_SIZE
     n_image_tokens = (height // _PATCH) * (width // _PATCH)
     image_processor = SiglipImageProcessorPil(size={"height": height, "width": width})
-    image_processor.image_seq_length = n_image_tokens
+    # read by PaliGemmaProcessor and saved with the image processor (no class attribute)
+    image_processor.image_seq_length = n_image_tokens  # type: ignore[attr-defined]
     processor = PaliGemmaProcessor(image_processor, tokenizer)  # adds <locNNNN>, <segNNN>
     text = _text_config(tokenizer)
     extra: dict[str, Any] = {"head_dim": text["hidden_size"] // text["num_attention_heads"]}
