@@ -3,7 +3,7 @@
 `adapter_for(model)` finds the adapter of a Hugging Face model; `register_family` adds a new
 one (see CONTRIBUTING.md). Importing this package registers the TransformerLens architecture
 adapters that TransformerLens lacks (Chameleon, Janus, InternVL, the Pixtral-tower
-LLaVA, Qwen2-VL) through its public
+LLaVA, Qwen2-VL, PaliGemma) through its public
 ``ArchitectureAdapterFactory.register_adapter``.
 
 Example:
