@@ -162,12 +162,34 @@ def test_structure_rejects_bad_blocks() -> None:
 def test_defaults_reproduce_the_four_families(wrapped: Wrapped) -> None:
     batch = wrapped.batch(2)
     adapter = wrapped.model.adapter
-    assert adapter.attention_structure(batch.layout).is_causal
-    assert batch.attention is not None and batch.attention.is_causal
+    assert batch.attention is not None
+    # from the layout alone, the structure of the processor's prompts
+    assert adapter.attention_structure(batch.layout).same_as(batch.attention)
     length = batch.input_ids.shape[1]
+    # the keys each real query reads in HF's eager layer 0 (every allowed weight of a random
+    # model is > 0): causal, or more (PaliGemma's bidirectional prefix), never fewer
+    hf_layer = _reference_layer(wrapped, 0)
+    seen: dict[str, Any] = {}
+
+    def keep(module: Any, args: Any, kwargs: dict[str, Any]) -> None:  # noqa: ARG001
+        seen.setdefault("position_ids", kwargs.get("position_ids"))
+
+    handle = hf_layer.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            attentions = wrapped.reference(**batch.inputs, output_attentions=True).attentions
+    finally:
+        handle.remove()
+    real = ~batch.layout.mask("pad")
+    pos = torch.arange(length)
+    visible = batch.attention.visible(pos, pos) & real[:, None, :]
+    read = attentions[0][:, 0] > 0
+    for b in range(len(batch)):
+        assert torch.equal(read[b][real[b]], visible[b][real[b]])
     rope_index = getattr(wrapped.reference.model, "get_rope_index", None)
-    if rope_index is None:
-        expected = torch.arange(length)[None]
+    if rope_index is None:  # what HF's forward gives its decoder layers (PaliGemma: from 1)
+        expected = seen["position_ids"]
+        assert expected is not None and expected.shape[-1] == length
     else:  # multi-axis rotary positions (Qwen-VL): HF's own
         expected, _ = rope_index(
             batch.input_ids,
@@ -191,6 +213,13 @@ def test_defaults_reproduce_the_four_families(wrapped: Wrapped) -> None:
         pixels = batch.inputs["pixel_values"]
         tiles = pixels.reshape(-1, *pixels.shape[-3:]).flatten(1).ne(0).any(1)
         assert adapter.count_images(batch.inputs) == int(tiles.sum())
+
+
+def _reference_layer(wrapped: Wrapped, layer: int) -> torch.nn.Module:
+    """The HF reference's decoder layer `layer` (the module the bridge's block wraps)."""
+    block = wrapped.model.bridge.blocks[layer].original_component
+    name = next(n for n, m in wrapped.model.hf_model.named_modules() if m is block)
+    return wrapped.reference.get_submodule(name.replace("._original_component", ""))
 
 
 # ---------------------------------------------------------------------- knockouts

@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import Wrapped
 from vlm_lens import VLMInputError, hooks
+from vlm_lens.batch import attention_of
 from vlm_lens.interventions import gate_knockout, knockout, last_layers, random_image_knockout
 
 
@@ -16,31 +17,43 @@ def test_mask_mode_rows_renormalise_and_zero_mode_does_not(wrapped: Wrapped) -> 
     batch = wrapped.batch(1)
     layer = wrapped.model.cfg.n_layers - 1
     gate = int(batch.layout.positions("gate")[0][0])
+    length = batch.layout.shape[1]
+    # the queries that read the gate: causally after it, or all of a bidirectional block
+    rows = attention_of(batch).visible(torch.arange(length), torch.tensor([gate]), 0)[:, 0]
+    rows[gate] = False  # its own row
+    with torch.no_grad():
+        _, clean = wrapped.model.run_with_cache(batch, names_filter=hooks.pattern(layer))
+    read = clean[hooks.pattern(layer)][0][:, rows, gate]  # what the last layer's rows give it
     for mode in ("mask", "zero"):
         ko = gate_knockout(batch, layers=layer, mode=mode)
         with wrapped.model.hooks(fwd_hooks=ko), torch.no_grad():
             _, cache = wrapped.model.run_with_cache(batch, names_filter=hooks.pattern(layer))
         pattern = cache[hooks.pattern(layer)][0]
-        assert torch.all(pattern[:, gate:, gate] == 0)
-        row_sums = pattern[:, gate + 1 :].sum(-1)
+        assert torch.all(pattern[:, rows, gate] == 0)
+        row_sums = pattern[:, rows].sum(-1)
         if mode == "mask":
             torch.testing.assert_close(row_sums, torch.ones_like(row_sums))
-        else:
-            assert torch.all(row_sums < 1 - 1e-6)
+        else:  # the same rows (earlier layers unchanged), less the gate's share
+            torch.testing.assert_close(row_sums, 1 - read)
+            assert bool((row_sums < 1 - 1e-6).any())  # not renormalised
 
 
 def test_earliest_position_and_prefix_unchanged(wrapped: Wrapped) -> None:
     batch = wrapped.batch(2, padding_side="left")
     ko = gate_knockout(batch)
     gates = [int(p[0]) for p in batch.layout.positions("gate")]
-    assert ko.earliest_position.tolist() == gates
+    # the gate, or the start of the bidirectional block it is in (PaliGemma's prefix)
+    earliest = attention_of(batch).earliest_affected(torch.tensor(gates)).tolist()
+    assert ko.earliest_position.tolist() == earliest
     with torch.no_grad():
         clean = wrapped.model(batch)
         ours = wrapped.model.run_with_hooks(batch, fwd_hooks=ko)
-    for b, g in enumerate(gates):
-        real = ~batch.layout.mask("pad")[b, :g]
-        assert torch.equal(ours[b, :g][real], clean[b, :g][real])
+    for b, (g, e) in enumerate(zip(gates, earliest, strict=True)):
+        real = ~batch.layout.mask("pad")[b, :e]
+        assert torch.equal(ours[b, :e][real], clean[b, :e][real])
         assert not torch.equal(ours[b, g:], clean[b, g:])
+        if e < g:  # a block: positions before the gate read it too
+            assert not torch.equal(ours[b, e:g], clean[b, e:g])
 
 
 def test_random_knockout_is_seeded(wrapped: Wrapped) -> None:

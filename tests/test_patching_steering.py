@@ -10,6 +10,7 @@ import torch
 from tests.conftest import Wrapped
 from tests.contract.test_patching_steering import _pair
 from vlm_lens import VLMInputError, hooks
+from vlm_lens.batch import attention_of
 from vlm_lens.interventions import (
     ablate_image_tokens,
     attention_input_sites,
@@ -88,10 +89,11 @@ def test_image_ablation_refuses_non_image_positions(wrapped: Wrapped) -> None:
 def test_earliest_positions_of_steering_and_ablation(wrapped: Wrapped) -> None:
     batch = wrapped.batch(2, padding_side="left")
     vector = torch.ones(wrapped.model.cfg.d_model)
-    gates = [_gate(batch, b) for b in range(2)]
+    reach = attention_of(batch).earliest_affected  # a bidirectional block's start (PaliGemma)
+    gates = reach(torch.tensor([_gate(batch, b) for b in range(2)])).tolist()
     assert steer(batch, vector, layers=0).earliest_position.tolist() == gates
-    first_image = [int(p[0]) for p in batch.layout.positions("image")]
-    assert ablate_image_tokens(batch).earliest_position.tolist() == first_image
+    first_image = reach(torch.tensor([int(p[0]) for p in batch.layout.positions("image")]))
+    assert ablate_image_tokens(batch).earliest_position.tolist() == first_image.tolist()
     length = batch.layout.shape[1]
     generated_only = steer(batch, vector, positions=[], layers=0)
     assert generated_only.earliest_position.tolist() == [length, length]

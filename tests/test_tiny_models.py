@@ -267,7 +267,9 @@ def test_bf16(family: str) -> None:
         assert torch.equal(value, expected), name
     reference = _forward(full)
     visible = reference > torch.finfo(reference.dtype).min
-    assert torch.allclose(logits.float()[visible], reference[visible], atol=0.5)
+    # bf16 rounding grows with the logits' scale (PaliGemma's run to about 10)
+    scale = float(reference[visible].abs().max())
+    assert torch.allclose(logits.float()[visible], reference[visible], atol=max(0.5, 0.1 * scale))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -128,9 +128,20 @@ class AttentionStructure:
         k = k_positions.to("cpu", torch.long)
         if sequence is None:
             return torch.stack([self.visible(q, k, b) for b in range(self.shape[0])])
-        causal = k[None, :] <= q[:, None]
-        qb, kb = self._ids(q, sequence), self._ids(k, sequence)
-        return causal | ((qb[:, None] == kb[None, :]) & (qb[:, None] >= 0))
+        return (k[None, :] <= q[:, None]) | self.same_block(q, k, sequence)
+
+    def same_block(self, q_positions: Tensor, k_positions: Tensor, sequence: int) -> Tensor:
+        """``[n_q, n_k]``: whether each query and key of one sequence share a block (what
+        Hugging Face ORs onto the causal mask, sliding window or not).
+
+        Example:
+            >>> s = AttentionStructure.from_spans(1, 4, [[(1, 3)]])
+            >>> s.same_block(torch.tensor([2]), torch.arange(4), 0).tolist()
+            [[False, True, True, False]]
+        """
+        qb = self._ids(q_positions.to("cpu", torch.long), sequence)
+        kb = self._ids(k_positions.to("cpu", torch.long), sequence)
+        return (qb[:, None] == kb[None, :]) & (qb[:, None] >= 0)
 
     def mask(self, q_len: int | None = None, k_len: int | None = None) -> Bool[Tensor, "b q k"]:
         """The ``[batch, q_len, k_len]`` visibility of the last `q_len` of `k_len` positions

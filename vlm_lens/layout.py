@@ -6,7 +6,7 @@ position plays. Roles are plain lower-case words, the same everywhere in vlm_len
 ============== =====================================================================================
 role           positions
 ============== =====================================================================================
-``bos``        the beginning-of-sequence token (first real token, when it is a BOS id)
+``bos``        the beginning-of-sequence token (first real token, or a gate, that is a BOS id)
 ``image_start`` every token that opens an image: BOI specials and, for Emu3, the ``H*W`` size text
                (Idefics3: each tile's header, inside the span after the first tile)
 ``image``      image-content positions (placeholders or VQ code tokens), row-end markers excluded
@@ -403,6 +403,9 @@ def _layout_row(
     first_real = next((i for i in range(n) if real[i]), None)
     if first_real is not None and ids[first_real] in spec.bos_token_ids and bits[first_real] == 0:
         bits[first_real] = _BIT["bos"]
+    for i in range(n):  # a BOS right after an image (PaliGemma) is its gate, not text
+        if real[i] and bits[i] == _BIT["gate"] and ids[i] in spec.bos_token_ids:
+            bits[i] |= _BIT["bos"]
     for i in range(n):
         if real[i] and (bits[i] == 0 or bits[i] == _BIT["gate"]):
             bits[i] |= _BIT["text"]

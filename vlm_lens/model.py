@@ -236,7 +236,12 @@ class HookedVLM(nn.Module):
                 f"one of {sorted(known)}"
             )
         hf: Any = self.hf_model
-        hf.set_attn_implementation(implementation)
+        before = _attn_implementations(hf.config)
+        try:
+            hf.set_attn_implementation(implementation)
+        except ValueError:  # HF refused one sub-model (Gemma 2: no SDPA): leave none switched
+            hf.set_attn_implementation(before)
+            raise
         attention.route_decoder(self.hf_model, self._hf_attention(0).config)
         return self
 
@@ -265,6 +270,7 @@ class HookedVLM(nn.Module):
         text: str | Sequence[str] = "",
         *,
         padding_side: str | None = None,
+        processor_kwargs: Mapping[str, Any] | None = None,
     ) -> Batch:
         """Turn images and prompts into a `Batch` on the model's device.
 
@@ -278,6 +284,8 @@ class HookedVLM(nn.Module):
                 per prompt). ``None`` for text-only prompts.
             text: one prompt or a list of prompts.
             padding_side: ``"left"`` or ``"right"``; default: the tokenizer's.
+            processor_kwargs: further arguments of the family's processor, e.g. PaliGemma's
+                ``suffix=`` (text after the prompt, in the causal part of its prefix-LM).
 
         Returns:
             The `Batch` (``batch.inputs`` for the HF model, ``batch.layout`` for roles).
@@ -311,16 +319,30 @@ class HookedVLM(nn.Module):
             if found != len(imgs):
                 raise VLMInputError(_placeholder_message(i, prompt, found, len(imgs), placeholder))
         flat = [_to_pil(img) for imgs in groups for img in imgs]
-        kwargs: dict[str, Any] = {"return_tensors": "pt"}
+        kwargs: dict[str, Any] = {**(processor_kwargs or {}), "return_tensors": "pt"}
         if len(texts) > 1:
             kwargs["padding"] = True
         if padding_side is not None:
             kwargs["padding_side"] = padding_side
         nested = [[_to_pil(img) for img in imgs] for imgs in groups]
-        encoded = self.processor(
-            images=self.adapter.processor_images(nested) if flat else None, text=texts, **kwargs
+        try:
+            encoded = self.processor(
+                images=self.adapter.processor_images(nested) if flat else None,
+                text=texts,
+                **kwargs,
+            )
+        except ValueError as error:
+            if flat:
+                raise
+            raise VLMInputError(  # PaliGemma's processor takes no text-only prompt
+                f"the {self.family} processor refused prompts without images ({error}); give "
+                "each prompt an image, or tokenize the text yourself and call "
+                "model.batch_from_inputs(inputs)"
+            ) from error
+        # ``labels`` (PaliGemma's processor writes them) are a training target, not an input
+        inputs = move_inputs(
+            {k: v for k, v in encoded.items() if k != "labels"}, self.device, self.dtype
         )
-        inputs = move_inputs(dict(encoded), self.device, self.dtype)
         layout = self.layout(inputs["input_ids"], inputs.get("attention_mask"), image_inputs=inputs)
         attention = self.adapter.attention_structure(layout, inputs)
         batch = Batch(inputs, layout, tuple(len(g) for g in groups), tuple(texts), attention)

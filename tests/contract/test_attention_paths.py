@@ -16,6 +16,7 @@ import torch
 
 from tests.conftest import PRIMARY, Wrapped, wrap_variant
 from vlm_lens import Batch, hooks
+from vlm_lens.batch import attention_of
 from vlm_lens.engine.attention_rows import pattern_rows
 
 CASES = [(1, None), (2, "left"), (2, "right")]
@@ -116,6 +117,7 @@ def test_pattern_rows_equal_hf_eager_attentions(sdpa: Wrapped, case: str, impl: 
     config = model.hf_model.config
     model.set_attn_implementation({"text_config": impl} if hasattr(config, "text_config") else impl)
     rows = query_rows_of(batch)
+    blocks = attention_of(batch).block_ids  # PaliGemma's prefix, Gemma 3's images
     seen: dict[int, list[torch.Tensor]] = {}
     fused: list[bool] = []
 
@@ -132,9 +134,13 @@ def test_pattern_rows_equal_hf_eager_attentions(sdpa: Wrapped, case: str, impl: 
             valid = ~batch.layout.mask("pad")
             out = []
             for b, r in enumerate(rows):
-                visible = (torch.arange(n)[None] <= r[:, None]) & valid[b][None]
+                # HF: ((causal & window) | same bidirectional block) & not padding
+                visible = torch.arange(n)[None] <= r[:, None]
                 if window is not None:
                     visible &= torch.arange(n)[None] > r[:, None] - window
+                ids = blocks[b]
+                visible |= (ids[r][:, None] == ids[None, :]) & (ids[r][:, None] >= 0)
+                visible &= valid[b][None]
                 out.append(pattern_rows(kept["q"][b, r], k[b], visible, scaling))
             seen[layer] = out
 

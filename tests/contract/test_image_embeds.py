@@ -12,6 +12,7 @@ import torch
 from tests.conftest import Wrapped
 from tests.contract._reference import embeds_forward_kwargs
 from vlm_lens import hooks
+from vlm_lens.batch import attention_of
 from vlm_lens.testing import sample_image
 
 
@@ -82,8 +83,13 @@ def test_inputs_embeds_edit_changes_output(variant: Wrapped) -> None:
     with torch.no_grad():
         clean = variant.model(batch)
         edited = variant.model.run_with_hooks(batch, fwd_hooks=[(hooks.INPUTS_EMBEDS, zero_gate)])
-    assert torch.equal(clean[:, :gate], edited[:, :gate])
+    # positions the gate cannot reach keep their logits (all before it, causally; none in
+    # PaliGemma's bidirectional prefix), and those it reaches change
+    first = int(attention_of(batch).earliest_affected(torch.tensor([gate]))[0])
+    assert torch.equal(clean[:, :first], edited[:, :first])
     assert not torch.equal(clean[:, gate:], edited[:, gate:])
+    if first < gate:
+        assert not torch.equal(clean[:, first:gate], edited[:, first:gate])
 
 
 def test_every_run_path_carries_the_image(variant: Wrapped) -> None:

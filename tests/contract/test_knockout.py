@@ -35,7 +35,11 @@ def _roles(batch, b: int) -> list[tuple[str, ...]]:
 
 
 def _hand_edges(batch, query_ok: Callable, key_ok: Callable) -> Callable[[int, int, int], bool]:
-    """Edge predicate over absolute positions; positions past the prompt are generated text."""
+    """Edge predicate over absolute positions; positions past the prompt are generated text.
+
+    It does not say which keys a query sees: HF's own mask does (causal, or PaliGemma's
+    bidirectional prefix), and blocking an edge HF already masks changes nothing, so every
+    (query, key) pair of the roles is blocked, later keys included."""
     length = batch.layout.shape[1]
     roles = [_roles(batch, b) for b in range(len(batch))]
 
@@ -43,7 +47,7 @@ def _hand_edges(batch, query_ok: Callable, key_ok: Callable) -> Callable[[int, i
         return roles[b][p] if p < length else ("text", "generated")
 
     def blocked(b: int, q: int, k: int) -> bool:
-        return k <= q and query_ok(b, q, role_of(b, q)) and key_ok(b, k, role_of(b, k))
+        return query_ok(b, q, role_of(b, q)) and key_ok(b, k, role_of(b, k))
 
     return blocked
 
@@ -241,6 +245,7 @@ def test_mask_knockout_under_sdpa_equals_hand_masked_hf_sdpa(
     real = ~batch.layout.mask("pad")
     with torch.no_grad():
         eager = wrapped.model.run_with_hooks(batch, fwd_hooks=ko)
+    clean_eager = _reference_logits(wrapped, batch)
     wrapped.model.set_attn_implementation("sdpa")
     wrapped.reference.set_attn_implementation("sdpa")
     try:
@@ -254,7 +259,9 @@ def test_mask_knockout_under_sdpa_equals_hand_masked_hf_sdpa(
         wrapped.reference.set_attn_implementation("eager")
     assert not torch.equal(expected[real], clean[real]), f"{name}: knockout must change logits"
     assert torch.equal(ours[real], expected[real])
-    torch.testing.assert_close(ours[real], eager[real], rtol=1e-5, atol=1e-5)
+    # as close to the eager knockout as HF's SDPA is to HF's eager without one
+    drift = float((clean - clean_eager)[real].abs().max())
+    torch.testing.assert_close(ours[real], eager[real], rtol=1e-5, atol=max(1e-5, 2 * drift))
 
 
 def test_knockout_during_cached_generation(wrapped: Wrapped) -> None:

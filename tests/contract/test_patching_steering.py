@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from tests.conftest import Wrapped
 from tests.contract._reference import embeds_forward_kwargs
+from vlm_lens.batch import attention_of
 from vlm_lens.interventions import (
     ablate_image_tokens,
     attention_input_sites,
@@ -139,7 +140,10 @@ def test_gate_patching_equals_reference(wrapped: Wrapped, site: str) -> None:
     real = ~target.layout.mask("pad")
     assert not torch.equal(clean[real], expected[real]), "the patch must change the output"
     assert torch.equal(ours[real], expected[real])
-    assert intervention.earliest_position.tolist() == [_gate(target, b) for b in range(2)]
+    # the gate, or the start of its bidirectional block (PaliGemma's prefix)
+    gates = torch.tensor([_gate(target, b) for b in range(2)])
+    reach = attention_of(target).earliest_affected(gates)
+    assert intervention.earliest_position.tolist() == reach.tolist()
 
 
 def test_steer_equals_reference_and_generation(wrapped: Wrapped) -> None:

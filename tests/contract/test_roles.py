@@ -249,6 +249,9 @@ def reference_roles(
             for j, token in enumerate(frame.closing):
                 assert ids[gate + j] == tok.convert_tokens_to_ids(token), token
                 label(gate + j, k, *(("gate", "image_end") if j == 0 else ("image_end",)))
+        elif frame.bos_after_image and k == len(images) - 1:
+            assert ids[gate] == tok.bos_token_id, (gate, ids[gate])
+            label(gate, k, "gate", "bos")
         else:
             label(gate, k, "gate", "text")
     real = [p for p in range(n) if mask[p]]
@@ -347,6 +350,8 @@ def test_family_invariants(variant: Wrapped, scenario: str) -> None:
                     assert ids[g + j] == tok.convert_tokens_to_ids(token)
                     expected = ("gate", "image_end") if j == 0 else ("image_end",)
                     assert layout.roles_at(b, g + j) == expected
+            elif frame.bos_after_image and g == gates[-1]:
+                assert layout.roles_at(b, g) == ("bos", "gate")
             else:
                 assert set(layout.roles_at(b, g)) >= {"gate", "text"}
         # padding, BOS and the last real token
@@ -355,6 +360,9 @@ def test_family_invariants(variant: Wrapped, scenario: str) -> None:
         first_real, last_real = real[0], real[-1]
         if tok.bos_token_id is None:  # Qwen2-style tokenizers (InternVL) write no BOS
             assert layout.positions("bos")[b].tolist() == []
+        elif frame.bos_after_image:  # PaliGemma: images, then BOS (the last gate), then text
+            assert ids[gates[-1]] == tok.bos_token_id
+            assert layout.positions("bos")[b].tolist() == [gates[-1]]
         else:
             assert ids[first_real] == tok.bos_token_id
             assert layout.positions("bos")[b].tolist() == [first_real]

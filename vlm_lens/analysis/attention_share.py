@@ -33,7 +33,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from vlm_lens.analysis._common import iter_batches, resolve_layers, run
-from vlm_lens.batch import Batch
+from vlm_lens.batch import Batch, attention_of
 from vlm_lens.engine.attention_rows import image_side, key_attention_hooks, query_rows
 from vlm_lens.layout import TokenLayout
 from vlm_lens.model import HookedVLM
@@ -150,7 +150,9 @@ def attention_share(
     for batch in iter_batches(batches, progress=progress, desc="attention_share"):
         rows = query_rows(queries, batch.layout, what="attention_share")
         store: dict[int, Tensor] = {}
-        fwd_hooks = key_attention_hooks(model, batch.layout, layer_ids, rows, store)
+        fwd_hooks = key_attention_hooks(
+            model, batch.layout, layer_ids, rows, store, attention_of(batch)
+        )
         run(model, batch, fwd_hooks, layer_ids)
         keys = torch.stack([store[layer] for layer in layer_ids])  # [layers, batch, k]
         member = group_masks(batch.layout, named).to(torch.float64)  # [batch, groups, k]

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from vlm_lens import hooks
 from vlm_lens.analysis._common import iter_batches, resolve_layers, run
-from vlm_lens.batch import Batch
+from vlm_lens.batch import Batch, attention_of
 from vlm_lens.engine.attention_rows import image_side, key_attention_hooks, query_rows
 from vlm_lens.model import HookedVLM
 from vlm_lens.positions import PositionSpec, after
@@ -147,7 +147,9 @@ def find_sinks(
         real = ~layout.mask("pad")
         attention: dict[int, Tensor] = {}
         massive: dict[int, dict[str, Tensor]] = {}
-        fwd_hooks = key_attention_hooks(model, layout, layer_ids, queries_b, attention)
+        fwd_hooks = key_attention_hooks(
+            model, layout, layer_ids, queries_b, attention, attention_of(batch)
+        )
         fwd_hooks += [
             (hooks.resid_post(layer), _massive_fn(layer, side, real, threshold, massive))
             for layer in layer_ids

@@ -76,10 +76,13 @@ TESTED_ATTENTION_MODULES: frozenset[str] = frozenset(
         "Emu3Attention",
         "Qwen2VLAttention",
         "Qwen2_5_VLAttention",
+        "GemmaAttention",
     }
 )
 """HF attention classes the fast path is tested on (every family and variant of the contract
-suite). Add a class here once its family passes the suite."""
+suite). Add a class here once its family passes the suite. ``Gemma2Attention`` (PaliGemma 2)
+is not here: HF runs Gemma 2 eager only (no SDPA with soft-capping), so its fast path is never
+exercised and its layers always run TransformerLens' reconstruction, which is HF eager."""
 
 EAGER_HOOKS: tuple[str, ...] = ("hook_attn_scores", "hook_pattern")
 """Attention hook points whose hooks make a layer run TransformerLens' reconstruction."""

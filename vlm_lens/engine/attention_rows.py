@@ -64,6 +64,7 @@ def key_attention_hooks(
     layers: Iterable[int],
     rows: list[Tensor],
     store: dict[int, Tensor],
+    structure: AttentionStructure | None = None,
 ) -> list[Hook]:
     """Hooks that store, per layer, the attention each key receives from the query `rows`.
 
@@ -81,10 +82,13 @@ def key_attention_hooks(
         layers: layers to hook.
         rows: per sequence, the query positions.
         store: dict the hooks fill.
+        structure: the batch's `AttentionStructure` (``batch.attention``: PaliGemma's comes
+            from its ``token_type_ids``); default: the adapter's, from the layout alone.
     """
     hook_list: list[Hook] = []
     valid = ~layout.mask("pad")
-    structure = model.adapter.attention_structure(layout)
+    if structure is None:
+        structure = model.adapter.attention_structure(layout)
     for layer in layers:
         hook_list.extend(_pattern_row_hooks(model, layer, rows, valid, structure, store))
     return hook_list
@@ -99,7 +103,7 @@ def visible_keys(
     window: int | None = None,
 ) -> Bool[Tensor, "n_rows pos"]:
     """Which keys each query of one sequence reads, as Hugging Face masks them:
-    ``(causal | same block) & sliding window & not padding``.
+    ``((causal & sliding window) | same block) & not padding``.
 
     Example:
         >>> s = AttentionStructure.from_spans(1, 4, [[(1, 3)]])
@@ -109,10 +113,10 @@ def visible_keys(
     """
     pos = torch.arange(n_keys)
     q = queries.to("cpu")
-    visible = structure.visible(q, pos, sequence) & valid.to("cpu")[None, :]
+    causal = pos[None, :] <= q[:, None]
     if window is not None:
-        visible &= pos[None, :] > q[:, None] - window
-    return visible
+        causal &= pos[None, :] > q[:, None] - window
+    return (causal | structure.same_block(q, pos, sequence)) & valid.to("cpu")[None, :]
 
 
 def pattern_rows(
@@ -120,10 +124,12 @@ def pattern_rows(
     keys: Float[Tensor, "pos kv_head d_head"],
     visible: Bool[Tensor, "n_rows pos"],
     scaling: float,
+    softcap: float | None = None,
 ) -> Float[Tensor, "head n_rows pos"]:
     """Post-softmax attention rows of one sequence, as HF eager attention computes them.
 
-    Scores ``q k^T * scaling``, blocked keys at the dtype's minimum (HF eager adds that value,
+    Scores ``q k^T * scaling`` (soft-capped, ``softcap * tanh(s / softcap)``, where the model
+    caps them: Gemma 2), blocked keys at the dtype's minimum (HF eager adds that value,
     which gives the same softmax), softmax in float32, cast back to the query dtype. Keys with
     fewer heads (GQA) are repeated over the query heads.
 
@@ -140,6 +146,8 @@ def pattern_rows(
     if groups > 1:
         k = k.repeat_interleave(groups, dim=0)
     scores = torch.matmul(query.transpose(0, 1), k.transpose(-2, -1)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~visible[None], torch.finfo(scores.dtype).min)
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
 
@@ -154,6 +162,8 @@ def _pattern_row_hooks(
 ) -> list[Hook]:
     scaling = model.attention_scaling(layer)
     window = model.attention_window(layer)
+    hf_attn = model.bridge.blocks[layer].attn.original_component
+    softcap = getattr(hf_attn, "attn_logit_softcapping", None)  # Gemma 2
     queries: dict[str, Tensor] = {}
 
     def check(tensor: Tensor, what: str) -> None:
@@ -180,7 +190,7 @@ def _pattern_row_hooks(
         for b, idx in enumerate(rows):
             i = idx.to(k.device)
             visible = visible_keys(structure, b, idx, k.shape[1], valid[b], window)
-            pattern = pattern_rows(q[b, i], k[b], visible.to(k.device), scaling)
+            pattern = pattern_rows(q[b, i], k[b], visible.to(k.device), scaling, softcap)
             out.append(pattern.sum(dim=(0, 1), dtype=torch.float32) / len(i))
         store[layer] = torch.stack(out).detach().to("cpu", torch.float64)
 

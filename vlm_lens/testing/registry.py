@@ -40,6 +40,7 @@ from vlm_lens.testing.tiny_models import (
     tiny_janus,
     tiny_llava,
 )
+from vlm_lens.testing.tiny_paligemma import tiny_paligemma
 from vlm_lens.testing.tiny_pixtral import PIXTRAL_PATCH, tiny_mistral3, tiny_pixtral
 from vlm_lens.testing.tiny_qwen_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
 
@@ -85,6 +86,9 @@ class ImageFrame:
         global_tile: With `tile_open`: the marker of the global tile, the image's last.
         tile_row_end: With `tile_open`: the text after each row of tiles, and once more before
             the global tile (role ``image_row_end``).
+        bos_after_image: The processor writes the tokenizer's BOS right after the last image of
+            each prompt, not at its start (PaliGemma): with empty `closing`, that BOS is the
+            last image's gate, with roles ``gate`` and ``bos``.
     """
 
     opening: tuple[str, ...] = ()
@@ -95,6 +99,7 @@ class ImageFrame:
     tile_open: str | None = None
     global_tile: str | None = None
     tile_row_end: str | None = None
+    bos_after_image: bool = False
 
 
 @dataclass(frozen=True)
@@ -351,6 +356,16 @@ _IDEFICS3 = ImageFrame(
 )
 for _name, _builder in (("idefics3", tiny_idefics3), ("smolvlm", tiny_smolvlm)):
     register_tiny(_name, _builder, family=_name, frame=_IDEFICS3, image_sizes=IDEFICS3_SIZES)
+# PaliGemma: 16 <image> per image, no delimiters; <bos> after the last image is its gate.
+_PALIGEMMA = ImageFrame(bos_after_image=True)
+register_tiny("paligemma", tiny_paligemma, family="paligemma", frame=_PALIGEMMA)
+register_tiny(
+    "paligemma2",
+    tiny_paligemma,
+    family="paligemma",
+    frame=_PALIGEMMA,
+    kwargs={"text_backbone": "gemma2"},
+)
 
 TINY_FAMILIES: tuple[str, ...] = tiny_families()
 """The families vlm_lens registers a tiny variant for (accepted by :func:`build_tiny`)."""
