@@ -3,14 +3,14 @@
 `adapter_for(model)` finds the adapter of a Hugging Face model; `register_family` adds a new
 one (see CONTRIBUTING.md). Importing this package registers the TransformerLens architecture
 adapters that TransformerLens lacks (Chameleon, Janus, InternVL, the Pixtral-tower
-LLaVA) through its public
+LLaVA, Qwen-VL) through its public
 ``ArchitectureAdapterFactory.register_adapter``.
 
 Example:
     >>> from vlm_lens.adapters import supported_families
     >>> supported_families()  # doctest: +NORMALIZE_WHITESPACE
     ('chameleon', 'emu3', 'internvl', 'janus', 'llava', 'llava_next', 'llava_onevision',
-     'mistral3', 'pixtral')
+     'mistral3', 'pixtral', 'qwen2_5_vl', 'qwen2_vl', 'qwen3_vl')
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ for _adapter in (
     PixtralAdapter,
     Qwen2VLAdapter,
     Qwen2_5_VLAdapter,
+    Qwen3VLAdapter,
 ):
     register_family(_adapter)
 

@@ -76,6 +76,7 @@ TESTED_ATTENTION_MODULES: frozenset[str] = frozenset(
         "Emu3Attention",
         "Qwen2VLAttention",
         "Qwen2_5_VLAttention",
+        "Qwen3VLTextAttention",
     }
 )
 """HF attention classes the fast path is tested on (every family and variant of the contract
