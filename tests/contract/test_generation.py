@@ -33,9 +33,10 @@ def test_generate_with_sdpa_equals_hf_sdpa_generate(variant: Wrapped) -> None:
 def test_generate_hooks_fire_every_step(variant: Wrapped) -> None:
     batch = variant.batch(1)
     query_lengths: list[int] = []
-    tokens = variant.model.generate(
+    tokens = variant.model.generate(  # min_new_tokens: a tiny model may write EOS early
         batch,
         max_new_tokens=4,
+        min_new_tokens=4,
         fwd_hooks=[(hooks.pattern(0), lambda t, hook: query_lengths.append(t.shape[-2]))],
     )
     assert tokens.shape[1] == batch.input_ids.shape[1] + 4

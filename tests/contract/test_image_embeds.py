@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import Wrapped
-from tests.contract._reference import embeds_forward_kwargs
+from tests.contract._reference import embeds_forward_kwargs, with_decoder_image_inputs
 from vlm_lens import hooks
 from vlm_lens.batch import attention_of
 from vlm_lens.testing import sample_image
@@ -24,13 +24,15 @@ def _hf_logits_with_image_features(
     w: Wrapped, inputs: dict, edit: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
     """Independent computation: the HF reference run on `inputs_embeds` built by hand, with the
-    decoder input at the placeholder positions replaced by `edit(features)`."""
+    decoder input at the placeholder positions replaced by `edit(features)` (the decoder's other
+    image inputs, Qwen3-VL's deepstack features, as HF computes them)."""
     with torch.no_grad():
         decoder_input = w.reference(**inputs, output_hidden_states=True).hidden_states[0]
         mask = _placeholder_mask(w, inputs["input_ids"])
         embeds = decoder_input.clone()
         embeds[mask] = edit(decoder_input[mask])
-        return w.reference(inputs_embeds=embeds, **embeds_forward_kwargs(w, inputs)).logits
+        with with_decoder_image_inputs(w, inputs):
+            return w.reference(inputs_embeds=embeds, **embeds_forward_kwargs(w, inputs)).logits
 
 
 def test_image_embeds_shape_and_values(variant: Wrapped) -> None:

@@ -269,11 +269,12 @@ def test_knockout_during_cached_generation(wrapped: Wrapped) -> None:
     the last logits equal an uncached knockout forward over the whole generated sequence."""
     batch = wrapped.batch(1)
     ko = gate_knockout(batch)
-    tokens = wrapped.model.generate(batch, max_new_tokens=4, fwd_hooks=ko)
+    steps = {"max_new_tokens": 4, "min_new_tokens": 4}  # a tiny model may write EOS early
+    tokens = wrapped.model.generate(batch, fwd_hooks=ko, **steps)
     edge = _hand_edges(batch, lambda b, p, r: "pad" not in r, lambda b, p, r: "gate" in r)
     every = set(range(wrapped.model.cfg.n_layers))
     with hand_knockout(wrapped, edge, every, None, "mask"), torch.no_grad():
-        expected = wrapped.reference.generate(**batch.inputs, max_new_tokens=4, do_sample=False)
+        expected = wrapped.reference.generate(**batch.inputs, do_sample=False, **steps)
     assert torch.equal(tokens, expected)
-    clean = wrapped.model.generate(batch, max_new_tokens=4)
+    clean = wrapped.model.generate(batch, **steps)
     assert clean.shape == tokens.shape

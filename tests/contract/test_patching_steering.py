@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from tests.conftest import Wrapped
-from tests.contract._reference import embeds_forward_kwargs
+from tests.contract._reference import embeds_forward_kwargs, with_decoder_image_inputs
 from vlm_lens.batch import attention_of
 from vlm_lens.interventions import (
     ablate_image_tokens,
@@ -209,7 +209,7 @@ def test_image_token_ablation_equals_hand_built_inputs_embeds(wrapped: Wrapped, 
             else:
                 embeds[b, p] = 0.25
     kwargs = embeds_forward_kwargs(wrapped, batch.inputs)
-    with torch.no_grad():
+    with torch.no_grad(), with_decoder_image_inputs(wrapped, batch.inputs):
         expected = wrapped.reference(inputs_embeds=embeds, **kwargs).logits
     assert int(selected.sum()) == 6
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)

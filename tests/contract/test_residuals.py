@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from tests.conftest import Wrapped
+from tests.contract._reference import deepstack_added, hf_decoder_image_inputs
 from vlm_lens import hooks
 
 
@@ -31,24 +32,30 @@ def test_lm_filter_never_matches_vision_tower(variant: Wrapped) -> None:
 
 def test_hidden_states_and_residual_identities(variant: Wrapped) -> None:
     """Decoder input and every intermediate residual equal HF's hidden states; the residual
-    stream adds up (resid_pre + attn_out == resid_mid, resid_mid + mlp_out == resid_post)."""
+    stream adds up (resid_pre + attn_out == resid_mid, resid_mid + mlp_out == resid_post, and
+    resid_post of a layer is resid_pre of the next, plus the deepstack features HF's decoder
+    adds after that layer where it has them: Qwen3-VL)."""
     batch = variant.batch(2)
     model = variant.model
     with torch.no_grad():
         _, cache = model.run_with_cache(batch, names_filter=hooks.lm_filter())
         _, embeds_cache = model.run_with_cache(batch, names_filter=hooks.INPUTS_EMBEDS)
         ref = variant.reference(**batch.inputs, output_hidden_states=True)
+    extra = hf_decoder_image_inputs(variant, batch.inputs)
     n_layers = model.cfg.n_layers
     assert torch.equal(embeds_cache[hooks.INPUTS_EMBEDS], ref.hidden_states[0])
+    assert torch.equal(cache[hooks.resid_pre(0)], ref.hidden_states[0])
     for layer in range(n_layers):
         pre, mid, post = (
             cache[f(layer)] for f in (hooks.resid_pre, hooks.resid_mid, hooks.resid_post)
         )
         assert torch.equal(pre + cache[hooks.attn_out(layer)], mid)
         assert torch.equal(mid + cache[hooks.mlp_out(layer)], post)
-        assert torch.equal(pre, ref.hidden_states[layer])
-        if layer + 1 < n_layers:
-            assert torch.equal(post, cache[hooks.resid_pre(layer + 1)])
+        if layer + 1 < n_layers:  # HF's hidden states are the decoder layers' outputs
+            assert torch.equal(post, ref.hidden_states[layer + 1])
+            assert torch.equal(
+                cache[hooks.resid_pre(layer + 1)], deepstack_added(post, extra, layer)
+            )
 
 
 def test_embed_hook_fires_once_on_the_sequence(variant: Wrapped) -> None:
@@ -64,11 +71,13 @@ def test_embed_hook_fires_once_on_the_sequence(variant: Wrapped) -> None:
 
 
 def test_stop_at_layer_returns_the_residual(variant: Wrapped) -> None:
+    """``stop_at_layer=1`` returns the residual stream entering layer 1 (resid_pre, which is
+    resid_post of layer 0 where the decoder adds nothing between layers)."""
     batch = variant.batch(1)
     with torch.no_grad():
         stopped = variant.model(batch, stop_at_layer=1)
-        _, cache = variant.model.run_with_cache(batch, names_filter=hooks.resid_post(0))
-    assert torch.equal(stopped, cache[hooks.resid_post(0)])
+        _, cache = variant.model.run_with_cache(batch, names_filter=hooks.resid_pre(1))
+    assert torch.equal(stopped, cache[hooks.resid_pre(1)])
 
 
 def test_logit_lens_reproduces_logits(variant: Wrapped) -> None:

@@ -3,7 +3,7 @@
 `adapter_for(model)` finds the adapter of a Hugging Face model; `register_family` adds a new
 one (see CONTRIBUTING.md). Importing this package registers the TransformerLens architecture
 adapters that TransformerLens lacks (Chameleon, Janus, InternVL, the Pixtral-tower
-LLaVA, Qwen2-VL, PaliGemma) through its public
+LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, PaliGemma) through its public
 ``ArchitectureAdapterFactory.register_adapter``.
 
 Example:
@@ -157,6 +157,7 @@ for _adapter in (
     Qwen2VLAdapter,
     Qwen2_5_VLAdapter,
     SmolVLMAdapter,
+    Qwen3VLAdapter,
 ):
     register_family(_adapter)
 

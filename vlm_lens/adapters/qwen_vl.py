@@ -6,7 +6,18 @@ patches in one flat tensor), and the position ids are the ``[3, batch, pos]`` id
 model's own ``get_rope_index``. TransformerLens 4.3 has no Qwen2-VL adapter and its Qwen2.5-VL
 and Qwen3-VL ones need torchvision, so `QwenVLArchitectureAdapter` bridges the text decoder (Qwen2
 layout: q/k/v biases; Qwen3-VL adds per-head q/k RMSNorms), with the tower wrapped opaquely.
-Qwen3-VL's deepstack features are added inside HF's decoder forward, after ``resid_pre``.
+
+Qwen3-VL's deepstack: HF's decoder adds features of early tower layers to the hidden states at
+the image positions *between* decoder layers (after layer ``i`` for ``i < len(deepstack)``).
+In hook terms ``resid_post(i)`` is the output of layer ``i`` without them (as HF's
+``output_hidden_states``: ``hidden_states[i + 1]``), and ``resid_pre(i + 1)`` is the input of
+layer ``i + 1`` with them, so ``resid_pre(i + 1) = resid_post(i) + deepstack_i`` at the image
+positions (equal elsewhere); ``stop_at_layer=i + 1`` returns ``resid_pre(i + 1)``. A patch or
+steer at ``resid_post(i)`` of an image position is followed by the deepstack add (as an HF
+forward hook on layer ``i``); at ``resid_pre(i + 1)`` it replaces the sum. ``hook_image_embeds``
+and `vlm_lens.interventions.ablate_image_tokens` edit the decoder-input features only: the
+deepstack features still reach the image positions. Prefix reuse is exact: a prefix holds every
+image, so no suffix position receives deepstack features.
 
 Example:
     >>> from vlm_lens import HookedVLM
@@ -163,7 +174,16 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):  # noqa: N801 - HF's spelling
 
 
 class Qwen3VLAdapter(Qwen2VLAdapter):
-    """Qwen3-VL (``Qwen3VLForConditionalGeneration``); deepstack features in early layers."""
+    """Qwen3-VL (``Qwen3VLForConditionalGeneration``): deepstack features added between the
+    first decoder layers (``resid_pre(i + 1) = resid_post(i) + deepstack_i``, module docstring).
+
+    Example:
+        >>> from vlm_lens import HookedVLM
+        >>> from vlm_lens.testing import build_tiny
+        >>> tiny = build_tiny("qwen3_vl")
+        >>> HookedVLM.from_hf(tiny.model, tiny.processor).family
+        'qwen3_vl'
+    """
 
     family = "qwen3_vl"
     architectures = ("Qwen3VLForConditionalGeneration",)

@@ -77,6 +77,7 @@ TESTED_ATTENTION_MODULES: frozenset[str] = frozenset(
         "Qwen2VLAttention",
         "Qwen2_5_VLAttention",
         "GemmaAttention",
+        "Qwen3VLTextAttention",
     }
 )
 """HF attention classes the fast path is tested on (every family and variant of the contract

@@ -42,7 +42,7 @@ from vlm_lens.testing.tiny_models import (
 )
 from vlm_lens.testing.tiny_paligemma import tiny_paligemma
 from vlm_lens.testing.tiny_pixtral import PIXTRAL_PATCH, tiny_mistral3, tiny_pixtral
-from vlm_lens.testing.tiny_qwen_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
+from vlm_lens.testing.tiny_qwen_vl import tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
 
 __all__ = [
     "GRID_TEXT",
@@ -302,6 +302,7 @@ _QWEN_VL = ImageFrame(opening=("<|vision_start|>",), closing=("<|vision_end|>",)
 for _name, _builder in (
     ("qwen2_vl", tiny_qwen2_vl),
     ("qwen2_5_vl", tiny_qwen2_5_vl),
+    ("qwen3_vl", tiny_qwen3_vl),
 ):
     register_tiny(
         _name, _builder, family=_name, frame=_QWEN_VL, image_sizes=((16, 24), (24, 16), (16, 16))

@@ -116,9 +116,15 @@ def _build(family: str, seed: int, dtype: torch.dtype, **text: Any) -> TinyVLM:
     )
     model = _construct(model_cls, config, seed)
     inner = model.model
+    deepstack = getattr(inner.visual, "deepstack_merger_list", None)  # Qwen3-VL's
     _randomise(
         torch.Generator().manual_seed(seed),
-        dense=[inner.language_model, model.lm_head, inner.visual.merger],
+        dense=[
+            inner.language_model,
+            model.lm_head,
+            inner.visual.merger,
+            *([deepstack] if deepstack is not None else []),
+        ],
         norms_in=[inner.visual],
     )
     image_processor = Qwen2VLImageProcessorPil(
