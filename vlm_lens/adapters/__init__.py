@@ -8,7 +8,7 @@ adapters that TransformerLens lacks (Chameleon, Janus, the Pixtral-tower LLaVA) 
 Example:
     >>> from vlm_lens.adapters import supported_families
     >>> supported_families()
-    ('chameleon', 'emu3', 'janus', 'llava', 'mistral3', 'pixtral')
+    ('chameleon', 'emu3', 'gemma3', 'janus', 'llava', 'mistral3', 'pixtral')
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from transformer_lens.factories.architecture_adapter_factory import Architecture
 from vlm_lens.adapters.base import VLMAdapter, vision_tower_type
 from vlm_lens.adapters.chameleon import ChameleonAdapter, ChameleonArchitectureAdapter
 from vlm_lens.adapters.emu3 import Emu3Adapter
+from vlm_lens.adapters.gemma import Gemma3Adapter
+from vlm_lens.adapters.gemma import Gemma3Adapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter
@@ -139,6 +141,7 @@ def adapter_for(model: nn.Module, processor: Any | None = None) -> VLMAdapter:
 for _adapter in (
     ChameleonAdapter,
     Emu3Adapter,
+    Gemma3Adapter,
     JanusAdapter,
     LlavaAdapter,
     Mistral3Adapter,
@@ -150,6 +153,8 @@ __all__ = [
     "ChameleonAdapter",
     "ChameleonArchitectureAdapter",
     "Emu3Adapter",
+    "Gemma3Adapter",
+    "Gemma3Adapter",
     "JanusAdapter",
     "JanusArchitectureAdapter",
     "LlavaAdapter",

@@ -33,6 +33,8 @@ from vlm_lens.testing.tiny_models import (
     tiny_janus,
     tiny_llava,
 )
+from vlm_lens.testing.tiny_gemma import tiny_gemma3
+from vlm_lens.testing.tiny_gemma import tiny_gemma3
 from vlm_lens.testing.tiny_pixtral import PIXTRAL_PATCH, tiny_mistral3, tiny_pixtral
 
 __all__ = [
@@ -269,6 +271,14 @@ for _name, _builder, _merge in (("pixtral", tiny_pixtral, 1), ("mistral3", tiny_
         ),
         image_sizes=_PIXTRAL_SIZES,
     )
+
+# Gemma 3: <start_of_image> soft tokens <end_of_image> (the gate), one fixed-size span per image.
+register_tiny(
+    "gemma3",
+    tiny_gemma3,
+    family="gemma3",
+    frame=ImageFrame(opening=("<start_of_image>",), closing=("<end_of_image>",)),
+)
 
 TINY_FAMILIES: tuple[str, ...] = tiny_families()
 """The families vlm_lens registers a tiny variant for (accepted by :func:`build_tiny`)."""
