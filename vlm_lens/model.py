@@ -316,7 +316,10 @@ class HookedVLM(nn.Module):
             kwargs["padding"] = True
         if padding_side is not None:
             kwargs["padding_side"] = padding_side
-        encoded = self.processor(images=flat or None, text=texts, **kwargs)
+        given: Any = flat or None
+        if given is not None and self.adapter.nested_images:
+            given = [[_to_pil(img) for img in imgs] for imgs in groups]
+        encoded = self.processor(images=given, text=texts, **kwargs)
         inputs = move_inputs(dict(encoded), self.device, self.dtype)
         layout = self.layout(inputs["input_ids"], inputs.get("attention_mask"))
         attention = self.adapter.attention_structure(layout, inputs)

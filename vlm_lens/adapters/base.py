@@ -18,6 +18,8 @@ The seams a family may override, each with a default that fits Chameleon, Emu3, 
                                any; by ``vision_config.model_type`` when `vision_towers` is set)
 `load_processor`               how `HookedVLM.from_pretrained` loads the processor (default
                                ``AutoProcessor.from_pretrained``)
+`nested_images`                the processor takes one list of images per prompt (default
+                               ``False``: one flat list; Gemma 3 and PaliGemma: ``True``)
 ============================== ================================================================
 """
 
@@ -53,6 +55,8 @@ class VLMAdapter(ABC):
         vision_towers: ``vision_config.model_type`` values the adapter takes (`handles`); empty
             (the default) takes any. Several adapters may share a Hugging Face class: LLaVA
             takes CLIP and SigLIP towers, Pixtral the ``"pixtral"`` one.
+        nested_images: whether the processor takes the images as one list per prompt (Gemma 3,
+            PaliGemma) rather than one flat list (the default, ``False``).
         tl_architecture: the name the bridge is built, and `tl_architecture_adapter`
             registered, under; ``None`` (the default) for ``architectures[0]``. Set it when the
             adapter shares its Hugging Face class with another that bridges it differently.
@@ -70,6 +74,7 @@ class VLMAdapter(ABC):
     default_placeholder: ClassVar[str] = "<image>"
     vision_towers: ClassVar[tuple[str, ...]] = ()
     tl_architecture: ClassVar[str | None] = None
+    nested_images: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
         self.config: Any = model.config

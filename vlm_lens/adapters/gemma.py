@@ -34,6 +34,7 @@ class Gemma3Adapter(VLMAdapter):
     architectures = ("Gemma3ForConditionalGeneration",)
     image_input_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "token_type_ids")
     default_placeholder = "<start_of_image>"
+    nested_images = True
 
     def build_token_spec(self, model: nn.Module) -> TokenSpec:
         config: Any = model.config

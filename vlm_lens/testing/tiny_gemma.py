@@ -134,4 +134,5 @@ def tiny_gemma3(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVLM
         family="gemma3",
         image_size=GEMMA_IMAGE_SIZE,
         prompt="<start_of_turn>user\n<start_of_image>What is in the image?<end_of_turn>\n",
+        nested_images=True,
     )
