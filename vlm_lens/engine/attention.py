@@ -68,7 +68,14 @@ PREFIX = "vlm_lens:"
 """Prefix of the implementation names vlm_lens registers (``"vlm_lens:sdpa"``...)."""
 
 TESTED_ATTENTION_MODULES: frozenset[str] = frozenset(
-    {"LlamaAttention", "MistralAttention", "Qwen2Attention", "ChameleonAttention", "Emu3Attention"}
+    {
+        "LlamaAttention",
+        "MistralAttention",
+        "Qwen2Attention",
+        "ChameleonAttention",
+        "Emu3Attention",
+        "Gemma3Attention",
+    }
 )
 """HF attention classes the fast path is tested on (every family and variant of the contract
 suite). Add a class here once its family passes the suite."""
