@@ -35,15 +35,23 @@ def _roles(batch, b: int) -> list[tuple[str, ...]]:
 
 
 def _hand_edges(batch, query_ok: Callable, key_ok: Callable) -> Callable[[int, int, int], bool]:
-    """Edge predicate over absolute positions; positions past the prompt are generated text."""
+    """Edge predicate over absolute positions; positions past the prompt are generated text.
+    An edge exists where the batch's attention structure lets the query see the key (causal,
+    plus bidirectional blocks: Gemma 3's image tokens see each other both ways)."""
     length = batch.layout.shape[1]
     roles = [_roles(batch, b) for b in range(len(batch))]
+    structure = batch.attention
+
+    def sees(b: int, q: int, k: int) -> bool:
+        if structure is None or structure.is_causal:
+            return k <= q
+        return bool(structure.visible(torch.tensor([q]), torch.tensor([k]), b)[0, 0])
 
     def role_of(b: int, p: int) -> tuple[str, ...]:
         return roles[b][p] if p < length else ("text", "generated")
 
     def blocked(b: int, q: int, k: int) -> bool:
-        return k <= q and query_ok(b, q, role_of(b, q)) and key_ok(b, k, role_of(b, k))
+        return sees(b, q, k) and query_ok(b, q, role_of(b, q)) and key_ok(b, k, role_of(b, k))
 
     return blocked
 

@@ -107,7 +107,6 @@ def tiny_gemma3(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVLM
         "gemma3_text",
         sliding_window=GEMMA3_SLIDING_WINDOW,
         layer_types=["sliding_attention", "full_attention"],
-        final_logit_softcapping=30.0,
     )
     config: Any = Gemma3Config(
         text_config=text,
