@@ -10,7 +10,7 @@ pools the 4 x 4 patches to 4 soft tokens. PaliGemma's text model is Gemma (or Ge
 Example:
     >>> tiny = tiny_gemma3()
     >>> ids = tiny.sample_inputs()["input_ids"][0].tolist()
-    >>> tiny.tokenizer.convert_ids_to_tokens(ids[9:15])
+    >>> tiny.tokenizer.convert_ids_to_tokens(ids[15:21])
     ['<start_of_image>', '<image_soft_token>', '<image_soft_token>', '<image_soft_token>', '<image_soft_token>', '<end_of_image>']
 """  # noqa: E501
 
@@ -82,7 +82,10 @@ def tiny_gemma3(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVLM
 
     Each ``<start_of_image>`` of a prompt becomes ``\\n\\n<start_of_image>``, 4
     ``<image_soft_token>`` and ``<end_of_image>\\n\\n``; the soft tokens attend to each other
-    both ways. Layer 0 is a sliding-window layer (window 8), layer 1 full attention.
+    both ways. Layer 0 is a sliding-window layer (window 8), layer 1 full attention. (The
+    sample prompt puts the gate at position 20: with a prefix pass of fewer than 16 positions,
+    CPU eager attention rounds differently from the full pass, so prefix reuse would not be
+    bit-exact.)
 
     Args:
         seed: Seed for the HF init and the weight randomisation.
@@ -132,6 +135,6 @@ def tiny_gemma3(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVLM
         tokenizer=tokenizer,
         family="gemma3",
         image_size=GEMMA_IMAGE_SIZE,
-        prompt="<start_of_turn>user\n<start_of_image>What is in the image?<end_of_turn>\n",
+        prompt="<start_of_turn>user\nLook: <start_of_image>What is in it?<end_of_turn>\n",
         nested_images=True,
     )
