@@ -22,7 +22,6 @@ from vlm_lens.adapters.base import VLMAdapter, vision_tower_type
 from vlm_lens.adapters.chameleon import ChameleonAdapter, ChameleonArchitectureAdapter
 from vlm_lens.adapters.emu3 import Emu3Adapter
 from vlm_lens.adapters.gemma import Gemma3Adapter
-from vlm_lens.adapters.gemma import Gemma3Adapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from vlm_lens.testing.tiny_gemma import tiny_gemma3
 from vlm_lens.testing.tiny_models import (
     TinyVLM,
     tiny_chameleon,
@@ -33,8 +34,6 @@ from vlm_lens.testing.tiny_models import (
     tiny_janus,
     tiny_llava,
 )
-from vlm_lens.testing.tiny_gemma import tiny_gemma3
-from vlm_lens.testing.tiny_gemma import tiny_gemma3
 from vlm_lens.testing.tiny_pixtral import PIXTRAL_PATCH, tiny_mistral3, tiny_pixtral
 
 __all__ = [
