@@ -164,8 +164,19 @@ def test_defaults_reproduce_the_four_families(wrapped: Wrapped) -> None:
     assert adapter.attention_structure(batch.layout).is_causal
     assert batch.attention is not None and batch.attention.is_causal
     length = batch.input_ids.shape[1]
-    assert torch.equal(adapter.position_ids(batch.inputs), torch.arange(length)[None])
-    assert adapter.count_images(batch.inputs) == sum(batch.images_per_sequence)
+    rope_index = getattr(wrapped.reference.model, "get_rope_index", None)
+    if rope_index is None:
+        expected = torch.arange(length)[None]
+    else:  # multi-axis rotary positions (Qwen-VL): HF's own
+        expected, _ = rope_index(
+            batch.input_ids,
+            mm_token_type_ids=batch.inputs["mm_token_type_ids"],
+            image_grid_thw=batch.inputs["image_grid_thw"],
+            attention_mask=batch.inputs.get("attention_mask"),
+        )
+    assert torch.equal(adapter.position_ids(batch.inputs), expected)
+    # pixel_values rows: one per image, or per tile where the adapter groups tiles (InternVL)
+    assert adapter.count_images(batch.inputs) == sum(adapter.feature_groups(batch.layout))
 
 
 # ---------------------------------------------------------------------- knockouts

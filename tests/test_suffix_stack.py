@@ -91,7 +91,12 @@ def test_bad_stacks_raise_and_leave_nothing_behind(both: dict[str, Wrapped]) -> 
     with pytest.raises(VLMInputError, match="per_pass must be at least 1"):
         run_suffixes(w.model, prefix, [ko], per_pass=0)
     rotary = [name for name in w.model.hook_dict if name.endswith("hook_cos")]
-    if rotary:  # broadcast [1, pos, d] tensors cannot be split by condition
+    if rotary:
+        with torch.no_grad():
+            _, cache = w.model.run_with_cache(w.batch(2), names_filter=rotary[-1])
+    # broadcast [1, pos, d] tensors cannot be split by condition (multi-axis rotary ones are
+    # [batch, pos, d], per sequence: they can)
+    if rotary and cache[rotary[-1]].shape[0] == 1:
         bad = [(rotary[-1], lambda tensor, hook: tensor)]
         with pytest.raises(VLMInputError, match="per_pass=1"):
             run_suffixes(w.model, prefix, [ko, bad], per_pass=2)

@@ -115,7 +115,8 @@ class ImageSpan:
     Attributes:
         start: first span position (image content or row end).
         end: last span position.
-        grid: ``(rows, cols)`` of image codes when known (Emu3), else ``None``.
+        grid: ``(rows, cols)`` of image codes when known (Emu3; LLaVA-Next's tile grid,
+            the last ``rows * cols`` image tokens of the span), else ``None``.
     """
 
     start: int
@@ -289,6 +290,64 @@ class TokenLayout:
             image_index=torch.cat([self.image_index, new_index], dim=1),
             spans=self.spans,
         )
+
+    def with_images(
+        self, images: Sequence[Sequence[tuple[int, Sequence[int], tuple[int, int] | None]]]
+    ) -> TokenLayout:
+        """The layout with each span cut into images of known lengths and their row ends set.
+
+        For families whose image lengths and row ends follow from the image inputs, not the
+        ids (LLaVA-Next's ``image_newline`` positions hold the placeholder id; adjacent images
+        of different sizes form one placeholder run). Positions before a cut span keep its
+        first image's index, positions after it (the gate) its last one's.
+
+        Args:
+            images: per sequence, ``(length, row_end_offsets, grid)`` of each image in order;
+                the offsets count from the image's first position; `grid` (or ``None``) is
+                the ``(rows, cols)`` of the image tokens that end the span (LLaVA-Next's tile
+                grid, after the base crop), the span's `ImageSpan.grid`.
+
+        Returns:
+            The refined layout.
+
+        Raises:
+            ValueError: if the lengths do not tile the sequence's spans exactly.
+
+        Example:
+            >>> spec = TokenSpec(image_token_ids=frozenset({9}))
+            >>> layout = TokenLayout.from_input_ids(torch.tensor([[5, 9, 9, 9, 9, 9, 6]]), spec)
+            >>> refined = layout.with_images([[(2, [1], None), (3, [2], (1, 2))]])
+            >>> refined.n_images, refined.primary_roles()[1:6]
+            ([2], ['image', 'image_row_end', 'image', 'image', 'image_row_end'])
+        """
+        bits = self.role_bits.clone()
+        index = self.image_index.clone()
+        all_spans = []
+        for b, row in enumerate(images):
+            todo, spans = list(row), list[ImageSpan]()
+            new_of: dict[int, tuple[int, int, int]] = {}  # old index -> (first, last, start)
+            for k, span in enumerate(self.spans[b]):
+                first, start = len(spans), span.start
+                while start <= span.end:
+                    if not todo:
+                        raise ValueError(f"sequence {b}: image span {span} holds more positions")
+                    length, row_ends, grid = todo.pop(0)
+                    if start + length - 1 > span.end:
+                        raise ValueError(f"sequence {b}: an image of {length} overruns {span}")
+                    spans.append(ImageSpan(start, start + length - 1, grid))
+                    index[b, start : start + length] = len(spans) - 1
+                    for offset in row_ends:
+                        bits[b, start + offset] = _BIT["image_row_end"]
+                    start += length
+                new_of[k] = (first, len(spans) - 1, span.start)
+            if todo:
+                raise ValueError(f"sequence {b}: {len(todo)} image(s) left without a span")
+            for p, k in enumerate(self.image_index[b].tolist()):
+                if k >= 0 and not any(s.start <= p <= s.end for s in spans):
+                    first, last, start = new_of[k]
+                    index[b, p] = first if p < start else last
+            all_spans.append(tuple(spans))
+        return TokenLayout(role_bits=bits, image_index=index, spans=tuple(all_spans))
 
     def summary(self, batch_index: int = 0) -> str:
         """A one-line-per-region description of one sequence, e.g. for printing in a notebook."""

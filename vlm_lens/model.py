@@ -316,12 +316,12 @@ class HookedVLM(nn.Module):
             kwargs["padding"] = True
         if padding_side is not None:
             kwargs["padding_side"] = padding_side
-        given: Any = flat or None
-        if given is not None and self.adapter.nested_images:
-            given = [[_to_pil(img) for img in imgs] for imgs in groups]
-        encoded = self.processor(images=given, text=texts, **kwargs)
+        nested = [[_to_pil(img) for img in imgs] for imgs in groups]
+        encoded = self.processor(
+            images=self.adapter.processor_images(nested) if flat else None, text=texts, **kwargs
+        )
         inputs = move_inputs(dict(encoded), self.device, self.dtype)
-        layout = self.layout(inputs["input_ids"], inputs.get("attention_mask"))
+        layout = self.layout(inputs["input_ids"], inputs.get("attention_mask"), image_inputs=inputs)
         attention = self.adapter.attention_structure(layout, inputs)
         batch = Batch(inputs, layout, tuple(len(g) for g in groups), tuple(texts), attention)
         self._check(batch)
@@ -336,8 +336,18 @@ class HookedVLM(nn.Module):
         self,
         input_ids: Int[Tensor, "batch pos"],
         attention_mask: Int[Tensor, "batch pos"] | None = None,
+        *,
+        image_inputs: Mapping[str, Any] | None = None,
     ) -> TokenLayout:
         """The `TokenLayout` of token ids built by hand (placeholders or image-code ids).
+
+        Families whose roles need the image inputs (LLaVA-Next and LLaVA-OneVision: the
+        ``image_newline`` row ends hold the placeholder id, and images differ in length) take
+        them as `image_inputs` (``pixel_values``, ``image_sizes``...: the processor's output)
+        and refuse token ids alone (``adapter.layout_needs_image_inputs``).
+
+        Raises:
+            VLMInputError: without `image_inputs` for such a family.
 
         Example:
             >>> from vlm_lens.testing import build_tiny, sample_image
@@ -347,7 +357,21 @@ class HookedVLM(nn.Module):
             >>> model.layout(b.input_ids).counts() == b.layout.counts()
             True
         """
-        return self.adapter.layout(input_ids, attention_mask)
+        layout = self.adapter.layout(input_ids, attention_mask)
+        if image_inputs is not None and image_inputs.get("pixel_values") is not None:
+            ids = {"input_ids": input_ids, "attention_mask": attention_mask}
+            return self.adapter.refine_layout(layout, {**image_inputs, **ids})
+        if (
+            image_inputs is None
+            and self.adapter.layout_needs_image_inputs
+            and layout.spans != ((),) * layout.shape[0]
+        ):
+            raise VLMInputError(
+                f"{self.family} marks image row ends and image lengths from the image inputs, "
+                "not from the token ids; pass them: model.layout(input_ids, attention_mask, "
+                "image_inputs=inputs), or use model.batch_from_inputs(inputs)"
+            )
+        return layout
 
     def batch_from_inputs(
         self, inputs: Mapping[str, Any], images_per_sequence: Sequence[int] | None = None
@@ -363,7 +387,7 @@ class HookedVLM(nn.Module):
         ids = data["input_ids"]
         if ids.ndim == 1:
             data["input_ids"] = ids = ids[None]
-        layout = self.layout(ids, data.get("attention_mask"))
+        layout = self.layout(ids, data.get("attention_mask"), image_inputs=data)
         if images_per_sequence is None:
             images_per_sequence = layout.n_images
         attention = self.adapter.attention_structure(layout, data)
@@ -637,7 +661,7 @@ class HookedVLM(nn.Module):
 
     @contextmanager
     def _image_groups(self, batch: Batch) -> Iterator[None]:
-        set_images_per_sequence(self._feature_owner, batch.images_per_sequence)
+        set_images_per_sequence(self._feature_owner, self.adapter.feature_groups(batch.layout))
         try:
             yield
         finally:

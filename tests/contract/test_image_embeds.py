@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import Wrapped
+from tests.contract._reference import embeds_forward_kwargs
 from vlm_lens import hooks
 from vlm_lens.testing import sample_image
 
@@ -28,10 +29,7 @@ def _hf_logits_with_image_features(
         mask = _placeholder_mask(w, inputs["input_ids"])
         embeds = decoder_input.clone()
         embeds[mask] = edit(decoder_input[mask])
-        kwargs = {
-            k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "image_sizes")
-        }
-        return w.reference(inputs_embeds=embeds, **kwargs).logits
+        return w.reference(inputs_embeds=embeds, **embeds_forward_kwargs(w, inputs)).logits
 
 
 def test_image_embeds_shape_and_values(variant: Wrapped) -> None:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from tests.conftest import Wrapped
+from tests.contract._reference import embeds_forward_kwargs
 from vlm_lens.interventions import (
     ablate_image_tokens,
     attention_input_sites,
@@ -203,11 +204,7 @@ def test_image_token_ablation_equals_hand_built_inputs_embeds(wrapped: Wrapped, 
                 embeds[b, p] = decoder_input[b, image_positions].mean(0)
             else:
                 embeds[b, p] = 0.25
-    kwargs = {
-        k: v
-        for k, v in batch.inputs.items()
-        if k not in ("input_ids", "pixel_values", "image_sizes")
-    }
+    kwargs = embeds_forward_kwargs(wrapped, batch.inputs)
     with torch.no_grad():
         expected = wrapped.reference(inputs_embeds=embeds, **kwargs).logits
     assert int(selected.sum()) == 6

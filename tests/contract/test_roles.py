@@ -8,6 +8,7 @@ reads the adapter's `TokenSpec`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.conftest import Wrapped
 from tests.contract._scenarios import SCENARIOS, UNPADDED, frame_of, make_batch, per_image
 from vlm_lens import HookedVLM
 from vlm_lens.batch import Batch
+from vlm_lens.errors import VLMInputError
 from vlm_lens.testing import GRID_TEXT, ImageFrame
 
 
@@ -29,6 +31,29 @@ def image_sizes_per_row(batch: Batch) -> list[list[tuple[int, int]]]:
     else:
         pixels = batch.inputs["pixel_values"]
         flat = [tuple(pixels.shape[-2:])] * pixels.shape[0]
+    out, k = [], 0
+    for n in batch.images_per_sequence:
+        out.append(flat[k : k + n])
+        k += n
+    return out
+
+
+Rows = list[list[tuple[int, list[int]]]]
+
+
+def newline_images(w: Wrapped, batch: Batch) -> Rows:
+    """Per sequence, ``(length, row-end offsets)`` of each image of a `newline_rows` frame,
+    read from the HF model's own image features: the rows equal to its ``image_newline``."""
+    hf = w.reference.model
+    params = inspect.signature(hf.get_image_features).parameters
+    kwargs = {k: v for k, v in batch.inputs.items() if k in params}
+    with torch.no_grad():
+        features = hf.get_image_features(**kwargs).pooler_output
+    newline = hf.image_newline
+    flat = [
+        (len(f), [i for i in range(len(f)) if torch.equal(f[i], newline.to(f.dtype))])
+        for f in features
+    ]
     out, k = [], 0
     for n in batch.images_per_sequence:
         out.append(flat[k : k + n])
@@ -74,21 +99,33 @@ def grid(frame: ImageFrame, size: tuple[int, int]) -> tuple[int, int]:
 
 
 def reference_roles(
-    w: Wrapped, ids: Sequence[int], mask: Sequence[int], sizes: Sequence[tuple[int, int]]
+    w: Wrapped,
+    ids: Sequence[int],
+    mask: Sequence[int],
+    sizes: Sequence[tuple[int, int]],
+    newline: Sequence[tuple[int, list[int]]] = (),
 ) -> tuple[list[set[str]], list[int]]:
     """Roles and image index of one sequence, re-derived from the tokenizer's special tokens.
 
     Slow and deliberately naive: it walks each placeholder run and labels what the variant's
     `ImageFrame` says its processor puts around it, asserting that those tokens are really
-    there.
+    there. `newline`: the images of a `newline_rows` frame (`newline_images`).
     """
     tok, frame = w.tiny.tokenizer, frame_of(w)
     n = len(ids)
     roles: list[set[str]] = [set() if mask[p] else {"pad"} for p in range(n)]
     index = [-1] * n
     images: list[range] = []
+    todo = list(newline)
     for run in image_runs(w, ids, mask):
-        if not frame.closing:  # no delimiters: a run holds len(run) / per_image images
+        if frame.newline_rows:  # cut by the lengths of the HF model's image features
+            start = run.start
+            while start < run.stop:
+                length = todo.pop(0)[0]
+                images.append(range(start, start + length))
+                start += length
+            assert start == run.stop
+        elif not frame.closing:  # no delimiters: a run holds len(run) / per_image images
             each = per_image(w)
             assert len(run) % each == 0
             images += [range(a, a + each) for a in range(run.start, run.stop, each)]
@@ -110,6 +147,9 @@ def reference_roles(
                     is_marker = ids[p] == tok.convert_tokens_to_ids(frame.row_end)
                     assert is_marker == row_end, (p, ids[p])
                 label(p, k, "image_row_end" if row_end else "image")
+        elif frame.newline_rows:
+            for j, p in enumerate(span):
+                label(p, k, "image_row_end" if j in newline[k][1] else "image")
         else:
             for p in span:
                 label(p, k, "image")
@@ -170,8 +210,9 @@ def test_layout_matches_reference(variant: Wrapped, scenario: str) -> None:
     batch = make_batch(variant, scenario)
     layout = batch.layout
     sizes = image_sizes_per_row(batch)
+    newline = newline_images(variant, batch) if frame_of(variant).newline_rows else None
     for b, (ids, mask) in enumerate(rows_of(batch)):
-        roles, index = reference_roles(variant, ids, mask, sizes[b])
+        roles, index = reference_roles(variant, ids, mask, sizes[b], newline[b] if newline else ())
         assert_roles(layout, b, roles, index)
         assert layout.n_images[b] == batch.images_per_sequence[b]
     if scenario.startswith("padded"):
@@ -188,10 +229,17 @@ def test_family_invariants(variant: Wrapped, scenario: str) -> None:
     batch = make_batch(variant, scenario)
     layout, tok, frame = batch.layout, variant.tiny.tokenizer, frame_of(variant)
     sizes = image_sizes_per_row(batch)
+    newline = newline_images(variant, batch) if frame.newline_rows else None
     for b, (ids, mask) in enumerate(rows_of(batch)):
         runs = image_runs(variant, ids, mask)
         placeholder_pos = [p for r in runs for p in r]
         row_ends: list[int] = []
+        if newline is not None:  # images back to back in their runs, row ends from HF
+            start = iter([p for r in runs for p in r])
+            for length, ends in newline[b]:
+                image_positions = [next(start) for _ in range(length)]
+                row_ends += [image_positions[o] for o in ends]
+            assert next(start, None) is None
         if frame.grid_factor is not None:
             assert len(runs) == len(sizes[b])
             for run, size in zip(runs, sizes[b], strict=True):
@@ -218,8 +266,11 @@ def test_family_invariants(variant: Wrapped, scenario: str) -> None:
         assert layout.mask("pad")[b].tolist() == [m == 0 for m in mask]
         real = [p for p in range(len(ids)) if mask[p]]
         first_real, last_real = real[0], real[-1]
-        assert ids[first_real] == tok.bos_token_id
-        assert layout.positions("bos")[b].tolist() == [first_real]
+        if tok.bos_token_id is None:  # Qwen2-style tokenizers (InternVL) write no BOS
+            assert layout.positions("bos")[b].tolist() == []
+        else:
+            assert ids[first_real] == tok.bos_token_id
+            assert layout.positions("bos")[b].tolist() == [first_real]
         assert layout.positions("last")[b].tolist() == [last_real]
         # image_index counts images in order of appearance
         image_side = layout.image_index[b][layout.image_index[b] >= 0].tolist()
@@ -235,7 +286,20 @@ def test_family_invariants(variant: Wrapped, scenario: str) -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_layout_from_ids_equals_batch_layout(variant: Wrapped, scenario: str) -> None:
+    """Ids alone give the batch's layout, or, for a family whose roles need the image inputs
+    (`layout_needs_image_inputs`: LLaVA-Next's row ends), a clear refusal, and ids with the
+    image inputs give it."""
     batch = make_batch(variant, scenario)
+    if variant.model.adapter.layout_needs_image_inputs:
+        with pytest.raises(VLMInputError, match="image_inputs"):
+            variant.model.layout(batch.input_ids, batch.attention_mask)
+        from_inputs = variant.model.layout(
+            batch.input_ids, batch.attention_mask, image_inputs=batch.inputs
+        )
+        assert torch.equal(from_inputs.role_bits, batch.layout.role_bits)
+        assert torch.equal(from_inputs.image_index, batch.layout.image_index)
+        assert from_inputs.spans == batch.layout.spans
+        return
     from_ids = variant.model.layout(batch.input_ids, batch.attention_mask)
     assert torch.equal(from_ids.role_bits, batch.layout.role_bits)
     assert torch.equal(from_ids.image_index, batch.layout.image_index)

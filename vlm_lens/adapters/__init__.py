@@ -2,13 +2,15 @@
 
 `adapter_for(model)` finds the adapter of a Hugging Face model; `register_family` adds a new
 one (see CONTRIBUTING.md). Importing this package registers the TransformerLens architecture
-adapters that TransformerLens lacks (Chameleon, Janus, the Pixtral-tower LLaVA) through its public
+adapters that TransformerLens lacks (Chameleon, Janus, InternVL, the Pixtral-tower
+LLaVA) through its public
 ``ArchitectureAdapterFactory.register_adapter``.
 
 Example:
     >>> from vlm_lens.adapters import supported_families
-    >>> supported_families()
-    ('chameleon', 'emu3', 'gemma3', 'janus', 'llava', 'mistral3', 'pixtral')
+    >>> supported_families()  # doctest: +NORMALIZE_WHITESPACE
+    ('chameleon', 'emu3', 'gemma3', 'internvl', 'janus', 'llava', 'llava_next',
+     'llava_onevision', 'mistral3', 'pixtral')
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from vlm_lens.adapters.base import VLMAdapter, vision_tower_type
 from vlm_lens.adapters.chameleon import ChameleonAdapter, ChameleonArchitectureAdapter
 from vlm_lens.adapters.emu3 import Emu3Adapter
 from vlm_lens.adapters.gemma import Gemma3Adapter
+from vlm_lens.adapters.internvl import InternVLAdapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
 from vlm_lens.adapters.llava import LlavaAdapter
+from vlm_lens.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from vlm_lens.adapters.pixtral import Mistral3Adapter, PixtralAdapter
+from vlm_lens.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 from vlm_lens.errors import UnsupportedModelError
 
 _REGISTRY: dict[str, list[type[VLMAdapter]]] = {}
@@ -141,10 +146,15 @@ for _adapter in (
     ChameleonAdapter,
     Emu3Adapter,
     Gemma3Adapter,
+    InternVLAdapter,
     JanusAdapter,
     LlavaAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
     Mistral3Adapter,
     PixtralAdapter,
+    Qwen2VLAdapter,
+    Qwen2_5_VLAdapter,
 ):
     register_family(_adapter)
 
@@ -153,12 +163,17 @@ __all__ = [
     "ChameleonArchitectureAdapter",
     "Emu3Adapter",
     "Gemma3Adapter",
-    "Gemma3Adapter",
+    "InternVLAdapter",
     "JanusAdapter",
     "JanusArchitectureAdapter",
     "LlavaAdapter",
+    "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
     "Mistral3Adapter",
     "PixtralAdapter",
+    "Qwen2VLAdapter",
+    "Qwen2_5_VLAdapter",
+    "Qwen3VLAdapter",
     "VLMAdapter",
     "adapter_class_for",
     "adapter_class_for_config",

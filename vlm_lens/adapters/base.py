@@ -14,12 +14,15 @@ The seams a family may override, each with a default that fits Chameleon, Emu3, 
 `image_features`,              where the features inside ``get_image_features``' output are
 `with_image_features`          (default ``.pooler_output``)
 `attention_structure`          causal, or bidirectional blocks (`AttentionStructure`)
+`feature_groups`               rows of ``get_image_features`` per sequence (default: images)
 `handles`                      whether this adapter takes a model of one of its classes (default:
                                any; by ``vision_config.model_type`` when `vision_towers` is set)
 `load_processor`               how `HookedVLM.from_pretrained` loads the processor (default
                                ``AutoProcessor.from_pretrained``)
-`nested_images`                the processor takes one list of images per prompt (default
-                               ``False``: one flat list; Gemma 3 and PaliGemma: ``True``)
+`processor_images`             how `HookedVLM.prepare` hands the images to the processor
+                               (default: one flat list; OneVision, Gemma 3: one list per prompt)
+`refine_layout`                roles that follow from the image inputs, not the ids (default:
+                               none; LLaVA-Next's ``image_newline`` row ends and image lengths)
 ============================== ================================================================
 """
 
@@ -55,8 +58,10 @@ class VLMAdapter(ABC):
         vision_towers: ``vision_config.model_type`` values the adapter takes (`handles`); empty
             (the default) takes any. Several adapters may share a Hugging Face class: LLaVA
             takes CLIP and SigLIP towers, Pixtral the ``"pixtral"`` one.
-        nested_images: whether the processor takes the images as one list per prompt (Gemma 3,
-            PaliGemma) rather than one flat list (the default, ``False``).
+        pixel_rows: what one row of ``pixel_values`` is (`count_images` counts them), in
+            error messages: ``"image"``; InternVL's are ``"tile"``s.
+        layout_needs_image_inputs: the roles need the image inputs (`refine_layout`), so
+            `HookedVLM.layout` refuses token ids alone; ``False`` (the default): ids suffice.
         tl_architecture: the name the bridge is built, and `tl_architecture_adapter`
             registered, under; ``None`` (the default) for ``architectures[0]``. Set it when the
             adapter shares its Hugging Face class with another that bridges it differently.
@@ -73,8 +78,9 @@ class VLMAdapter(ABC):
     tl_architecture_adapter: ClassVar[type | None] = None
     default_placeholder: ClassVar[str] = "<image>"
     vision_towers: ClassVar[tuple[str, ...]] = ()
+    pixel_rows: ClassVar[str] = "image"
     tl_architecture: ClassVar[str | None] = None
-    nested_images: ClassVar[bool] = False
+    layout_needs_image_inputs: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
         self.config: Any = model.config
@@ -159,6 +165,24 @@ class VLMAdapter(ABC):
         """
         pixel_values = inputs.get("pixel_values")
         return 0 if pixel_values is None else int(pixel_values.shape[0])
+
+    def feature_groups(self, layout: TokenLayout) -> list[int]:
+        """How many leading rows of ``get_image_features``' output each sequence owns.
+
+        ``hook_image_embeds`` concatenates each sequence's rows into one ``[n_tokens, d]``
+        row of its ``[batch, n_tokens, d]`` tensor. Default: the sequence's images
+        (``layout.n_images``). InternVL's rows are tiles (several per image).
+
+        Example:
+            >>> from vlm_lens import HookedVLM
+            >>> from vlm_lens.testing import build_tiny, sample_image
+            >>> tiny = build_tiny("llava")
+            >>> model = HookedVLM.from_hf(tiny.model, tiny.processor)
+            >>> batch = model.prepare(images=sample_image(size=tiny.image_size), text=tiny.prompt)
+            >>> model.adapter.feature_groups(batch.layout)
+            [1]
+        """
+        return list(layout.n_images)
 
     def position_ids(self, inputs: Mapping[str, Any]) -> torch.Tensor:
         """The position ids Hugging Face's forward uses for the full prompt of `inputs`.
@@ -261,6 +285,36 @@ class VLMAdapter(ABC):
         """The `TokenLayout` of a batch of token ids."""
         return TokenLayout.from_input_ids(input_ids, self.token_spec, attention_mask)
 
+    def processor_images(self, images: list[list[Any]]) -> Any:
+        """The ``images`` argument `HookedVLM.prepare` gives the processor, from the images of
+        each prompt (`images`, PIL). Default: one flat list. LLaVA-OneVision's processor takes
+        them per prompt, and writes a prompt's images in its multi-image mode (base crop only).
+
+        Example:
+            >>> class PerPrompt(VLMAdapter):  # doctest: +SKIP
+            ...     def processor_images(self, images):
+            ...         return images
+        """
+        return [image for group in images for image in group]
+
+    def refine_layout(self, layout: TokenLayout, inputs: Mapping[str, Any]) -> TokenLayout:
+        """The layout of `inputs` (ids, mask and image inputs) refined from its image inputs.
+
+        `HookedVLM.prepare`, `HookedVLM.batch_from_inputs` and `HookedVLM.layout` (given
+        ``image_inputs``) call it on the layout `layout` found from the ids. Default: `layout`
+        as it is. LLaVA-Next and LLaVA-OneVision mark their ``image_newline`` positions (the
+        placeholder id, so invisible in the ids) as ``image_row_end`` and cut adjacent images
+        apart from ``image_sizes``; they set `layout_needs_image_inputs`.
+
+        Example:
+            >>> class RowEndsFromSizes(VLMAdapter):  # doctest: +SKIP
+            ...     layout_needs_image_inputs = True
+            ...     def refine_layout(self, layout, inputs):
+            ...         return layout.with_images([[(5, [4])] * n for n in layout.n_images])
+        """
+        del inputs
+        return layout
+
     def check_inputs(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
         """Raise `VLMInputError` unless the image inputs match the image spans of `input_ids`.
 
@@ -284,13 +338,15 @@ class VLMAdapter(ABC):
             )
         if n_images and not n_placeholder_spans:
             raise VLMInputError(
-                f"{n_images} image(s) were given but the input_ids hold no image placeholder "
+                f"{n_images} {self.pixel_rows}(s) were given but the input_ids hold no image "
+                "placeholder "
                 f"({self.image_placeholder!r}). Put {self.image_placeholder!r} in the prompt where "
                 "each image goes and build inputs with model.prepare(images=..., text=...)."
             )
         if n_images != n_placeholder_spans:
             raise VLMInputError(
-                f"{n_images} image(s) were given but the input_ids hold {n_placeholder_spans} "
+                f"{n_images} {self.pixel_rows}(s) were given but the input_ids hold "
+                f"{n_placeholder_spans} "
                 f"image placeholder span(s); give one image per {self.image_placeholder!r}."
             )
         k = 0
@@ -300,7 +356,7 @@ class VLMAdapter(ABC):
                 if expected is not None and span.length != expected:
                     raise VLMInputError(
                         f"image {k} (sequence {b}, positions {span.start}..{span.end}) has "
-                        f"{span.length} placeholder positions but its image gives {expected} "
+                        f"{span.length} image-span positions but its image gives {expected} "
                         "tokens; let the processor expand the placeholders (model.prepare)."
                     )
                 k += 1

@@ -34,7 +34,6 @@ class Gemma3Adapter(VLMAdapter):
     architectures = ("Gemma3ForConditionalGeneration",)
     image_input_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "token_type_ids")
     default_placeholder = "<start_of_image>"
-    nested_images = True
 
     def build_token_spec(self, model: nn.Module) -> TokenSpec:
         config: Any = model.config
@@ -49,6 +48,9 @@ class Gemma3Adapter(VLMAdapter):
             placeholder_token_id=placeholder,
             delimited=True,
         )
+
+    def processor_images(self, images: list[list[Any]]) -> Any:
+        return images  # Gemma3Processor takes one list of images per prompt
 
     @property
     def image_placeholder(self) -> str:

@@ -75,6 +75,8 @@ TESTED_ATTENTION_MODULES: frozenset[str] = frozenset(
         "ChameleonAttention",
         "Emu3Attention",
         "Gemma3Attention",
+        "Qwen2VLAttention",
+        "Qwen2_5_VLAttention",
     }
 )
 """HF attention classes the fast path is tested on (every family and variant of the contract

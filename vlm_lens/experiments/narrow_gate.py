@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -424,7 +425,13 @@ def _heatmap(
         raise AnalysisSkipped("no per-token attention for this prompt")
     n = result.per_token.shape[1]
     span_grid = batch.layout.spans[0][0].grid if batch.layout.spans[0] else None
-    return result, patch_grid(n, span_grid)
+    if span_grid is not None and n > span_grid[0] * span_grid[1]:
+        n = span_grid[0] * span_grid[1]  # the grid ends the span (LLaVA-Next: after the base)
+        result = dataclasses.replace(result, per_token=result.per_token[:, -n:])
+    try:
+        return result, patch_grid(n, span_grid)
+    except ValueError as error:  # tiles (InternVL), or a span without a known grid
+        raise AnalysisSkipped(f"no image grid to draw the attention map on: {error}") from error
 
 
 def _view(model: HookedVLM, batch: Batch, layer: int) -> str:

@@ -184,11 +184,23 @@ def random_image_knockout(
 ) -> Intervention:
     """The paper's control: no position reads `k` random image tokens of each image.
 
+    In ``mode="mask"``, a prompt that opens with drawn image tokens (no BOS before the image:
+    Qwen2-based LLaVA-OneVision) leaves those first positions no key to read; they stay out of
+    the queries (each still reads itself), every other position is a query.
+
     Example:
         >>> ko = random_image_knockout(batch, k=10, seed=3)  # doctest: +SKIP
     """
     keys = random_image_tokens(k, seed)
-    return knockout(batch, queries=ALL, keys=keys, layers=layers, heads=heads, mode=mode)
+
+    def queries(layout: TokenLayout) -> Bool[Tensor, "batch pos"]:
+        real, drawn = select(ALL, layout), select(keys, layout)
+        if mode != "mask":
+            return real
+        opening = torch.cumprod((drawn | ~real).int(), dim=1).bool() & real  # leading drawn run
+        return real & ~opening
+
+    return knockout(batch, queries=queries, keys=keys, layers=layers, heads=heads, mode=mode)
 
 
 def last_layers(n_layers: int, window: int) -> range:

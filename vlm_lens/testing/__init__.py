@@ -12,6 +12,7 @@ from vlm_lens.testing.registry import (
     tiny_variant,
     tiny_variants,
 )
+from vlm_lens.testing.tiny_internvl import tiny_internvl
 from vlm_lens.testing.tiny_models import (
     LLAVA_TEXT_BACKBONES,
     TinyVLM,
@@ -38,6 +39,7 @@ __all__ = [
     "tiny_chameleon",
     "tiny_emu3",
     "tiny_families",
+    "tiny_internvl",
     "tiny_janus",
     "tiny_llava",
     "tiny_mistral3",

@@ -27,6 +27,12 @@ from types import MappingProxyType
 from typing import Any
 
 from vlm_lens.testing.tiny_gemma import tiny_gemma3
+from vlm_lens.testing.tiny_internvl import tiny_internvl
+from vlm_lens.testing.tiny_llava_next import (
+    LLAVA_NEXT_SIZES,
+    tiny_llava_next,
+    tiny_llava_onevision,
+)
 from vlm_lens.testing.tiny_models import (
     TinyVLM,
     tiny_chameleon,
@@ -35,6 +41,7 @@ from vlm_lens.testing.tiny_models import (
     tiny_llava,
 )
 from vlm_lens.testing.tiny_pixtral import PIXTRAL_PATCH, tiny_mistral3, tiny_pixtral
+from vlm_lens.testing.tiny_qwen_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
 
 __all__ = [
     "GRID_TEXT",
@@ -68,12 +75,16 @@ class ImageFrame:
         row_end: With `grid_factor`: the token that ends each row *but the last* instead of a
             placeholder (role ``image_row_end``, inside the span); the last row is closed by
             the first `closing` token (Pixtral's ``[IMG_BREAK]`` and ``[IMG_END]``).
+        newline_rows: Images differ in length and some placeholders are row ends (role
+            ``image_row_end``): those whose image feature is the model's ``image_newline``
+            (LLaVA-Next, OneVision). The reference reads them from the HF model's features.
     """
 
     opening: tuple[str, ...] = ()
     closing: tuple[str, ...] = ()
     grid_factor: int | None = None
     row_end: str | None = None
+    newline_rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +281,55 @@ for _name, _builder, _merge in (("pixtral", tiny_pixtral, 1), ("mistral3", tiny_
         ),
         image_sizes=_PIXTRAL_SIZES,
     )
+
+# Qwen-VL: <|vision_start|> + one <|image_pad|> per merged 2x2 patch group + <|vision_end|>.
+_QWEN_VL = ImageFrame(opening=("<|vision_start|>",), closing=("<|vision_end|>",))
+for _name, _builder in (
+    ("qwen2_vl", tiny_qwen2_vl),
+    ("qwen2_5_vl", tiny_qwen2_5_vl),
+):
+    register_tiny(
+        _name, _builder, family=_name, frame=_QWEN_VL, image_sizes=((16, 24), (24, 16), (16, 16))
+    )
+
+# InternVL: one span per image, its tiles (2 + thumbnail, 1, 2 + thumbnail) back to back.
+_INTERNVL = ImageFrame(opening=("<img>",), closing=("</img>",))
+_INTERNVL_SIZES = ((16, 32), (16, 16), (32, 16))
+register_tiny(
+    "internvl-qwen2", tiny_internvl, family="internvl", frame=_INTERNVL, image_sizes=_INTERNVL_SIZES
+)
+register_tiny(
+    "internvl-llama",
+    tiny_internvl,
+    family="internvl",
+    frame=_INTERNVL,
+    kwargs={"text_backbone": "llama"},
+    image_sizes=_INTERNVL_SIZES,
+)
+# LLaVA-Next / OneVision: one span per image (base crop, then tile rows each ended by the
+# image_newline placeholder), the gate the first text token; sizes give different tile grids.
+register_tiny(
+    "llava_next",
+    tiny_llava_next,
+    family="llava_next",
+    frame=ImageFrame(newline_rows=True),
+    image_sizes=LLAVA_NEXT_SIZES,
+)
+register_tiny(
+    "llava_next-mistral",
+    tiny_llava_next,
+    family="llava_next",
+    frame=ImageFrame(newline_rows=True),
+    kwargs={"text_backbone": "mistral"},
+    image_sizes=LLAVA_NEXT_SIZES,
+)
+register_tiny(
+    "llava_onevision",
+    tiny_llava_onevision,
+    family="llava_onevision",
+    frame=ImageFrame(newline_rows=True),
+    image_sizes=LLAVA_NEXT_SIZES,
+)
 
 # Gemma 3: <start_of_image> soft tokens <end_of_image> (the gate), one fixed-size span per image.
 register_tiny(

@@ -1,11 +1,9 @@
-"""Tiny offline Gemma 3 (``Gemma3ForConditionalGeneration``) and PaliGemma
-(``PaliGemmaForConditionalGeneration``) models, with transformers' own processors.
+"""Tiny offline Gemma 3 (``Gemma3ForConditionalGeneration``) with transformers' own processor.
 
-Both use a 2-layer SigLIP tower (patch 4, 16 x 16 images) and a byte-level tokenizer with
-Gemma's special tokens. Gemma 3's text model has a sliding window of 8 on its first layer
-(``layer_types = [sliding, full]``), so the window matters on the tiny prompts; its projector
-pools the 4 x 4 patches to 4 soft tokens. PaliGemma's text model is Gemma (or Gemma 2 with
-``text_backbone="gemma2"``, PaliGemma 2), its 16 patches are its 16 image tokens.
+A 2-layer SigLIP tower (patch 4, 16 x 16 images) and a byte-level tokenizer with Gemma's
+special tokens. The text model has a sliding window of 8 on its first layer
+(``layer_types = [sliding, full]``), so the window matters on the tiny prompts; the projector
+pools the 4 x 4 patches to 4 soft tokens.
 
 Example:
     >>> tiny = tiny_gemma3()
@@ -136,5 +134,5 @@ def tiny_gemma3(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVLM
         family="gemma3",
         image_size=GEMMA_IMAGE_SIZE,
         prompt="<start_of_turn>user\nLook: <start_of_image>What is in it?<end_of_turn>\n",
-        nested_images=True,
+        per_prompt_images=True,
     )
