@@ -18,13 +18,13 @@ from conftest import Wrapped
 from tests.contract._scenarios import images_for
 from vlm_lens import VLMInputError
 from vlm_lens.analysis import PatchPair, knockout_sweep, patching_sweep, run_sweep
+from vlm_lens.engine.prefix import image_positions_end, reusable_from
 from vlm_lens.interventions import (
     ablate_image_tokens,
     gate_knockout,
     image_to_text_knockout,
     steer,
 )
-from vlm_lens.engine.prefix import image_positions_end, reusable_from
 from vlm_lens.positions import after
 
 

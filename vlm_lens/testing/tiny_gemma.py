@@ -75,6 +75,10 @@ def _image_processor(cls: Any, **kwargs: Any) -> Any:
     )
 
 
+def _token_id(tokenizer: Any, token: str) -> int:
+    return int(tokenizer.convert_tokens_to_ids(token))
+
+
 def tiny_gemma3(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVLM:
     """Builds a tiny ``Gemma3ForConditionalGeneration`` with transformers' ``Gemma3Processor``.
 
@@ -113,9 +117,9 @@ def tiny_gemma3(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVLM
         text_config=text,
         vision_config=_vision(),
         mm_tokens_per_image=4,
-        boi_token_index=tokenizer.convert_tokens_to_ids("<start_of_image>"),
-        eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+        boi_token_index=_token_id(tokenizer, "<start_of_image>"),
+        eoi_token_index=_token_id(tokenizer, "<end_of_image>"),
+        image_token_index=_token_id(tokenizer, "<image_soft_token>"),
     )
     model = _construct(Gemma3ForConditionalGeneration, config, seed)
     inner = model.model
