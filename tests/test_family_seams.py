@@ -161,8 +161,21 @@ def test_structure_rejects_bad_blocks() -> None:
 def test_defaults_reproduce_the_four_families(wrapped: Wrapped) -> None:
     batch = wrapped.batch(2)
     adapter = wrapped.model.adapter
-    assert adapter.attention_structure(batch.layout).is_causal
-    assert batch.attention is not None and batch.attention.is_causal
+    assert batch.attention is not None
+    if type(adapter).attention_structure is VLMAdapter.attention_structure:
+        assert adapter.attention_structure(batch.layout).is_causal and batch.attention.is_causal
+    assert adapter.attention_structure(batch.layout).blocks() == batch.attention.blocks()
+    # the structure is what HF's own eager attention lets a query see between real positions:
+    # every layer sees within it, the widest (a full-attention layer) all of it (Gemma 3's
+    # bidirectional image blocks; its sliding-window layers see less)
+    with torch.no_grad():
+        attentions = wrapped.reference(**batch.inputs, output_attentions=True).attentions
+    real = batch.inputs["attention_mask"].bool()
+    pairs = real[:, :, None] & real[:, None, :]
+    seen = [(weights != 0).any(1) & pairs for weights in attentions]
+    ours = batch.attention.mask() & pairs
+    assert all(not bool((layer & ~ours).any()) for layer in seen)
+    assert torch.equal(max(seen, key=lambda layer: int(layer.sum())), ours)
     length = batch.input_ids.shape[1]
     rope_index = getattr(wrapped.reference.model, "get_rope_index", None)
     if rope_index is None:

@@ -16,6 +16,9 @@ def test_mask_mode_rows_renormalise_and_zero_mode_does_not(wrapped: Wrapped) -> 
     batch = wrapped.batch(1)
     layer = wrapped.model.cfg.n_layers - 1
     gate = int(batch.layout.positions("gate")[0][0])
+    with torch.no_grad():
+        _, clean = wrapped.model.run_with_cache(batch, names_filter=hooks.pattern(layer))
+    lost = clean[hooks.pattern(layer)][0][:, gate + 1 :, gate]  # the gate's clean weight
     for mode in ("mask", "zero"):
         ko = gate_knockout(batch, layers=layer, mode=mode)
         with wrapped.model.hooks(fwd_hooks=ko), torch.no_grad():
@@ -25,8 +28,9 @@ def test_mask_mode_rows_renormalise_and_zero_mode_does_not(wrapped: Wrapped) -> 
         row_sums = pattern[:, gate + 1 :].sum(-1)
         if mode == "mask":
             torch.testing.assert_close(row_sums, torch.ones_like(row_sums))
-        else:
-            assert torch.all(row_sums < 1 - 1e-6)
+        else:  # the gate's weight is gone, not spread over the other keys
+            torch.testing.assert_close(row_sums, 1 - lost)
+            assert bool((lost > 1e-5).any()) and torch.all(row_sums[lost > 1e-5] < 1 - 1e-6)
 
 
 def test_earliest_position_and_prefix_unchanged(wrapped: Wrapped) -> None:

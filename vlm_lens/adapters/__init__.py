@@ -10,7 +10,7 @@ Example:
     >>> from vlm_lens.adapters import supported_families
     >>> supported_families()  # doctest: +NORMALIZE_WHITESPACE
     ('chameleon', 'emu3', 'gemma3', 'internvl', 'janus', 'llava', 'llava_next',
-     'llava_onevision', 'mistral3', 'pixtral')
+     'llava_onevision', 'mistral3', 'pixtral', 'qwen2_5_vl', 'qwen2_vl')
 """
 
 from __future__ import annotations
