@@ -5,7 +5,11 @@ Two prompt shapes, random weights, images given as model inputs:
 * ``chameleon``: BOS + BOI + ``--image-tokens`` (1,024) VQ codes + EOI (the gate) + text,
   images pre-tokenised (the VQ encoder is not timed);
 * ``llava``: Llama decoder, ``USER:`` + 576 image positions from a small CLIP tower (96 px,
-  patch 4: 24 x 24 patches; hidden 32, 2 layers, the same in every variant) + text.
+  patch 4: 24 x 24 patches; hidden 32, 2 layers, the same in every variant) + text;
+* ``qwen2_vl``: Qwen2-VL's decoder (multi-axis rotary positions from ``get_rope_index``), its
+  chat prompt with one ``--image-px`` square image (256: a 64 x 64 patch grid from the tiny
+  2-layer tower, patch 4, merged 2 x 2 into 1,024 ``<|image_pad|>`` positions) + text, through
+  the family's own processor.
 
 Every script builds, side by side in one process: Hugging Face with eager attention and with
 SDPA (deep copies of one model), TransformerLens' bridge as vlm_lens used it before the fast path
@@ -36,18 +40,20 @@ from transformers import (
 
 from vlm_lens import Batch, HookedVLM
 from vlm_lens.testing import tiny_chameleon, tiny_llava
+from vlm_lens.testing.tiny_qwen_vl import tiny_qwen2_vl
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     """Arguments every script takes (shape, size, device, repeats)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--shape", choices=["chameleon", "llava"], default="chameleon")
+    p.add_argument("--shape", choices=["chameleon", "llava", "qwen2_vl"], default="chameleon")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--mlp", type=int, default=None, help="MLP width (default: ~8/3 hidden)")
     p.add_argument("--vocab", type=int, default=None, help="vocabulary (default: tokenizer's)")
     p.add_argument("--image-tokens", type=int, default=1024, help="Chameleon only")
+    p.add_argument("--image-px", type=int, default=256, help="qwen2_vl only: image side")
     p.add_argument("--text-tokens", type=int, default=31)
     p.add_argument("--batch", type=int, default=1, help="prompts per forward")
     p.add_argument("--repeats", type=int, default=7)
@@ -106,6 +112,19 @@ def build(args: argparse.Namespace) -> Setup:
         if args.vocab:
             config.vocab_size = args.vocab
         model = ChameleonForConditionalGeneration(config)
+    elif args.shape == "qwen2_vl":
+        tiny = tiny_qwen2_vl(
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            num_key_value_heads=args.heads,
+            intermediate_size=mlp,
+            max_position_embeddings=8192,
+            **({"vocab_size": args.vocab} if args.vocab else {}),
+        )
+        side = args.image_px
+        tiny.processor.image_processor.size = {"shortest_edge": 64, "longest_edge": side * side}
+        model = tiny.model
     else:
         tiny = tiny_llava()
         base = tiny.model.config
@@ -153,6 +172,15 @@ def _prompt(model: HookedVLM, tiny: Any, args: argparse.Namespace, hf: Any) -> B
         ids = [tok.bos_token_id, tok.convert_tokens_to_ids("<racm3:break>"), *image]
         ids += [tok.convert_tokens_to_ids("<eoss>"), *text]
         inputs: dict[str, Any] = {"input_ids": torch.tensor([ids] * args.batch)}
+    elif args.shape == "qwen2_vl":
+        side = args.image_px
+        pixels = (torch.rand(side, side, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        prompt = tiny.prompt.replace("What is in the image?", tok.decode(text))
+        inputs = dict(
+            tiny.processor(
+                images=[pixels] * args.batch, text=[prompt] * args.batch, return_tensors="pt"
+            )
+        )
     else:
         user = tok("USER: ", add_special_tokens=False)["input_ids"]
         ids = [tok.bos_token_id, *user] + [hf.config.image_token_index] * 576 + text

@@ -40,6 +40,42 @@ def test_a_missing_name_is_reported_with_its_pin(monkeypatch: pytest.MonkeyPatch
     assert compat.PINS["transformer_lens"] in gone[0]
 
 
+def _unexported_imports() -> set[str]:
+    """Every name vlm_lens imports from a transformers or TransformerLens module that the
+    module does not export (underscore names, or names missing from its ``__all__``)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    found: set[str] = set()
+    for path in Path(compat.__file__).parents[1].rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.module is None:
+                continue
+            if node.module.split(".")[0] not in ("transformers", "transformer_lens"):
+                continue
+            exported = getattr(importlib.import_module(node.module), "__all__", None)
+            for alias in node.names:
+                if alias.name.startswith("_") or (
+                    exported is not None and alias.name not in exported
+                ):
+                    found.add(f"{node.module}.{alias.name}")
+    return found
+
+
+def test_every_unexported_import_is_listed() -> None:
+    assert _unexported_imports() <= set(compat.PRIVATE_NAMES)
+
+
+def test_a_missing_module_function_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers.models.llava_next import modeling_llava_next
+
+    monkeypatch.delattr(modeling_llava_next, "unpad_image")
+    gone = compat.missing()
+    assert len(gone) == 1 and "unpad_image" in gone[0]
+    assert compat.PINS["transformers"] in gone[0]
+
+
 @pytest.fixture(scope="module", params=VARIANTS, ids=[v.name for v in VARIANTS])
 def sdpa(request: pytest.FixtureRequest) -> Any:
     w = wrap_variant(request.param)

@@ -3,14 +3,13 @@
 `adapter_for(model)` finds the adapter of a Hugging Face model; `register_family` adds a new
 one (see CONTRIBUTING.md). Importing this package registers the TransformerLens architecture
 adapters that TransformerLens lacks (Chameleon, Janus, InternVL, the Pixtral-tower
-LLaVA) through its public
+LLaVA, Qwen2-VL) through its public
 ``ArchitectureAdapterFactory.register_adapter``.
 
 Example:
     >>> from vlm_lens.adapters import supported_families
-    >>> supported_families()  # doctest: +NORMALIZE_WHITESPACE
-    ('chameleon', 'emu3', 'gemma3', 'internvl', 'janus', 'llava', 'llava_next',
-     'llava_onevision', 'mistral3', 'pixtral', 'qwen2_5_vl', 'qwen2_vl')
+    >>> {"chameleon", "llava_onevision", "pixtral", "qwen2_vl"} <= set(supported_families())
+    True
 """
 
 from __future__ import annotations

@@ -90,6 +90,15 @@ PRIVATE_NAMES: dict[str, tuple[str, str]] = {
         "the attention implementation a model runs (HF's own code reads it; "
         "set_attn_implementation writes it)",
     ),
+    "transformers.models.llava_next.modeling_llava_next.get_anyres_image_grid_shape": (
+        "transformers",
+        "not in the module's __all__; the LLaVA-Next adapter computes the tile grid of each "
+        "image exactly as HF's forward does (vlm_lens.adapters.llava_next)",
+    ),
+    "transformers.models.llava_next.modeling_llava_next.unpad_image": (
+        "transformers",
+        "as get_anyres_image_grid_shape: the unpadded feature rows and columns of each image",
+    ),
 }
 """Every private name in use, with its owner and the reason."""
 
@@ -162,4 +171,11 @@ def missing() -> list[str]:
         gone.append(f"TransformerBridge._register_aliases ({PINS['transformer_lens']})")
     if not isinstance(getattr(PretrainedConfig, "_attn_implementation", None), property):
         gone.append(f"PretrainedConfig._attn_implementation ({PINS['transformers']})")
+    import importlib
+
+    for name, (owner, _) in PRIVATE_NAMES.items():
+        if name.startswith(f"{owner}.models."):  # a module-level function outside __all__
+            module_name, _, attr = name.rpartition(".")
+            if not callable(getattr(importlib.import_module(module_name), attr, None)):
+                gone.append(f"{name} ({PINS[owner]})")
     return gone
