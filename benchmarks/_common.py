@@ -9,7 +9,11 @@ Two prompt shapes, random weights, images given as model inputs:
 * ``qwen2_vl``: Qwen2-VL's decoder (multi-axis rotary positions from ``get_rope_index``), its
   chat prompt with one ``--image-px`` square image (256: a 64 x 64 patch grid from the tiny
   2-layer tower, patch 4, merged 2 x 2 into 1,024 ``<|image_pad|>`` positions) + text, through
-  the family's own processor.
+  the family's own processor;
+* ``llava_onevision``: LLaVA-OneVision (the paper's non-native model) with a Qwen2 decoder, a
+  tiny SigLIP tower on 48 px crops (patch 4: 144 features a crop) and one 96 x 96 anyres
+  pinpoint: a 96 x 96 image gives the base crop and 2 x 2 tiles, 144 + 24 x (24 + 1 newline) =
+  720 image positions and 24 `image_newline` row ends, through the family's own processor.
 
 Every script builds, side by side in one process: Hugging Face with eager attention and with
 SDPA (deep copies of one model), TransformerLens' bridge as vlm_lens used it before the fast path
@@ -40,13 +44,18 @@ from transformers import (
 
 from vlm_lens import Batch, HookedVLM
 from vlm_lens.testing import tiny_chameleon, tiny_llava
+from vlm_lens.testing.tiny_llava_next import tiny_llava_onevision
 from vlm_lens.testing.tiny_qwen_vl import tiny_qwen2_vl
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     """Arguments every script takes (shape, size, device, repeats)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--shape", choices=["chameleon", "llava", "qwen2_vl"], default="chameleon")
+    p.add_argument(
+        "--shape",
+        choices=["chameleon", "llava", "qwen2_vl", "llava_onevision"],
+        default="chameleon",
+    )
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
@@ -112,18 +121,25 @@ def build(args: argparse.Namespace) -> Setup:
         if args.vocab:
             config.vocab_size = args.vocab
         model = ChameleonForConditionalGeneration(config)
-    elif args.shape == "qwen2_vl":
-        tiny = tiny_qwen2_vl(
-            hidden_size=args.hidden,
-            num_hidden_layers=args.layers,
-            num_attention_heads=args.heads,
-            num_key_value_heads=args.heads,
-            intermediate_size=mlp,
-            max_position_embeddings=8192,
+    elif args.shape in ("qwen2_vl", "llava_onevision"):
+        text_sizes: dict[str, Any] = {
+            "hidden_size": args.hidden,
+            "num_hidden_layers": args.layers,
+            "num_attention_heads": args.heads,
+            "num_key_value_heads": args.heads,
+            "intermediate_size": mlp,
+            "max_position_embeddings": 8192,
             **({"vocab_size": args.vocab} if args.vocab else {}),
-        )
-        side = args.image_px
-        tiny.processor.image_processor.size = {"shortest_edge": 64, "longest_edge": side * side}
+        }
+        if args.shape == "qwen2_vl":
+            tiny = tiny_qwen2_vl(**text_sizes)
+            side = args.image_px
+            tiny.processor.image_processor.size = {
+                "shortest_edge": 64,
+                "longest_edge": side * side,
+            }
+        else:
+            tiny = tiny_llava_onevision(crop=48, pinpoints=[[96, 96]], **text_sizes)
         model = tiny.model
     else:
         tiny = tiny_llava()
@@ -172,8 +188,8 @@ def _prompt(model: HookedVLM, tiny: Any, args: argparse.Namespace, hf: Any) -> B
         ids = [tok.bos_token_id, tok.convert_tokens_to_ids("<racm3:break>"), *image]
         ids += [tok.convert_tokens_to_ids("<eoss>"), *text]
         inputs: dict[str, Any] = {"input_ids": torch.tensor([ids] * args.batch)}
-    elif args.shape == "qwen2_vl":
-        side = args.image_px
+    elif args.shape in ("qwen2_vl", "llava_onevision"):
+        side = args.image_px if args.shape == "qwen2_vl" else 96
         pixels = (torch.rand(side, side, 3, generator=gen) * 255).to(torch.uint8).numpy()
         prompt = tiny.prompt.replace("What is in the image?", tok.decode(text))
         inputs = dict(

@@ -59,7 +59,16 @@ _PATCH = 4
 _PINPOINTS = [[8, 8], [8, 16], [16, 8], [16, 16]]
 
 
-def _build(onevision: bool, text_backbone: str, seed: int, dtype: torch.dtype) -> TinyVLM:
+def _build(
+    onevision: bool,
+    text_backbone: str,
+    seed: int,
+    dtype: torch.dtype,
+    crop: int = _CROP,
+    pinpoints: list[list[int]] | None = None,
+    **text: Any,
+) -> TinyVLM:
+    pinpoints = pinpoints or _PINPOINTS
     bos: dict[str, str] = {} if onevision else {"bos_token": "<s>"}
     tokenizer = _make_tokenizer(
         ["<s>", "</s>", "<unk>", "<pad>", "<image>", "<video>"],
@@ -77,17 +86,17 @@ def _build(onevision: bool, text_backbone: str, seed: int, dtype: torch.dtype) -
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
-        "image_size": _CROP,
+        "image_size": crop,
         "patch_size": _PATCH,
     }
     strategy = "full" if onevision else "default"
     common: dict[str, Any] = {
         "vision_config": vision,
-        "text_config": {"model_type": text_backbone, **_text_config(tokenizer)},
+        "text_config": {"model_type": text_backbone, **_text_config(tokenizer, **text)},
         "image_token_index": tokenizer.image_token_id,
         "vision_feature_layer": -1,
         "vision_feature_select_strategy": strategy,
-        "image_grid_pinpoints": _PINPOINTS,
+        "image_grid_pinpoints": pinpoints,
     }
     config_cls: Any = LlavaOnevisionConfig if onevision else LlavaNextConfig
     model_cls: Any = (
@@ -103,16 +112,16 @@ def _build(onevision: bool, text_backbone: str, seed: int, dtype: torch.dtype) -
         norms_in=[inner.vision_tower],
     )
     image_kwargs: dict[str, Any] = {
-        "size": {"height": _CROP, "width": _CROP} if onevision else {"shortest_edge": _CROP},
-        "crop_size": {"height": _CROP, "width": _CROP},
-        "image_grid_pinpoints": _PINPOINTS,
+        "size": {"height": crop, "width": crop} if onevision else {"shortest_edge": crop},
+        "crop_size": {"height": crop, "width": crop},
+        "image_grid_pinpoints": pinpoints,
     }
     processor: Any
     if onevision:
         processor = images_only_processor_class(LlavaOnevisionProcessor)(
             image_processor=LlavaOnevisionImageProcessorPil(**image_kwargs),
             tokenizer=tokenizer,
-            num_image_tokens=(_CROP // _PATCH) ** 2,
+            num_image_tokens=(crop // _PATCH) ** 2,
             vision_feature_select_strategy=strategy,
         )
         prompt = (
@@ -157,7 +166,13 @@ def tiny_llava_next(
 
 
 def tiny_llava_onevision(
-    *, text_backbone: str = "qwen2", seed: int = 0, dtype: torch.dtype = torch.float32
+    *,
+    text_backbone: str = "qwen2",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    crop: int = _CROP,
+    pinpoints: list[list[int]] | None = None,
+    **text: Any,
 ) -> TinyVLM:
     """Builds a tiny ``LlavaOnevisionForConditionalGeneration`` (SigLIP tower, Qwen2 text
     model, no BOS as Qwen2; the ids of `tiny_llava_next`).
@@ -166,8 +181,11 @@ def tiny_llava_onevision(
         text_backbone: ``text_config.model_type`` (``"qwen2"`` as the released models).
         seed: Seed for the HF init and the weight randomisation.
         dtype: Dtype the parameters are cast to at the end.
+        crop: Side of the tower's crops in pixels (patch 4: ``(crop/4)**2`` features each).
+        pinpoints: The anyres grid resolutions (default 8 x 8 to 16 x 16).
+        **text: Text-config overrides (``hidden_size=``, ``num_hidden_layers=``...).
 
     Returns:
         The tiny model with its processor and tokenizer.
     """
-    return _build(True, text_backbone, seed, dtype)
+    return _build(True, text_backbone, seed, dtype, crop, pinpoints, **text)
