@@ -66,8 +66,11 @@ def test_layers_below_a_group_do_not_run(both: dict[str, Wrapped]) -> None:
     finally:
         for handle in handles:
             handle.remove()
-    assert runs.passes == 3 and runs.first_layers == (1, 1)
-    assert rows == {0: [len(target)], 1: [len(target)] * 3}
+    # a decoder with mixed layer types (Gemma 3: sliding, full) picks masks by layer index,
+    # so its passes cannot start past layer 0
+    skips = layers_can_be_skipped(_decoder_owner(w.model))
+    assert runs.passes == 3 and runs.first_layers == ((1, 1) if skips else (0, 0))
+    assert rows == {0: [len(target)] * (1 if skips else 3), 1: [len(target)] * 3}
     stacked = run_suffixes(w.model, prefix, conditions, per_pass=3)
     with torch.no_grad():
         for hooks, one, wide in zip(conditions, runs.logits, stacked.logits, strict=True):

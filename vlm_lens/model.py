@@ -592,6 +592,14 @@ class HookedVLM(nn.Module):
         """
         batch = self._as_batch(batch)
         inputs = dict(batch.inputs)
+        if "past_key_values" not in generate_kwargs and any(
+            self.attention_window(layer) is not None for layer in range(self.cfg.n_layers)
+        ):
+            # HF's default cache keeps only the window's keys on sliding layers, so hooks would
+            # see fewer key positions than the batch has; a DynamicCache keeps every position.
+            from transformers import DynamicCache
+
+            generate_kwargs["past_key_values"] = DynamicCache()
         with self.hooks(fwd_hooks=fwd_hooks), self._image_groups(batch), torch.no_grad():
             hf: Any = self.hf_model
             return hf.generate(

@@ -9,12 +9,17 @@ online softmax into different key blocks; those tests use float32's default tole
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import Wrapped
 
 from tests.contract._reference import no_prefix_reuse_at_gate
+from tests.contract._scenarios import images_for
+from vlm_lens import VLMInputError
 from vlm_lens.analysis import PatchPair, knockout_sweep, patching_sweep, run_sweep
+from vlm_lens.engine.prefix import image_positions_end, reusable_from
 from vlm_lens.interventions import (
     ablate_image_tokens,
     gate_knockout,
@@ -64,6 +69,42 @@ def test_suffix_logits_equal_full_run(both: dict[str, Wrapped], impl: str, n_pro
     _same(first, full[:, upto:], impl)
     _same(knocked, full_ko[:, upto:], impl)
     assert prefix.past_key_values.get_seq_length() == upto
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_prefix_after_two_images_equals_hf_full_forward(
+    both: dict[str, Wrapped], impl: str
+) -> None:
+    """Two images apart in one prompt. Every `upto` before the end of the last image (between
+    the two included) is refused: the prefix pass encodes the images, and the suffix pass gets
+    no image inputs, so with Gemma 3 the second image's bidirectional block would run causal.
+    From the end of the images on, suffix logits equal the HF reference's own full forward on
+    the processor's inputs (``token_type_ids`` included): the cached image keys carry the
+    prefix pass's attention structure, Gemma 3's blocks both ways."""
+    w = both[impl]
+    ph = w.model.image_placeholder
+    text = f"First {ph} then {ph} and now tell me what differs between the two of them"
+    batch = w.model.prepare(images=[images_for(w, 2)], text=[text])
+    ids, length = batch.input_ids, batch.input_ids.shape[1]
+    start = reusable_from(batch)
+    # the refused range covers every image token HF sees (placeholder ids, not the layout)
+    placeholder = getattr(w.tiny.tokenizer, "image_token_id", None)
+    if placeholder is not None and bool((ids == placeholder).any()):
+        assert image_positions_end(batch) >= int((ids == placeholder).nonzero()[:, 1].max()) + 1
+    first_image = int(batch.layout.positions("image")[0][0])
+    for upto in range(first_image, start):
+        with pytest.raises(VLMInputError, match="every image token|bidirectional"):
+            w.model.prefix_cache(batch, upto=upto)
+    reference = copy.deepcopy(w.reference)
+    reference.set_attn_implementation(impl)
+    with torch.no_grad():
+        expected = reference(**batch.inputs).logits
+        last_gate = int(batch.layout.positions("gate")[0].max())
+        for upto in sorted({start, max(start, last_gate), (start + length) // 2}):
+            if upto >= length - 2:
+                continue
+            prefix = w.model.prefix_cache(batch, upto=upto)
+            _same(w.model.run_suffix(prefix), expected[:, upto:], impl)
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])

@@ -18,6 +18,8 @@ from tests.conftest import PRIMARY, Wrapped, wrap_variant
 from tests.contract._reference import no_prefix_reuse_at_gate
 from vlm_lens import hooks as hook_names
 from vlm_lens.engine.suffix_stack import (
+    _decoder_owner,
+    layers_can_be_skipped,
     run_suffixes,
 )
 from vlm_lens.interventions import gate_knockout, knockout, steer
@@ -51,7 +53,7 @@ def _conditions(w: Wrapped, source: Any, target: Any) -> list[Any]:
     vector = torch.randn(w.model.cfg.d_model, generator=torch.Generator().manual_seed(0))
 
     def halve_in_place(tensor: torch.Tensor, hook: Any) -> None:  # noqa: ARG001
-        tensor[:, -1] *= 0.5
+        tensor[:, -1].mul_(0.5).add_(1.0)  # not only a scale: the final RMSNorm undoes that
 
     def scale_final(tensor: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
         return tensor * 1.5
@@ -68,11 +70,11 @@ def _conditions(w: Wrapped, source: Any, target: Any) -> list[Any]:
     ]
 
 
-def _check(a: torch.Tensor, b: torch.Tensor, impl: str) -> None:
+def _check(a: torch.Tensor, b: torch.Tensor, impl: str, atol: float = 1e-5) -> None:
     if impl == "eager":
         assert torch.equal(a, b), (a - b).abs().max()
     else:
-        torch.testing.assert_close(a, b, rtol=1.3e-6, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1.3e-6, atol=atol)
         assert torch.equal(a[:, -1].argmax(-1), b[:, -1].argmax(-1))
 
 
@@ -91,15 +93,21 @@ def test_stacked_equals_one_pass_per_condition_and_full_runs(
     cached = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.past_key_values.layers]
     runs = run_suffixes(w.model, prefix, conditions, per_pass=per_pass)
     n = w.model.cfg.n_layers
-    assert runs.first_layers == (*range(n), 0, *range(n), 1, 1, 0, n, n - 1)
+    first = (*range(n), 0, *range(n), 1, 1, 0, n, n - 1)
+    if not layers_can_be_skipped(_decoder_owner(w.model)):  # Gemma 3: [sliding, full] layers
+        first = (0,) * len(first)
+    assert runs.first_layers == first
     with torch.no_grad():
         clean_full = w.model(target)[:, upto:]
+        # SDPA: at least 1e-5, or twice the model's own clean eager/SDPA gap (Gemma 3's is larger)
+        gap = float((both["eager"].model(target)[:, upto:] - clean_full).abs().max())
+        atol = max(1e-5, 2 * gap)
         for hooks, stacked in zip(conditions, runs.logits, strict=True):
             single = w.model.run_suffix(prefix, fwd_hooks=hooks)
             full = w.model.run_with_hooks(target, fwd_hooks=hooks)[:, upto:]
-            _check(stacked, single, impl)
-            _check(stacked, full, impl)
-    _check(runs.clean, clean_full, impl)
+            _check(stacked, single, impl, atol)
+            _check(stacked, full, impl, atol)
+    _check(runs.clean, clean_full, impl, atol)
     # the prefix cache is untouched, and nothing is left hooked
     for layer, (keys, values) in zip(prefix.past_key_values.layers, cached, strict=True):
         assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)

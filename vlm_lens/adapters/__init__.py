@@ -22,6 +22,7 @@ from transformer_lens.factories.architecture_adapter_factory import Architecture
 from vlm_lens.adapters.base import VLMAdapter, vision_tower_type
 from vlm_lens.adapters.chameleon import ChameleonAdapter, ChameleonArchitectureAdapter
 from vlm_lens.adapters.emu3 import Emu3Adapter
+from vlm_lens.adapters.gemma import Gemma3Adapter
 from vlm_lens.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from vlm_lens.adapters.internvl import InternVLAdapter
 from vlm_lens.adapters.janus import JanusAdapter, JanusArchitectureAdapter
@@ -145,6 +146,7 @@ def adapter_for(model: nn.Module, processor: Any | None = None) -> VLMAdapter:
 for _adapter in (
     ChameleonAdapter,
     Emu3Adapter,
+    Gemma3Adapter,
     Idefics3Adapter,
     InternVLAdapter,
     JanusAdapter,
@@ -165,6 +167,7 @@ __all__ = [
     "ChameleonAdapter",
     "ChameleonArchitectureAdapter",
     "Emu3Adapter",
+    "Gemma3Adapter",
     "Idefics3Adapter",
     "InternVLAdapter",
     "JanusAdapter",

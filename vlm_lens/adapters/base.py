@@ -20,7 +20,7 @@ The seams a family may override, each with a default that fits Chameleon, Emu3, 
 `load_processor`               how `HookedVLM.from_pretrained` loads the processor (default
                                ``AutoProcessor.from_pretrained``)
 `processor_images`             how `HookedVLM.prepare` hands the images to the processor
-                               (default: one flat list; OneVision: one list per prompt)
+                               (default: one flat list; OneVision, Gemma 3: one list per prompt)
 `refine_layout`                roles that follow from the image inputs, not the ids (default:
                                none; LLaVA-Next's ``image_newline`` row ends and image lengths)
 ============================== ================================================================

@@ -74,6 +74,7 @@ TESTED_ATTENTION_MODULES: frozenset[str] = frozenset(
         "Qwen2Attention",
         "ChameleonAttention",
         "Emu3Attention",
+        "Gemma3Attention",
         "Qwen2VLAttention",
         "Qwen2_5_VLAttention",
         "GemmaAttention",

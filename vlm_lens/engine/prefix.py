@@ -139,6 +139,11 @@ def suffix_inputs(
     """Model inputs of a suffix pass: ids and positions ``upto ..``, the full attention mask
     (it spans the cached prefix), no image inputs (the images are in the prefix).
 
+    Leaving out per-position image inputs (Gemma 3's ``token_type_ids``, which make each
+    image's tokens one bidirectional block) is exact only because `check_upto` keeps every image
+    token, so every such block, in the prefix: the suffix holds text only, whose mask is
+    causal, and the cached image keys were computed with the blocks.
+
     Args:
         batch: the batch.
         upto: number of cached prefix positions.

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from vlm_lens.testing.tiny_gemma import tiny_gemma3
 from vlm_lens.testing.tiny_idefics3 import IDEFICS3_SIZES, tiny_idefics3, tiny_smolvlm
 from vlm_lens.testing.tiny_internvl import tiny_internvl
 from vlm_lens.testing.tiny_llava_next import (
@@ -347,6 +348,13 @@ register_tiny(
     image_sizes=LLAVA_NEXT_SIZES,
 )
 
+# Gemma 3: <start_of_image> soft tokens <end_of_image> (the gate), one fixed-size span per image.
+register_tiny(
+    "gemma3",
+    tiny_gemma3,
+    family="gemma3",
+    frame=ImageFrame(opening=("<start_of_image>",), closing=("<end_of_image>",)),
+)
 # Idefics3 / SmolVLM: a grid of tiles and the global tile per image, in one span; the sizes
 # give 2 x 2, 1 x 2 and 2 x 1 grids.
 _IDEFICS3 = ImageFrame(

@@ -102,6 +102,8 @@ class TinyVLM:
         family: The adapter family (``VLMAdapter.family``) it is a model of.
         image_size: ``(height, width)`` a sample image should have (see :func:`sample_image`).
         prompt: A sample prompt with exactly one image placeholder, in the family's chat style.
+        per_prompt_images: Whether the processor takes one list of images per prompt (Gemma 3;
+            the adapter's ``processor_images`` seam).
     """
 
     model: PreTrainedModel = field(repr=False)
@@ -110,6 +112,7 @@ class TinyVLM:
     family: str
     image_size: tuple[int, int]
     prompt: str
+    per_prompt_images: bool = False
 
     def sample_inputs(self, seed: int = 0, batch_size: int = 1) -> BatchFeature:
         """Runs the processor on :attr:`prompt` and :func:`sample_image` (one image per prompt).
@@ -126,7 +129,8 @@ class TinyVLM:
         """
         images = [sample_image(seed + i, self.image_size) for i in range(batch_size)]
         text = [self.prompt] * batch_size
-        inputs = self.processor(images=images, text=text, return_tensors="pt")
+        given: Any = [[img] for img in images] if self.per_prompt_images else images
+        inputs = self.processor(images=given, text=text, return_tensors="pt")
         return inputs.to(self.model.dtype)
 
 
