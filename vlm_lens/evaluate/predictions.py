@@ -73,9 +73,9 @@ class PredictionLog:
             file.unlink()
         if not file.exists() or file.stat().st_size == 0:
             file.parent.mkdir(parents=True, exist_ok=True)
-            header = {"format": FORMAT, "fingerprint": digest, "config": plain}
+            first: dict[str, Any] = {"format": FORMAT, "fingerprint": digest, "config": plain}
             with file.open("w", encoding="utf-8") as out:
-                out.write(json.dumps(header, sort_keys=True) + "\n")
+                out.write(json.dumps(first, sort_keys=True) + "\n")
             return cls(file, plain, [])
         header, rows, good_bytes = _read(file)
         stored: dict[str, Any] = header.get("config") or {}
