@@ -9,6 +9,7 @@ representations, an uninterrupted run for the resumed one.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from vlm_lens.evaluate.generation import generate_runs, shared_prefix_end
 from vlm_lens.evaluate.predictions import PredictionLog
 from vlm_lens.interventions import gate_knockout, image_to_text_knockout
 from vlm_lens.positions import random_image_tokens, select
-from vlm_lens.report.html import render_html
+from vlm_lens.report import html as report_html
 from vlm_lens.world import world_split
 from vlm_lens.zoo.tasks import question_prompt
 
@@ -114,8 +115,9 @@ def test_condition_names_windows_and_seeded_draws(native):
     names = [c.name for c in parse_conditions("baseline,gate,image->text,random,gate@last2")]
     assert names == ["baseline", "gate", "image->text", "random", "gate@last2"]
     random = parse_conditions("random")[0]
-    assert random.run_names("vqa_accuracy") == [f"random#{d}" for d in range(5)]
-    assert random.run_names("cider") == [f"random#{d}" for d in range(3)]
+    assert random.run_names(TASKS["vqav2"]) == [f"random#{d}" for d in range(5)]
+    assert random.run_names(TASKS["coco-captions"]) == [f"random#{d}" for d in range(3)]
+    assert random.run_names(TASKS["imagenet-chi"]) == ["random"]
     assert [c.name for c in progressive_conditions(4, [0, 1, 4])] == [
         "baseline",
         "gate@last1",
@@ -235,7 +237,7 @@ def test_chi_out_reads_the_last_token_final_residual(native, tmp_path):
 
 
 # ---------------------------------------------------------------------- CLI and report
-def test_cli_writes_the_table_and_rejects_bad_data(vqa_folder, tmp_path, capsys):
+def test_cli_writes_the_table_and_rejects_bad_data(vqa_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = [
         "evaluate",
@@ -275,11 +277,15 @@ def test_cli_writes_the_table_and_rejects_bad_data(vqa_folder, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vlm-lens: error:")
     broken = tmp_path / "broken"
-    broken.mkdir()
-    for f in vqa_folder.glob("*.json"):
-        (broken / f.name).write_text("{not json")
+    shutil.copytree(vqa_folder, broken)
+    (broken / "v2_mscoco_val2014_annotations.json").write_text('{"annotations": 3}')
     assert main([*missing[:3], str(broken), *missing[4:]]) == 2
-    page = render_html([], None, {"title": "t", "evaluation": [table]})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "v2_mscoco_val2014_annotations.json" in err[0], err
+    assert main(["narrow-gate", "--evaluation", str(tmp_path / "nothing")]) == 2
+    assert "--evaluation" in capsys.readouterr().err
+    monkeypatch.setattr(report_html, "_figures", lambda runs: {})  # no narrow-gate runs here
+    page = report_html.render_html([], None, {"title": "t", "evaluation": [table]})
     assert "Table 1" in page and "image-&gt;text" in page and "organism:nonnative" in page
 
 

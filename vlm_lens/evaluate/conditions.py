@@ -4,7 +4,8 @@ A `Condition` builds the ``fwd_hooks`` of one run on a batch: ``baseline`` (none
 position reads the gate, every layer: `vlm_lens.interventions.gate_knockout`),
 ``image->text`` (the text after the image reads no image-side token:
 `image_to_text_knockout`) and ``random`` (no position reads ``k = 10`` random image tokens:
-`random_image_knockout`, averaged over 5 seeded draws for VQA and 3 otherwise, as the paper).
+`random_image_knockout`, averaged over the task's seeded draws: 5 for VQA and 3 for captions,
+as the paper, `Task.random_draws`).
 ``NAME@lastW`` restricts a knockout to the last ``W`` layers (the progressive χ^out curves;
 `progressive_conditions`), and any ``name -> (batch -> fwd_hooks)`` is a user condition. Every
 knockout is the pre-softmax mask of `vlm_lens.interventions` (all heads).
@@ -16,7 +17,8 @@ order of the items, or on a resumed run.
 Example:
     >>> [c.name for c in parse_conditions("baseline,gate,image->text,random,gate@last2")]
     ['baseline', 'gate', 'image->text', 'random', 'gate@last2']
-    >>> parse_conditions("random")[0].draws_for("vqa_accuracy")
+    >>> from vlm_lens.evaluate.tasks import TASKS
+    >>> parse_conditions("random")[0].draws_for(TASKS["vqav2"])
     5
 """
 
@@ -26,12 +28,14 @@ import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from vlm_lens.batch import Batch
 from vlm_lens.engine.intervention import Intervention
 from vlm_lens.errors import VLMInputError
+from vlm_lens.evaluate.tasks import Task
 from vlm_lens.interventions import (
     gate_knockout,
     image_to_text_knockout,
@@ -42,7 +46,6 @@ from vlm_lens.types import HookList
 
 __all__ = [
     "DEFAULT_CONDITIONS",
-    "RANDOM_DRAWS",
     "RANDOM_K",
     "Condition",
     "ConditionContext",
@@ -54,10 +57,6 @@ __all__ = [
 
 RANDOM_K = 10
 """Image tokens knocked out by the ``random`` condition (the paper's k)."""
-
-RANDOM_DRAWS: Mapping[str, int] = {"vqa_accuracy": 5, "cider": 3, "chi_out": 3}
-"""Draws of the ``random`` condition per metric: 5 for VQA and 3 for captions (the paper);
-3 for χ^out (the paper does not say)."""
 
 DEFAULT_CONDITIONS = ("baseline", "gate", "image->text", "random")
 """The four columns of Table 1."""
@@ -93,29 +92,28 @@ class Condition:
         build: ``(batch, context) -> fwd_hooks``; an `Intervention` (which knows its
             earliest affected position) lets the runner reuse the clean prefix, any other
             hook list runs on the whole prompt.
-        draws: number of seeded draws, averaged in the table: an int, or one per metric.
+        draws: number of seeded draws, averaged in the table, or ``"task"`` for the task's
+            `Task.random_draws` (5 VQA, 3 captions, 1 χ^out).
         description: what it does, for the report.
 
     Example:
         >>> c = Condition.from_hooks("mine", lambda batch: [])
-        >>> c.name, c.draws_for("cider")
+        >>> c.name, c.draws_for(TASKS["coco-captions"])  # doctest: +SKIP
         ('mine', 1)
     """
 
     name: str
     build: Builder
-    draws: int | Mapping[str, int] = 1
+    draws: int | Literal["task"] = 1
     description: str = field(default="", compare=False)
 
-    def draws_for(self, metric: str) -> int:
-        """Number of draws under `metric`."""
-        if isinstance(self.draws, int):
-            return self.draws
-        return int(self.draws.get(metric, 1))
+    def draws_for(self, task: Task) -> int:
+        """Number of draws on `task`."""
+        return task.random_draws if self.draws == "task" else int(self.draws)
 
-    def run_names(self, metric: str) -> list[str]:
+    def run_names(self, task: Task) -> list[str]:
         """Names of its runs: the name itself, or ``name#d`` per draw when it has several."""
-        n = self.draws_for(metric)
+        n = self.draws_for(task)
         return [self.name] if n == 1 else [f"{self.name}#{d}" for d in range(n)]
 
     @classmethod
@@ -197,7 +195,7 @@ def named_condition(name: str) -> Condition:
         )
     make, what = _KNOCKOUTS[base]
     description = what + ("" if window is None else f", last {window} layers")
-    draws: int | Mapping[str, int] = RANDOM_DRAWS if base == "random" else 1
+    draws: int | Literal["task"] = "task" if base == "random" else 1
     return Condition(name, make(window), draws, description)
 
 

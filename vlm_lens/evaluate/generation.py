@@ -133,7 +133,7 @@ def last_residuals(
         capture = [*hooks, (name_out, keep)]
         with torch.no_grad():
             if prefix is not None and run in sharing:
-                model.run_suffix(prefix, fwd_hooks=capture, return_type=None)
+                model.run_suffix(prefix, fwd_hooks=capture)
                 offset = prefix.upto
             else:
                 model.run_with_hooks(batch, fwd_hooks=capture, return_type=None)

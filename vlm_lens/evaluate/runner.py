@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 from vlm_lens.batch import Batch
 from vlm_lens.data.examples import load_image
 from vlm_lens.errors import VLMInputError
-from vlm_lens.evaluate.chi import chi_out
 from vlm_lens.evaluate.conditions import (
     DEFAULT_CONDITIONS,
     Condition,
@@ -46,7 +45,7 @@ from vlm_lens.evaluate.items import EvalItem
 from vlm_lens.evaluate.predictions import PredictionLog
 from vlm_lens.evaluate.prompts import item_prompt
 from vlm_lens.evaluate.result import EvaluationResult
-from vlm_lens.evaluate.tasks import TASKS, Task
+from vlm_lens.evaluate.tasks import CHI_K, TASKS, Task
 from vlm_lens.types import HookList
 from vlm_lens.zoo.registry import ORGANISMS, PREFIX, WEIGHTS
 
@@ -76,7 +75,7 @@ def evaluate(
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
     seed: int = 42,
-    k: int = 30,
+    k: int = CHI_K,
     reuse_prefix: bool = True,
     on_row: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> EvaluationResult:
@@ -120,12 +119,12 @@ def evaluate(
     name = model_name or model_name_of(model)
     prompts = [item_prompt(model, name, task, item) for item in items]
     metric = task.metric
-    runs = [(c, d, run) for c in conds for d, run in enumerate(c.run_names(metric))]
+    runs = [(c, d, run) for c in conds for d, run in enumerate(c.run_names(task))]
     config = {
         "task": task.name,
         "metric": metric,
         "model": name,
-        "conditions": {c.name: c.draws_for(metric) for c in conds},
+        "conditions": {c.name: c.draws_for(task) for c in conds},
         "seed": seed,
         "max_new_tokens": task.max_new_tokens,
         "batch_size": batch_size,
@@ -242,9 +241,7 @@ def _score(
     scores: dict[str, float] = {}
     draws: dict[str, list[float]] = {}
     for cond in conds:
-        values = [
-            _score_run(task, items, by_run.get(run, {}), k) for run in cond.run_names(task.metric)
-        ]
+        values = [_score_run(task, items, by_run.get(run, {}), k) for run in cond.run_names(task)]
         scores[cond.name] = float(np.mean(values))
         if len(values) > 1:
             draws[cond.name] = values
@@ -279,7 +276,6 @@ def _score_run(
         raise VLMInputError(f"no prediction for item {missing[0]!r}")  # pragma: no cover
     if task.metric == "chi_out":
         reps = torch.tensor([rows[item.id]["representation"] for item in items])
-        labels = [str(item.label) for item in items]
-        return float(chi_out(reps, labels, k=k))
+        return float(task.score_representations(reps, items, k=k))
     predictions = {item.id: str(rows[item.id]["prediction"]) for item in items}
     return float(task.score(predictions, items))
