@@ -1,7 +1,7 @@
 """`evaluate`: one task on one model under every condition (the paper's Table 1).
 
-For each batch of items (sorted by prompt length so that batches need little padding; left
-padding where they do), every condition's hooks are built on the batch (`conditions`), the
+For each batch of items (prompts of one token length per batch, so that no batch needs
+padding and generation can share the clean prefix), every condition's hooks are built on the batch (`conditions`), the
 clean prefix they share is computed once (`generation`), and each run generates greedily
 (VQA 20 new tokens, captions 60, stopping at end-of-sequence, on the KV cache) or, for
 χ^out, records the last token's final-layer residual. Each (item, run) row is appended to
@@ -134,8 +134,7 @@ def evaluate(
     log = _log(out, config)
     done = set(log.done) if log is not None else set()
     rows: list[dict[str, Any]] = list(log.rows) if log is not None else []
-    order = _length_order(model, prompts)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = _batches(model, prompts, batch_size)
     context = ConditionContext(int(model.cfg.n_layers))
     bar = tqdm(total=len(items) * len(runs), desc=f"{task.name} {name}", disable=not progress)
     bar.update(sum(1 for i in ids for _, _, r in runs if (i, r) in done))
@@ -190,13 +189,23 @@ def _log(out: str | os.PathLike[str] | None, config: Mapping[str, Any]) -> Predi
     return PredictionLog.open(Path(out) / "predictions.jsonl", config)
 
 
-def _length_order(model: Any, prompts: Sequence[str]) -> list[int]:
-    """Item indices sorted (stably) by the token length of their prompt text."""
+def _batches(model: Any, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Item indices in batches of prompts of one token length each (no padding, so the
+    clean prefix can be shared during generation), at most `batch_size` per batch, in order
+    of length, then of the items."""
     tokenizer = model.tokenizer
     if tokenizer is None:
-        return list(range(len(prompts)))
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    return sorted(range(len(prompts)), key=lambda i: lengths[i])
+        lengths = [0] * len(prompts)
+    else:
+        lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    groups: dict[int, list[int]] = {}
+    for i in sorted(range(len(prompts)), key=lambda i: lengths[i]):
+        groups.setdefault(lengths[i], []).append(i)
+    return [
+        group[start : start + batch_size]
+        for group in groups.values()
+        for start in range(0, len(group), batch_size)
+    ]
 
 
 def _prepare(model: Any, items: Sequence[EvalItem], prompts: Sequence[str]) -> Batch:
