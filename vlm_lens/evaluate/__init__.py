@@ -16,7 +16,7 @@ Example:
 """
 
 from vlm_lens.evaluate.chi import chi_out
-from vlm_lens.evaluate.cider import cider, cider_per_item
+from vlm_lens.evaluate.cider_score import cider, cider_per_item
 from vlm_lens.evaluate.items import EvalItem, load_item_image
 from vlm_lens.evaluate.readers import (
     read_class_folders,
