@@ -331,6 +331,38 @@ def test_hf_dataset_columns_and_errors(tmp_path) -> None:
     )
     items = read_hf_dataset(ds, "captions")
     assert [(i.id, i.references) for i in items] == [("5", ("a", "b")), ("6", ("c",))]
+    # A Sequence of structs comes back as a dict of lists.
+    answers = datasets.Sequence(
+        {"answer": datasets.Value("string"), "answer_id": datasets.Value("int32")}
+    )
+    vqa = datasets.Dataset.from_dict(
+        {
+            "image": [image],
+            "question": ["q"],
+            "answers": [{"answer": ["x", "y"], "answer_id": [1, 2]}],
+        },
+        features=datasets.Features(
+            {"image": datasets.Image(), "question": datasets.Value("string"), "answers": answers}
+        ),
+    )
+    assert read_hf_dataset(vqa, "vqa")[0].references == ("x", "y")
+    # yerevann/coco-karpathy: no image column, filepath + filename under an image root.
+    (tmp_path / "val2014").mkdir()
+    image.save(tmp_path / "val2014" / "COCO_val2014_000000000007.jpg")
+    karpathy = datasets.Dataset.from_dict(
+        {
+            "filepath": ["val2014"],
+            "filename": ["COCO_val2014_000000000007.jpg"],
+            "sentences": [["a", "b"]],
+            "cocoid": [7],
+        }
+    )
+    (item,) = read_hf_dataset(karpathy, "captions", image_root=tmp_path)
+    assert (item.id, item.image, item.references) == (
+        "7",
+        str(tmp_path / "val2014" / "COCO_val2014_000000000007.jpg"),
+        ("a", "b"),
+    )
     with pytest.raises(VLMInputError, match="no answers column"):
         read_hf_dataset(ds, "vqa")
     with pytest.raises(VLMInputError, match="no column 'img'"):
