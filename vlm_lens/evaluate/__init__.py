@@ -19,7 +19,7 @@ Example:
 """
 
 from vlm_lens.evaluate.chi import chi_out
-from vlm_lens.evaluate.cider import cider, cider_per_item
+from vlm_lens.evaluate.cider_score import cider, cider_per_item
 from vlm_lens.evaluate.conditions import (
     DEFAULT_CONDITIONS,
     Condition,

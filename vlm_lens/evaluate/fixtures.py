@@ -96,11 +96,12 @@ def _check_format(image_format: str) -> None:
 
 
 def _annotator_answers(qa: QA, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """Ten ``(answer, confidence)`` pairs: most give the true answer; 0, 1, 2, 4 or 6 of them
-    (drawn) give another answer of the same kind."""
+    """Ten ``(answer, confidence)`` pairs: 0, 1, 2, 3 or 4 annotators (drawn; none with
+    probability 1/3) give another answer of the same kind, the rest the true answer, which so
+    stays the majority."""
     true = vqa_answer(qa.answer)
     others = [vqa_answer(a) for a in ANSWERS[qa.kind] if a != qa.answer]
-    dissent = int(rng.choice([0, 0, 1, 2, 4, 6]))
+    dissent = int(rng.choice([0, 0, 1, 2, 3, 4]))
     who = set(rng.permutation(10)[:dissent].tolist())
     return [
         (others[int(rng.integers(len(others)))], "maybe") if i in who else (true, "yes")
@@ -330,7 +331,7 @@ def to_hf_dataset(items: Sequence[EvalItem], kind: Literal["vqa", "captions", "c
     VQA: ``image``, ``question``, ``answers`` (``{"answer", "answer_confidence",
     "answer_id"}`` structs, as ``HuggingFaceM4/VQAv2``), ``question_id``; captions: ``image``,
     ``caption`` (a list, as ``nlphuji/flickr30k``), ``img_id``; classes: ``image``, ``label``
-    (a ``ClassLabel`` of the sorted labels). Images are stored encoded (PNG).
+    (a ``ClassLabel`` of the sorted labels), ``id``. Images are stored encoded (PNG).
 
     Raises:
         VLMInputError: if ``datasets`` is not installed.
@@ -370,7 +371,9 @@ def to_hf_dataset(items: Sequence[EvalItem], kind: Literal["vqa", "captions", "c
     elif kind == "classes":
         names = sorted({str(item.label) for item in items})
         columns["label"] = [names.index(str(item.label)) for item in items]
+        columns["id"] = [item.id for item in items]
         features["label"] = datasets.ClassLabel(names=names)
+        features["id"] = datasets.Value("string")
     else:
         raise VLMInputError(f"kind must be 'vqa', 'captions' or 'classes'; got {kind!r}")
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))

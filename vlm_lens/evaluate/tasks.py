@@ -37,7 +37,7 @@ from torch import Tensor
 
 from vlm_lens.errors import VLMInputError
 from vlm_lens.evaluate.chi import chi_out
-from vlm_lens.evaluate.cider import cider
+from vlm_lens.evaluate.cider_score import cider
 from vlm_lens.evaluate.items import EvalItem
 from vlm_lens.evaluate.readers import (
     PAPER_CAPTION_IMAGES,

@@ -13,7 +13,8 @@ name (`COLUMNS`) or named by the caller. Typical layouts:
 
 Images stay encoded until used: an ``Image`` column is read undecoded, and each item holds the
 file path when the dataset points at an existing file, else a lazily opened PIL image of the
-stored bytes. A column of path strings is taken relative to `image_root`.
+stored bytes. A column of path strings is taken relative to `image_root`; so are
+``filepath``/``filename`` columns when there is no image column (``yerevann/coco-karpathy``).
 
 ``datasets`` is optional: these functions import it when called and say how to install it.
 
@@ -47,7 +48,7 @@ __all__ = ["COLUMNS", "DEFAULT_SPLITS", "is_hf_dataset_dir", "load_hf_dataset", 
 Kind = Literal["vqa", "captions", "classes"]
 
 COLUMNS: Mapping[str, tuple[str, ...]] = {
-    "image": ("image", "img", "picture", "image_path", "filepath"),
+    "image": ("image", "img", "picture", "image_path"),
     "question": ("question", "query"),
     "answers": ("answers", "answer", "references"),
     "captions": ("captions", "caption", "sentences", "references", "raw"),
@@ -218,7 +219,12 @@ def read_hf_dataset(
         )
     if kind not in DEFAULT_SPLITS:
         raise VLMInputError(f"kind must be 'vqa', 'captions' or 'classes'; got {kind!r}")
-    image_col = _column(dataset, "image", image_column)
+    columns = list(dataset.column_names)
+    # Without an image column, Karpathy-style rows (``yerevann/coco-karpathy``) name their file
+    # by ``filepath`` (a folder such as ``val2014``) and ``filename``, under `image_root`.
+    by_filename = image_column is None and "filename" in columns
+    by_filename = by_filename and not any(c in columns for c in COLUMNS["image"])
+    image_col = "filename" if by_filename else _column(dataset, "image", image_column)
     if isinstance(dataset.features[image_col], ds.Image):
         dataset = dataset.cast_column(image_col, ds.Image(decode=False))
     text_col = {
@@ -249,7 +255,10 @@ def read_hf_dataset(
                 f"two rows have the id {item_id!r} in column {id_col!r}; name a unique id_column"
             )
         seen.add(item_id)
-        image = _image(row[image_col], root, where)
+        value = row[image_col]
+        if by_filename and isinstance(row.get("filepath"), str):
+            value = os.path.join(row["filepath"], value)
+        image = _image(value, root, where)
         if kind == "vqa":
             question = row[question_col]
             if not isinstance(question, str):

@@ -54,9 +54,8 @@ def ptb_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     if shutil.which("java") is None:
         raise VLMInputError(JAVA_HINT)
     ids = [key for key, values in captions.items() for _ in values]
-    # The tokenizer reads one caption per line: a caption that is empty (or only whitespace)
-    # would make the lines of its output shift, so it is given a placeholder that tokenizes to
-    # nothing ("." is removed as punctuation).
+    # One caption per line of the tokenizer's input; an empty caption is sent as ".", which
+    # tokenizes to nothing (punctuation is removed), so that no input line is blank.
     texts = [
         str(text).replace("\n", " ").strip() or "."
         for values in captions.values()
