@@ -4,9 +4,10 @@ For each batch of items (prompts of one token length per batch, so that no batch
 padding and generation can share the clean prefix), every condition's hooks are built on the
 batch (`conditions`), the clean prefix they share is computed once (`generation`), and each
 run generates greedily (VQA 20 new tokens, captions 60, stopping at end-of-sequence, on the KV
-cache) or, for χ^out, records the last token's final-layer residual. Each (item, run) row is appended to
-``out/predictions.jsonl`` as soon as it exists (`PredictionLog`); a restarted run with the same
-config skips the rows done and ends with the same table, and a different config is refused.
+cache) or, for χ^out, records the last token's final-layer residual. Each (item, run) row is
+appended to ``out/predictions.jsonl`` as soon as it exists (`PredictionLog`); a restarted run
+with the same config skips the rows done and ends with the same table, and a different config
+is refused.
 A batch is always formed the same way, so its numbers do not depend on where a run stopped.
 
 Example:
