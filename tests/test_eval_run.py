@@ -306,3 +306,32 @@ def test_user_conditions_and_bad_items(nonnative):
         evaluate(
             nonnative, "vqav2", [EvalItem("x", "/no/such.jpg", "q?")], "baseline", progress=False
         )
+
+
+def test_prompts_own_formats_paper_templates_and_chat_templates():
+    from types import SimpleNamespace
+
+    from vlm_lens.evaluate.prompts import item_prompt
+
+    item = EvalItem("q", "x.jpg", "what colour is it?", ("red",) * 10)
+    seen = []
+
+    class Chat:
+        chat_template = "{{ messages }}"
+
+        def apply_chat_template(self, messages, add_generation_prompt):
+            seen.append((messages, add_generation_prompt))
+            return "USER: <img> " + messages[0]["content"][1]["text"] + " ASSISTANT:"
+
+    plain = SimpleNamespace(processor=SimpleNamespace(), image_placeholder="<img>")
+    chat = SimpleNamespace(processor=Chat(), image_placeholder="<img>")
+    vqa, chi = TASKS["vqav2"], TASKS["imagenet-chi"]
+    assert item_prompt(plain, "organism:native", vqa, item) == "<img>what colour is it?"
+    assert item_prompt(chat, "organism:native", vqa, item) == "<img>what colour is it?"
+    paper = "what colour is it?\nAnswer the question using a single word or phrase."
+    assert item_prompt(plain, "some/model", vqa, item) == "<img>" + paper
+    assert item_prompt(chat, "some/model", vqa, item) == f"USER: <img> {paper} ASSISTANT:"
+    assert seen[-1][0][0]["content"][0] == {"type": "image"} and seen[-1][1] is True
+    assert item_prompt(chat, "some/model", chi, item) == "<img>This is a picture of a"
+    caption = item_prompt(plain, "some/model", TASKS["flickr30k"], item)
+    assert caption == "<img>Provide a one-sentence caption for the provided image."
