@@ -9,7 +9,7 @@ the class folders; collects every ``table.json`` into
 
 Command::
 
-    python benchmarks/table1_world.py --vqa-images 100 --caption-images 100 --per-class 25
+    python benchmarks/table1_world.py --vqa-images 100 --caption-images 100 --per-class 100
 """
 
 from __future__ import annotations
@@ -33,15 +33,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vqa-images", type=int, default=100, help="scenes (5 questions each)")
     p.add_argument("--caption-images", type=int, default=100, help="test images per split")
-    p.add_argument("--per-class", type=int, default=25, help="images per class (4 classes)")
+    p.add_argument(
+        "--per-class", type=int, default=100, help="images per class (4 classes; > k = 30)"
+    )
     p.add_argument("--work", default=None, help="folder for the data and runs (default: temp)")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="table1_world_"))
     data = {
         "vqav2": write_vqav2(work / "data" / "vqav2", n_images=args.vqa_images),
         "coco-captions": write_karpathy(work / "data" / "coco", "coco", n_test=args.caption_images),
-        "flickr30k": write_karpathy(
-            work / "data" / "flickr30k", "flickr30k", n_test=args.caption_images
+        "flickr30k": write_karpathy(  # other scenes than the COCO folder's
+            work / "data" / "flickr30k", "flickr30k", n_test=args.caption_images, seed=1
         ),
         "imagenet-chi": write_class_folders(work / "data" / "classes", args.per_class),
     }

@@ -154,8 +154,9 @@ def load_tables(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             table = json.loads(file.read_text(encoding="utf-8"))
         except ValueError as error:
             raise VLMInputError(f"{file} is not JSON ({error})") from None
-        missing = {"task", "model", "metric", "n", "scores"} - set(table)
-        if not isinstance(table, dict) or missing or not isinstance(table["scores"], dict):
+        keys = set(table) if isinstance(table, dict) else set()
+        missing = {"task", "model", "metric", "n", "scores"} - keys
+        if missing or not isinstance(table["scores"], dict):
             raise VLMInputError(
                 f"{file} is not an evaluation table (missing {sorted(missing)}); it must come "
                 "from vlm-lens evaluate"
