@@ -29,7 +29,7 @@ from vlm_lens.evaluate import (
 from vlm_lens.evaluate.conditions import ConditionContext, item_seed
 from vlm_lens.evaluate.generation import generate_runs, shared_prefix_end
 from vlm_lens.evaluate.predictions import PredictionLog
-from vlm_lens.interventions import gate_knockout, image_to_text_knockout
+from vlm_lens.interventions import gate_knockout, image_to_text_knockout, steer
 from vlm_lens.positions import random_image_tokens, select
 from vlm_lens.report import html as report_html
 from vlm_lens.world import world_split
@@ -96,6 +96,16 @@ def test_generation_from_a_shared_prefix_equals_plain_generation(which, request)
     assert all(torch.equal(reused[r], full[r]) for r in runs)
     # image->text changes the answers, so the comparison above can fail
     assert not torch.equal(full["baseline"], full["image->text"])
+    # a hook that writes at a prompt position finds it in the shared-prefix pass too
+    vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * 100
+    steered = {"gate": runs["gate"], "steer": steer(batch, vector, positions="last", layers=1)}
+    assert steered["steer"].earliest > upto
+    reused = generate_runs(model, batch, steered, max_new_tokens=8)
+    full = generate_runs(model, batch, steered, max_new_tokens=8, reuse_prefix=False)
+    assert torch.equal(reused["steer"], full["steer"])
+    assert not torch.equal(
+        full["steer"], generate_runs(model, batch, runs, max_new_tokens=8)["baseline"]
+    )
 
 
 def test_padded_batches_do_not_generate_from_a_prefix(native):
