@@ -345,3 +345,33 @@ def test_prompts_own_formats_paper_templates_and_chat_templates():
     assert item_prompt(chat, "some/model", chi, item) == "<img>This is a picture of a"
     caption = item_prompt(plain, "some/model", TASKS["flickr30k"], item)
     assert caption == "<img>Provide a one-sentence caption for the provided image."
+
+
+def test_multi_axis_positions_generate_on_the_whole_prompt(tmp_path):
+    from vlm_lens.evaluate.fixtures import write_vqav2
+    from vlm_lens.testing import build_tiny
+
+    tiny = build_tiny("qwen2_vl")  # [3, batch, pos] rotary positions
+    model = HookedVLM.from_hf(tiny.model, tiny.processor)
+    items = TASKS["vqav2"].read(write_vqav2(tmp_path, n_images=2, max_objects=1), limit=6)
+    prompts = [question_prompt(i.question, model.image_placeholder) for i in items[:2]]
+    from vlm_lens.data.examples import load_image
+
+    batch = model.prepare(images=[load_image(i.image) for i in items[:2]], text=prompts[:1] * 2)
+    assert not model.can_generate_from_prefix(batch)
+    with pytest.raises(VLMInputError, match="cannot generate from a prefix"):
+        model.generate(batch, prefix=model.prefix_cache(batch, upto=batch.input_ids.shape[1] - 1))
+    shared = evaluate(
+        model, "vqav2", items, "baseline,gate,image->text", model_name="tiny", progress=False
+    )
+    plain = evaluate(
+        model,
+        "vqav2",
+        items,
+        "baseline,gate,image->text",
+        model_name="tiny",
+        progress=False,
+        reuse_prefix=False,
+    )
+    assert shared.table() == plain.table()
+    assert shared.predictions["prediction"].tolist() == plain.predictions["prediction"].tolist()
