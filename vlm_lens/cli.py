@@ -4,6 +4,9 @@
   [--json results.json]``: attention share, χ, modality gap, the knockout conditions and the
   patching sweep on each model, written as one self-contained HTML report. Without ``--model``
   it runs the built-in organisms; without ``--images``, the built-in synthetic world. Offline.
+* ``vlm-lens evaluate TASK --data DIR --model NAME_OR_PATH [--conditions ...] [--limit N]
+  [--out DIR]``: the paper's Table 1 for one task and model (`vlm_lens.evaluate`), resumable;
+  writes ``predictions.jsonl``, ``table.json`` and ``table.md``.
 * ``vlm-lens info NAME_OR_PATH``: the family, the token roles of a sample prompt, the hook names.
 
 Bad arguments print one line, ``vlm-lens: error: ...``, and exit with status 2 (1 for a failure
@@ -135,6 +138,14 @@ def app() -> None:
     show_default=True,
     help="Include the circuitsvis attention view (1.3 MB of script).",
 )
+@click.option(
+    "--evaluation",
+    "evaluation",
+    multiple=True,
+    metavar="DIR",
+    help="Results of vlm-lens evaluate (its --out folder, or a folder of them); repeat for "
+    "several. Adds the Table 1 section.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def narrow_gate(
@@ -152,6 +163,7 @@ def narrow_gate(
     device: str | None,
     threads: int | None,
     attention_view: bool,
+    evaluation: tuple[str, ...],
     quiet: bool,
     debug: bool,  # noqa: ARG001 - read by main()
 ) -> None:
@@ -193,6 +205,7 @@ def narrow_gate(
         progress=not quiet,
         log=None if quiet else _echo,
         command=command,
+        evaluation=list(evaluation) or None,
     )
     for run in result.runs:
         click.echo(_summary(run))
@@ -216,6 +229,112 @@ def _summary(run: ModelRun) -> str:
         best = int(sweep.flip_rate.argmax())
         line += f"; patching flip rate {sweep.flip_rate[best]:.2f} at layer {sweep.layers[best]}"
     return line
+
+
+@app.command("evaluate")
+@click.argument("task", metavar="TASK")
+@click.option(
+    "--data",
+    required=True,
+    metavar="DIR",
+    help="The task's data: VQAv2 JSON files and images, a Karpathy-split JSON and images, "
+    "one folder per class, or a Hugging Face dataset saved with save_to_disk.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    required=True,
+    metavar="NAME_OR_PATH",
+    help="Hub id, local folder or organism:NAME.",
+)
+@click.option(
+    "--conditions",
+    default="baseline,gate,image->text,random",
+    show_default=True,
+    help="Comma-separated: baseline, gate, image->text, random, or NAME@lastW (a knockout in "
+    "the last W layers).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most items (default: the paper's 2,000 sampled as it does).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=42,
+    show_default=True,
+    help="Seed of the sampling and of the random draws.",
+)
+@click.option(
+    "--out",
+    default="evaluation",
+    show_default=True,
+    metavar="DIR",
+    help="Folder for predictions.jsonl (resumable), table.json and table.md.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--k", type=click.IntRange(min=1), default=30, show_default=True, help="Neighbours for χ."
+)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1... (default: cpu).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch (default: 1 for the built-in organisms, else torch's).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def evaluate_command(
+    task: str,
+    data: str,
+    model_name: str,
+    conditions: str,
+    limit: int | None,
+    seed: int,
+    out: str,
+    batch_size: int,
+    k: int,
+    device: str | None,
+    threads: int | None,
+    quiet: bool,
+    debug: bool,  # noqa: ARG001 - read by main()
+) -> None:
+    """Score TASK (vqav2, coco-captions, flickr30k, imagenet-chi) under each condition: the
+    paper's Table 1 for one model. Rerun the same command to resume."""
+    _quiet_libraries()
+    import torch
+
+    from vlm_lens.evaluate import TASKS, evaluate, parse_conditions
+    from vlm_lens.report import load_model
+    from vlm_lens.zoo.registry import model_defaults
+
+    if task not in TASKS:
+        raise click.BadParameter(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    parsed = parse_conditions(conditions)
+    items = TASKS[task].read(data, limit=limit, seed=seed)
+    if threads is None:
+        threads = model_defaults(model_name).threads
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = load_model(model_name, device=device)
+    result = evaluate(
+        model,
+        TASKS[task],
+        items,
+        parsed,
+        model_name=model_name,
+        batch_size=batch_size,
+        out=out,
+        progress=not quiet,
+        seed=seed,
+        k=k,
+    )
+    json_path, md_path = result.write(out)
+    click.echo(result.markdown())
+    click.echo(f"wrote {json_path}, {md_path} and {json_path.parent / 'predictions.jsonl'}")
 
 
 @app.command("info")

@@ -10,7 +10,7 @@ import copy
 import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -572,6 +572,7 @@ class HookedVLM(nn.Module):
         max_new_tokens: int = 20,
         fwd_hooks: HookList = (),
         do_sample: bool = False,
+        prefix: PrefixCache | None = None,
         **generate_kwargs: Any,
     ) -> Int[Tensor, "batch total_pos"]:
         """Generate text with the image inputs and any hooks active on every step.
@@ -580,31 +581,120 @@ class HookedVLM(nn.Module):
         wrapped model, so greedy tokens equal the HF model's; hooks fire on the prompt pass and
         on every new token (a query length of 1 with the cache).
 
+        With `prefix` (from `prefix_cache` on this batch), generation starts from a copy of
+        its clean KV cache: the first pass computes only positions ``prefix.upto ..`` of the
+        prompt (with `fwd_hooks`, which must leave the prefix unchanged: an `Intervention`
+        with ``earliest >= prefix.upto``), so many conditions share one prefix pass. The
+        prefix is never written. It needs the positions Hugging Face ``generate`` derives
+        from the mask (`can_generate_from_prefix`: no padding, ``0 .. n-1`` positions).
+
         Args:
             batch: a `Batch`.
             max_new_tokens: number of tokens to generate.
             fwd_hooks: hooks active during generation.
             do_sample: sample instead of greedy decoding.
+            prefix: a clean prefix of `batch` to start from (``None``: the whole prompt).
             **generate_kwargs: passed to HF ``generate``.
 
         Returns:
             ``[batch, prompt_len + new]`` token ids (decode with ``model.tokenizer``).
+
+        Raises:
+            VLMInputError: for a prefix of another batch, or a batch that cannot generate
+                from a prefix (`can_generate_from_prefix`).
+
+        Example:
+            >>> prefix = model.prefix_cache(batch, upto=ko.earliest)  # doctest: +SKIP
+            >>> out = model.generate(batch, prefix=prefix, fwd_hooks=ko)  # doctest: +SKIP
         """
         batch = self._as_batch(batch)
         inputs = dict(batch.inputs)
-        if "past_key_values" not in generate_kwargs and any(
-            self.attention_window(layer) is not None for layer in range(self.cfg.n_layers)
+        first_pass: Any = nullcontext()
+        if prefix is not None:
+            if prefix.batch is not batch and not torch.equal(
+                prefix.batch.input_ids, batch.input_ids
+            ):
+                raise VLMInputError(
+                    "the prefix was computed on another batch; build it with "
+                    "model.prefix_cache(batch, upto=...) on the batch you generate from"
+                )
+            if not self.can_generate_from_prefix(batch):
+                raise VLMInputError(
+                    "this batch cannot generate from a prefix: Hugging Face generate numbers "
+                    "positions from the attention mask, which differs from the prefix's "
+                    "positions for a padded batch or a family with its own position ids; "
+                    "batch prompts of equal length, or generate without prefix="
+                )
+            inputs = {k: v for k, v in inputs.items() if k not in self.adapter.image_input_keys}
+            inputs["past_key_values"] = copy.deepcopy(prefix.past_key_values)
+            first_pass = self._first_pass_from(prefix.upto)
+        if (
+            "past_key_values" not in generate_kwargs
+            and "past_key_values" not in inputs
+            and any(self.attention_window(layer) is not None for layer in range(self.cfg.n_layers))
         ):
             # HF's default cache keeps only the window's keys on sliding layers, so hooks would
             # see fewer key positions than the batch has; a DynamicCache keeps every position.
             from transformers import DynamicCache
 
             generate_kwargs["past_key_values"] = DynamicCache()
-        with self.hooks(fwd_hooks=fwd_hooks), self._image_groups(batch), torch.no_grad():
+        with (
+            self.hooks(fwd_hooks=fwd_hooks),
+            self._image_groups(batch),
+            first_pass,
+            torch.no_grad(),
+        ):
             hf: Any = self.hf_model
             return hf.generate(
                 **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs
             )
+
+    def can_generate_from_prefix(self, batch: Batch) -> bool:
+        """Whether `generate(batch, prefix=...)` gives the tokens of a plain `generate`: the
+        batch has no padding and the family numbers positions ``0 .. n-1`` (so the positions
+        Hugging Face ``generate`` derives from the mask are the prefix's).
+
+        Example:
+            >>> model.can_generate_from_prefix(batch)  # doctest: +SKIP
+            True
+        """
+        mask = batch.attention_mask
+        if mask is not None and not bool(mask.bool().all()):
+            return False
+        positions = self.adapter.position_ids(batch.inputs)
+        length = int(batch.input_ids.shape[1])
+        plain = torch.arange(length, device=positions.device)
+        return positions.ndim == 2 and bool((positions == plain).all())
+
+    @contextmanager
+    def _first_pass_from(self, offset: int) -> Iterator[None]:
+        """Mark the first forward pass of the HF model inside as the prompt suffix from
+        `offset` (`query_block`), so hooks that write at prompt positions find them; later
+        passes (one new token each) are generation steps."""
+        state: dict[str, Any] = {"calls": 0, "block": None}
+
+        def before(_module: Any, _args: Any) -> None:
+            state["calls"] += 1
+            if state["calls"] == 1:
+                state["block"] = query_block(offset)
+                state["block"].__enter__()
+
+        def after(_module: Any, _args: Any, _output: Any) -> None:
+            if state["block"] is not None:
+                block, state["block"] = state["block"], None
+                block.__exit__(None, None, None)
+
+        handles = [
+            self.hf_model.register_forward_pre_hook(before),
+            self.hf_model.register_forward_hook(after),
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            if state["block"] is not None:
+                state["block"].__exit__(None, None, None)
 
     def resid_to_logits(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Final norm and unembedding of residual vectors: the logit lens.

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_lens.errors import ReportInputError, VLMLensError
+from vlm_lens.evaluate.result import load_tables
 from vlm_lens.experiments.images import ImageSet, folder_images, world_images
 from vlm_lens.experiments.narrow_gate import ModelRun, Settings, run_narrow_gate
 from vlm_lens.model import HookedVLM
@@ -117,6 +118,7 @@ def build_report(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     command: str | None = None,
+    evaluation: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
 ) -> ReportOutput:
     """Run every narrow-gate analysis on each model and write one HTML report.
 
@@ -132,6 +134,8 @@ def build_report(
         progress: show progress bars.
         log: called with one line per step.
         command: the command line, recorded in the report.
+        evaluation: results of ``vlm-lens evaluate`` (``--out`` folders, a folder of them, or
+            ``table.json`` files), shown as the Table 1 section and kept in the JSON.
 
     Returns:
         A `ReportOutput`.
@@ -150,6 +154,7 @@ def build_report(
         raise ReportInputError(f"a model is given twice in {names}; name each model once")
     for name in names:
         check_model_name(name)
+    tables = _evaluation(evaluation)
     image_set = load_images(images, n_images)
     if len(image_set) < 2:
         raise ReportInputError(f"the report needs at least 2 images; got {len(image_set)}")
@@ -175,6 +180,8 @@ def build_report(
     }
     if command:
         meta["command"] = command
+    if tables:
+        meta["evaluation"] = tables
     html_path = Path(out)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(render_html(runs, image_set, meta), encoding="utf-8")
@@ -185,3 +192,19 @@ def build_report(
         data = report_dict(runs, image_set, meta)
         json_out.write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")
     return ReportOutput(html_path, json_out, tuple(runs), image_set, time.perf_counter() - start)
+
+
+def _evaluation(
+    evaluation: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+) -> list[dict[str, Any]]:
+    """The ``table.json`` dicts of the evaluation results, or ``[]``."""
+    if evaluation is None:
+        return []
+    paths = [evaluation] if isinstance(evaluation, (str, os.PathLike)) else list(evaluation)
+    tables: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            tables += load_tables(path)
+        except VLMLensError as error:
+            raise ReportInputError(f"--evaluation: {error}") from None
+    return tables

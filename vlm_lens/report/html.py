@@ -71,6 +71,15 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "baseline's next-token distribution.",
     ),
     (
+        "table1",
+        "Table 1: tasks under interventions",
+        "The paper's Table 1 from <code>vlm-lens evaluate</code>: VQAv2 accuracy (official, "
+        "ten leave-one-out annotator subsets), CIDEr-D of captions, χ<sup>out</sup> of the last "
+        "token's final-layer residual with the class labels, with no intervention and under "
+        "each knockout (every layer, pre-softmax mask; <code>random</code>: 10 random image "
+        "tokens, averaged over seeded draws). One table per task, one row per model.",
+    ),
+    (
         "patching",
         "Patching the gate",
         "The gate's activation of an image of another class written into the run of a target "
@@ -138,6 +147,34 @@ def _figures(runs: Sequence[ModelRun]) -> dict[str, str]:
     return out
 
 
+def evaluation_tables(tables: Sequence[dict[str, Any]]) -> str:
+    """HTML of the Table 1 section: one table per task (rows: models, columns: conditions,
+    ``n/a`` where a score is undefined), with its metric and number of items.
+
+    Example:
+        >>> t = {"task": "vqav2", "model": "m", "metric": "vqa_accuracy", "n": 2,
+        ...      "scores": {"baseline": 1.0}}
+        >>> "<h3>vqav2" in evaluation_tables([t])
+        True
+    """
+    parts = []
+    for task in dict.fromkeys(str(t["task"]) for t in tables):
+        rows = [t for t in tables if str(t["task"]) == task]
+        frame = pd.DataFrame(
+            [
+                {
+                    "model": t["model"],
+                    "n": t["n"],
+                    **{c: ("n/a" if v is None else v) for c, v in t["scores"].items()},
+                }
+                for t in rows
+            ]
+        )
+        metrics = ", ".join(dict.fromkeys(str(t["metric"]) for t in rows))
+        parts.append(f"<h3>{html.escape(task)} ({html.escape(metrics)})</h3>{_table(frame)}")
+    return "".join(parts)
+
+
 def _details(runs: Sequence[ModelRun], images: ImageSet | None, meta: dict[str, Any]) -> str:
     models = pd.DataFrame(
         [
@@ -182,13 +219,17 @@ def render_html(runs: Sequence[ModelRun], images: ImageSet | None, meta: dict[st
     Args:
         runs: one `ModelRun` per model (several: side by side in every figure).
         images: the images the runs used.
-        meta: ``title``, ``command``, ``settings``, ``versions``, ``created`` (all optional).
+        meta: ``title``, ``command``, ``settings``, ``versions``, ``created``, ``evaluation``
+            (``table.json`` dicts of `vlm_lens.evaluate`, shown as the Table 1 section; all
+            optional).
 
     Returns:
         The HTML text (about 5 MB: plotly.js is inlined).
     """
     title = meta.get("title", "Narrow-gate report")
     figures = _figures(runs)
+    if meta.get("evaluation"):
+        figures["table1"] = evaluation_tables(meta["evaluation"])
     body = [
         f"<h1>{html.escape(title)}</h1>",
         "<p class='note'>The analyses of <i>The Narrow Gate</i> (arXiv 2412.06646), made by "

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,11 +72,15 @@ class ModelDefaults:
             scored by `vlm_lens.zoo.tasks.answer_accuracy`), or ``None``.
         threads: CPU threads it runs best on (the organisms' tiny matrices lose time to
             threading), or ``None`` for torch's default.
+        task_prompts: its own prompts for the evaluation tasks (`vlm_lens.evaluate`):
+            ``"vqa"`` (with ``{question}``), ``"caption"`` and ``"chi"``, or ``None`` for the
+            paper's templates.
     """
 
     prompt: str
     world_question: str | None = None
     threads: int | None = None
+    task_prompts: Mapping[str, str] | None = None
 
 
 GENERIC_DEFAULTS = ModelDefaults(prompt="<image>This is a picture of a")
@@ -85,8 +90,15 @@ ORGANISM_DEFAULTS = ModelDefaults(
     prompt="<image>what colour is the shape?",
     world_question="what colour is the shape?",
     threads=1,
+    task_prompts={  # the formats they were trained on (`vlm_lens.zoo.tasks`)
+        "vqa": "<image>{question}",
+        "caption": "<image>describe the image.",
+        "chi": "<image>what colour is the shape?",
+    },
 )
-"""The organisms: their colour question (the world scenes are labelled by its answer)."""
+"""The organisms: their colour question (the world scenes are labelled by its answer) and
+the task formats they were trained on (their vocabulary has no words of the paper's
+templates)."""
 
 
 def model_defaults(name: str | os.PathLike[str]) -> ModelDefaults:
