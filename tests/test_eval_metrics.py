@@ -203,9 +203,12 @@ def test_chi_out_brute_force() -> None:
     counts = _brute_force_counts(x, labels, k=4)
     per_sample = counts / 4
     t = torch.tensor(x, dtype=torch.float64)
-    assert chi_out(t, labels, k=4) == pytest.approx(per_sample.mean(), abs=1e-12)
+    assert chi_out(t, labels, k=4, average="sample") == pytest.approx(per_sample.mean(), abs=1e-12)
     by_class = [per_sample[np.array(labels) == c].mean() for c in ("a", "b", "c")]
     assert chi_out(t, labels, k=4, average="class") == pytest.approx(np.mean(by_class), abs=1e-12)
+    # the default is the paper's code (dadapy's class-weighted overlap)
+    assert chi_out(t, labels, k=4) == chi_out(t, labels, k=4, average="class")
+    assert np.mean(by_class) != pytest.approx(per_sample.mean(), abs=1e-6)
     assert 0 < per_sample.mean() < 1  # neither trivial extreme
 
 
@@ -214,7 +217,7 @@ def test_chi_out_default_k_is_the_papers() -> None:
     labels = ["a", "b"] * 15 + ["a"]
     counts = _brute_force_counts(x.numpy().astype(np.float64), labels, k=30)
     # k = 30 of 30 other samples: every other sample is a neighbour, whatever the distances.
-    assert chi_out(x, labels) == pytest.approx(counts.sum() / (31 * 30), abs=1e-6)
+    assert chi_out(x, labels, average="sample") == pytest.approx(counts.sum() / (31 * 30), abs=1e-6)
     with pytest.raises(VLMInputError, match="more than 30 images"):
         chi_out(x[:30], labels[:30])
 

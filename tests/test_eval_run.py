@@ -145,8 +145,25 @@ def test_condition_names_windows_and_seeded_draws(native):
     single = select(random_image_tokens(10, [item_seed(0, 1, "b")] * 3), batch.layout)
     assert torch.equal(together[1], single[1]) and not torch.equal(together[0], together[1])
     assert int(together[0].sum()) == 10
+    # the paper's post-softmax zero by default (hooks on the pattern), the pre-softmax mask
+    # on request (hooks on the scores), the same edges as the interventions' own knockouts
     window = parse_conditions("gate@last2")[0].build(batch, ConditionContext(4))
-    assert [name for name, _ in window] == [hooks.attn_scores(2), hooks.attn_scores(3)]
+    assert [name for name, _ in window] == [hooks.pattern(2), hooks.pattern(3)]
+    masked = parse_conditions("gate@last2", "mask")[0].build(batch, ConditionContext(4))
+    assert [name for name, _ in masked] == [hooks.attn_scores(2), hooks.attn_scores(3)]
+    with torch.no_grad():
+        for mode, built in (("zero", window), ("mask", masked)):
+            own = gate_knockout(batch, layers=[2, 3], mode=mode)
+            with native.hooks(fwd_hooks=built):
+                ours = native(batch)
+            with native.hooks(fwd_hooks=own):
+                theirs = native(batch)
+            assert torch.equal(ours, theirs)
+        with native.hooks(fwd_hooks=window):
+            zero = native(batch)
+        with native.hooks(fwd_hooks=masked):
+            mask = native(batch)
+    assert not torch.equal(zero, mask)  # the two modes are different interventions
 
 
 # ---------------------------------------------------------------------- resumable runs
@@ -207,6 +224,16 @@ def test_a_log_of_another_run_is_refused(nonnative, vqa_folder, tmp_path):
     evaluate(nonnative, "vqav2", items, "baseline", out=tmp_path, progress=False)
     with pytest.raises(StoreConfigError, match="conditions: stored"):
         evaluate(nonnative, "vqav2", items, "baseline,gate", out=tmp_path, progress=False)
+    with pytest.raises(StoreConfigError, match="knockout_mode: stored"):
+        evaluate(
+            nonnative,
+            "vqav2",
+            items,
+            "baseline",
+            out=tmp_path,
+            progress=False,
+            knockout_mode="mask",
+        )
     with pytest.raises(StoreConfigError, match="model: stored"):
         evaluate(
             nonnative, "vqav2", items, "baseline", out=tmp_path, progress=False, model_name="other"
@@ -239,7 +266,7 @@ def test_chi_out_reads_the_last_token_final_residual(native, tmp_path):
         text=item_prompt(native, "organism:native", TASKS["imagenet-chi"], item),
     )
     name = hooks.resid_post(native.cfg.n_layers - 1)
-    with native.hooks(fwd_hooks=gate_knockout(batch)):
+    with native.hooks(fwd_hooks=gate_knockout(batch, mode="zero")):
         _, cache = native.run_with_cache(batch, names_filter=name)
     expected = cache[name][0, -1]
     assert torch.allclose(torch.tensor(first["representation"]), expected, atol=1e-5)

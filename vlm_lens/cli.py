@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import click
 
@@ -276,6 +276,14 @@ def _summary(run: ModelRun) -> str:
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option(
+    "--knockout-mode",
+    type=click.Choice(["zero", "mask"]),
+    default="zero",
+    show_default=True,
+    help="zero: the paper's post-softmax weights set to 0, not renormalised; mask: "
+    "pre-softmax, renormalised (SDPA layers stay fused).",
+)
+@click.option(
     "--k", type=click.IntRange(min=1), default=30, show_default=True, help="Neighbours for χ."
 )
 @click.option("--device", default=None, help="cpu, cuda, cuda:1... (default: cpu).")
@@ -296,6 +304,7 @@ def evaluate_command(
     seed: int,
     out: str,
     batch_size: int,
+    knockout_mode: str,
     k: int,
     device: str | None,
     threads: int | None,
@@ -313,7 +322,8 @@ def evaluate_command(
 
     if task not in TASKS:
         raise click.BadParameter(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    parsed = parse_conditions(conditions)
+    mode: Literal["zero", "mask"] = "zero" if knockout_mode == "zero" else "mask"
+    parsed = parse_conditions(conditions, mode)
     items = TASKS[task].read(data, limit=limit, seed=seed)
     if threads is None:
         threads = model_defaults(model_name).threads
@@ -331,6 +341,7 @@ def evaluate_command(
         progress=not quiet,
         seed=seed,
         k=k,
+        knockout_mode=mode,
     )
     json_path, md_path = result.write(out)
     click.echo(result.markdown())

@@ -5,10 +5,11 @@ last text token's final-layer representation, one row per image, with the ImageN
 ``k = 30``. It is computed here by `vlm_lens.metrics.neighbourhood.neighbourhood_overlap`
 (Euclidean neighbours, self excluded, ties to the lower index).
 
-Averaging: ``average="sample"`` (default) is the plain mean over samples, the project's χ;
-``average="class"`` first averages within each class, then over classes, which is what the
-paper's code computes (dadapy's ``return_label_overlap`` with ``weighted=True``). On balanced
-classes (the paper's 100 × 100 images) both are equal.
+Averaging: ``average="class"`` (default) first averages within each class, then over classes,
+which is what the paper's code computes (dadapy's ``return_label_overlap`` with
+``weighted=True``); ``average="sample"`` is the plain mean over samples (the formula of the
+paper's section 2(f), `vlm_lens.metrics.neighbourhood_overlap`). On balanced classes (the
+paper's 100 × 100 images) both are equal.
 
 χ is undefined, and `chi_out` raises `vlm_lens.errors.VLMInputError` naming the fix, when there
 are not more than k samples or only one class (every neighbour would share the label: χ = 1
@@ -41,7 +42,7 @@ def chi_out(
     labels: Sequence[str],
     k: int = 30,
     *,
-    average: Literal["sample", "class"] = "sample",
+    average: Literal["sample", "class"] = "class",
 ) -> float:
     """χ_out of `representations` with `labels`.
 
@@ -49,8 +50,8 @@ def chi_out(
         representations: one row per image, ``[n, d]`` (the last token's final-layer residual).
         labels: one class label per row, ``[n]``.
         k: neighbours (the paper: 30); needs ``n > k``.
-        average: ``"sample"`` (mean over samples) or ``"class"`` (mean over classes of the
-            per-class mean, the paper's dadapy call).
+        average: ``"class"`` (mean over classes of the per-class mean, the paper's dadapy
+            call; default) or ``"sample"`` (mean over samples).
 
     Returns:
         χ in ``[0, 1]``; chance is about ``1 / #classes``

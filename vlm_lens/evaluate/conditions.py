@@ -8,7 +8,10 @@ position reads the gate, every layer: `vlm_lens.interventions.gate_knockout`),
 as the paper, `Task.random_draws`).
 ``NAME@lastW`` restricts a knockout to the last ``W`` layers (the progressive χ^out curves;
 `progressive_conditions`), and any ``name -> (batch -> fwd_hooks)`` is a user condition. Every
-knockout is the pre-softmax mask of `vlm_lens.interventions` (all heads).
+knockout blocks its edges in all heads the paper's way by default, ``mode="zero"``: the
+post-softmax weights set to 0 with no renormalisation (its ``ablate_attn_mat_hook``);
+``mode="mask"`` is the pre-softmax mask of Geva et al. (the others' weights renormalise, and
+SDPA layers stay fused).
 
 Random draws are seeded per item: draw ``d`` of item ``id`` uses the seed
 `item_seed` ``(seed, d, id)``, so a draw does not depend on the batch an item lands in, on the
@@ -42,10 +45,12 @@ from vlm_lens.interventions import (
     last_layers,
     random_image_knockout,
 )
+from vlm_lens.interventions.knockout import KnockoutMode
 from vlm_lens.types import HookList
 
 __all__ = [
     "DEFAULT_CONDITIONS",
+    "KNOCKOUT_MODE",
     "RANDOM_K",
     "Condition",
     "ConditionContext",
@@ -60,6 +65,9 @@ RANDOM_K = 10
 
 DEFAULT_CONDITIONS = ("baseline", "gate", "image->text", "random")
 """The four columns of Table 1."""
+
+KNOCKOUT_MODE: KnockoutMode = "zero"
+"""How the built-in knockouts block an edge by default: the paper's post-softmax zero."""
 
 _WINDOW = re.compile(r"^(?P<base>[a-z>\-]+)@last(?P<w>\d+)$")
 
@@ -141,15 +149,17 @@ def _layers(window: int | None, context: ConditionContext) -> range | None:
     return None if window is None else last_layers(context.n_layers, window)
 
 
-def _gate(window: int | None) -> Builder:
-    return lambda batch, context: gate_knockout(batch, layers=_layers(window, context))
+def _gate(window: int | None, mode: KnockoutMode) -> Builder:
+    return lambda batch, context: gate_knockout(batch, layers=_layers(window, context), mode=mode)
 
 
-def _image_to_text(window: int | None) -> Builder:
-    return lambda batch, context: image_to_text_knockout(batch, layers=_layers(window, context))
+def _image_to_text(window: int | None, mode: KnockoutMode) -> Builder:
+    return lambda batch, context: image_to_text_knockout(
+        batch, layers=_layers(window, context), mode=mode
+    )
 
 
-def _random(window: int | None) -> Builder:
+def _random(window: int | None, mode: KnockoutMode) -> Builder:
     def build(batch: Batch, context: ConditionContext) -> HookList:
         if len(context.seeds) != len(batch):
             raise VLMInputError(
@@ -157,29 +167,30 @@ def _random(window: int | None) -> Builder:
                 f"{len(context.seeds)}"
             )
         return random_image_knockout(
-            batch, k=RANDOM_K, seed=list(context.seeds), layers=_layers(window, context)
+            batch, k=RANDOM_K, seed=list(context.seeds), layers=_layers(window, context), mode=mode
         )
 
     return build
 
 
-_KNOCKOUTS: Mapping[str, tuple[Callable[[int | None], Builder], str]] = {
+_KNOCKOUTS: Mapping[str, tuple[Callable[[int | None, KnockoutMode], Builder], str]] = {
     "gate": (_gate, "no position reads the gate"),
     "image->text": (_image_to_text, "the text after the image reads no image-side token"),
     "random": (_random, f"no position reads {RANDOM_K} random image tokens"),
 }
 
 
-def named_condition(name: str) -> Condition:
+def named_condition(name: str, mode: KnockoutMode = KNOCKOUT_MODE) -> Condition:
     """The condition of a built-in name (``baseline``, ``gate``, ``image->text``, ``random``,
-    or ``NAME@lastW`` for a knockout in the last ``W`` layers).
+    or ``NAME@lastW`` for a knockout in the last ``W`` layers), its knockout blocking edges
+    by `mode` (``"zero"``, the paper's post-softmax zero, or ``"mask"``, pre-softmax).
 
     Raises:
         VLMInputError: for an unknown name, listing the known ones.
 
     Example:
         >>> named_condition("gate@last8").description
-        'no position reads the gate, last 8 layers'
+        'no position reads the gate, last 8 layers (zero)'
     """
     if name == "baseline":
         return Condition("baseline", _baseline, 1, "no intervention")
@@ -194,13 +205,18 @@ def named_condition(name: str) -> Condition:
             "last W layers (gate@last8)"
         )
     make, what = _KNOCKOUTS[base]
-    description = what + ("" if window is None else f", last {window} layers")
+    if mode not in ("zero", "mask"):
+        raise VLMInputError(f"knockout mode must be 'zero' or 'mask', got {mode!r}")
+    description = what + ("" if window is None else f", last {window} layers") + f" ({mode})"
     draws: int | Literal["task"] = "task" if base == "random" else 1
-    return Condition(name, make(window), draws, description)
+    return Condition(name, make(window, mode), draws, description)
 
 
-def parse_conditions(text: str | Iterable[str]) -> list[Condition]:
-    """Conditions from a comma-separated list (or a list) of built-in names.
+def parse_conditions(
+    text: str | Iterable[str], mode: KnockoutMode = KNOCKOUT_MODE
+) -> list[Condition]:
+    """Conditions from a comma-separated list (or a list) of built-in names (knockouts by
+    `mode`, `named_condition`).
 
     Raises:
         VLMInputError: for an unknown, empty or repeated name.
@@ -210,11 +226,15 @@ def parse_conditions(text: str | Iterable[str]) -> list[Condition]:
         raise VLMInputError(f"empty condition name in {text!r}; e.g. baseline,gate,random")
     if len(set(names)) != len(names):
         raise VLMInputError(f"a condition is given twice in {names}")
-    return [named_condition(n) for n in names]
+    return [named_condition(n, mode) for n in names]
 
 
 def progressive_conditions(
-    n_layers: int, windows: Sequence[int] | None = None, *, knockout: str = "gate"
+    n_layers: int,
+    windows: Sequence[int] | None = None,
+    *,
+    knockout: str = "gate",
+    mode: KnockoutMode = KNOCKOUT_MODE,
 ) -> list[Condition]:
     """The progressive knockout curve: `knockout` in the last ``w`` layers for each window
     (default ``0 .. n_layers``; ``w = 0`` is the baseline).
@@ -227,25 +247,26 @@ def progressive_conditions(
     for w in range(n_layers + 1) if windows is None else windows:
         if not 0 <= w <= n_layers:
             raise VLMInputError(f"window {w} is outside 0..{n_layers}")
-        out.append(named_condition("baseline" if w == 0 else f"{knockout}@last{w}"))
+        out.append(named_condition("baseline" if w == 0 else f"{knockout}@last{w}", mode))
     return out
 
 
 def as_conditions(
     conditions: str | Iterable[str | Condition] | Mapping[str, Callable[[Batch], HookList]],
+    mode: KnockoutMode = KNOCKOUT_MODE,
 ) -> list[Condition]:
-    """Normalise what `evaluate` accepts: names (a comma list or a list), `Condition` objects,
-    or a mapping ``name -> (batch -> fwd_hooks)`` of user conditions.
+    """Normalise what `evaluate` accepts: names (a comma list or a list; knockouts by `mode`),
+    `Condition` objects, or a mapping ``name -> (batch -> fwd_hooks)`` of user conditions.
 
     Raises:
         VLMInputError: for unknown or repeated names.
     """
     if isinstance(conditions, str):
-        return parse_conditions(conditions)
+        return parse_conditions(conditions, mode)
     if isinstance(conditions, Mapping):
         out = [Condition.from_hooks(str(k), v) for k, v in conditions.items()]
     else:
-        out = [c if isinstance(c, Condition) else named_condition(c) for c in conditions]
+        out = [c if isinstance(c, Condition) else named_condition(c, mode) for c in conditions]
     names = [c.name for c in out]
     if not out:
         raise VLMInputError("no conditions given; e.g. baseline,gate,image->text,random")

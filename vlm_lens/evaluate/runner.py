@@ -36,6 +36,7 @@ from vlm_lens.data.examples import load_image
 from vlm_lens.errors import VLMInputError
 from vlm_lens.evaluate.conditions import (
     DEFAULT_CONDITIONS,
+    KNOCKOUT_MODE,
     Condition,
     ConditionContext,
     as_conditions,
@@ -47,6 +48,7 @@ from vlm_lens.evaluate.predictions import PredictionLog
 from vlm_lens.evaluate.prompts import item_prompt
 from vlm_lens.evaluate.result import EvaluationResult
 from vlm_lens.evaluate.tasks import CHI_K, TASKS, Task
+from vlm_lens.interventions.knockout import KnockoutMode
 from vlm_lens.types import HookList
 from vlm_lens.zoo.registry import ORGANISMS, PREFIX, WEIGHTS
 
@@ -78,6 +80,7 @@ def evaluate(
     seed: int = 42,
     k: int = CHI_K,
     reuse_prefix: bool = True,
+    knockout_mode: KnockoutMode = KNOCKOUT_MODE,
     on_row: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> EvaluationResult:
     """Run `task` on `items` under every condition and score it.
@@ -97,6 +100,9 @@ def evaluate(
         k: neighbours of χ^out.
         reuse_prefix: share the clean prefix between conditions (same results; ``False`` runs
             every condition on the whole prompt).
+        knockout_mode: how the named knockouts block an edge: ``"zero"`` (default, the
+            paper's: post-softmax weights set to 0, not renormalised) or ``"mask"``
+            (pre-softmax, renormalised; SDPA layers stay fused).
         on_row: called with each new row after it is written.
 
     Returns:
@@ -108,7 +114,7 @@ def evaluate(
         StoreConfigError: if `out` holds the predictions of another run.
     """
     task = _task(task)
-    conds = as_conditions(conditions)
+    conds = as_conditions(conditions, knockout_mode)
     items = list(items)
     if not items:
         raise VLMInputError(f"no items to evaluate for {task.name}; check the data folder")
@@ -126,6 +132,7 @@ def evaluate(
         "metric": metric,
         "model": name,
         "conditions": {c.name: c.draws_for(task) for c in conds},
+        "knockout_mode": knockout_mode,
         "seed": seed,
         "max_new_tokens": task.max_new_tokens,
         "batch_size": batch_size,
