@@ -287,3 +287,14 @@ def test_leave_one_out_formula_matches_direct_enumeration() -> None:
         subsets = itertools.combinations(range(10), 9)
         direct = np.mean([min(sum(answers[j] == "x" for j in s) / 3, 1) for s in subsets])
         assert vqa_accuracy("x", answers) == pytest.approx(direct, abs=1e-12)
+
+
+def test_the_java_tokenizer_progress_line_stays_off_stderr(capfd: pytest.CaptureFixture) -> None:
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from vlm_lens.evaluate.cider_score import ptb_tokenize
+
+    PTBTokenizer().tokenize({"a": [{"caption": "A dog."}]})  # pycocoevalcap alone prints it
+    assert "PTBTokenizer" in capfd.readouterr().err
+    assert ptb_tokenize({"a": ["A dog."]}) == {"a": ["a dog"]}
+    assert "PTBTokenizer" not in capfd.readouterr().err

@@ -19,8 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Mapping, Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from vlm_lens.errors import VLMInputError
 
@@ -63,9 +67,10 @@ def ptb_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     ]
     if not texts:
         return {}
-    tokenized = PTBTokenizer().tokenize(
-        {str(i): [{"caption": text}] for i, text in enumerate(texts)}
-    )
+    with _java_stderr_captured():
+        tokenized = PTBTokenizer().tokenize(
+            {str(i): [{"caption": text}] for i, text in enumerate(texts)}
+        )
     if len(tokenized) != len(texts):
         raise VLMInputError(
             f"the PTB tokenizer returned {len(tokenized)} lines for {len(texts)} captions; check "
@@ -75,6 +80,27 @@ def ptb_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     for i, key in enumerate(ids):
         out[key].append(tokenized[str(i)][0])
     return out
+
+
+@contextmanager
+def _java_stderr_captured() -> Iterator[None]:
+    """Keep the Java tokenizer's progress line ("PTBTokenizer tokenized ... tokens") off the
+    terminal: it writes to the process's stderr, so file descriptor 2 goes to a temporary file
+    for the call, whose text is shown only if the call fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _check(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> None:
