@@ -59,10 +59,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tasks", nargs="+", default=["vqav2", "coco-captions"])
+    p.add_argument("--knockout-mode", choices=["zero", "mask"], default="zero")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     models = {name: HookedVLM.from_pretrained(name) for name in MODELS}
-    print(f"{args.items} items, batch {args.batch_size}, {args.threads} thread(s), CPU")
+    print(
+        f"{args.items} items, batch {args.batch_size}, {args.threads} thread(s), CPU, "
+        f"knockout mode {args.knockout_mode}"
+    )
     for task in args.tasks:
         items = world_items(task, args.items)
         print(f"\n### {task} (max_new_tokens {TASKS[task].max_new_tokens})\n")
@@ -84,6 +88,7 @@ def main() -> None:
                     batch_size=args.batch_size,
                     progress=False,
                     reuse_prefix=reuse,
+                    knockout_mode=args.knockout_mode,
                     on_row=lambda _row, last=last: last.append(time.perf_counter()),
                 )
                 times[label][name] = last[-1] - start
