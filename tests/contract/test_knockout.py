@@ -266,7 +266,8 @@ def test_mask_knockout_under_sdpa_equals_hand_masked_hf_sdpa(
 
 def test_knockout_during_cached_generation(wrapped: Wrapped) -> None:
     """Cached generation with the gate knocked out equals HF generate with the hand mask, and
-    the last logits equal an uncached knockout forward over the whole generated sequence."""
+    (families without other per-token inputs) the last step's logits equal an uncached knockout
+    forward over the whole generated sequence, which a clean forward does not match."""
     batch = wrapped.batch(1)
     ko = gate_knockout(batch)
     steps = {"max_new_tokens": 4, "min_new_tokens": 4}  # a tiny model may write EOS early
@@ -278,3 +279,47 @@ def test_knockout_during_cached_generation(wrapped: Wrapped) -> None:
     assert torch.equal(tokens, expected)
     clean = wrapped.model.generate(batch, **steps)
     assert clean.shape == tokens.shape
+    # the last step's logits (computed on the cache) against one uncached HF forward over the
+    # sequence it read, the gate's edges blocked for every query; families whose prompts carry
+    # per-token inputs besides the ids and mask (token_type_ids, mm_token_type_ids) would need
+    # them extended for the generated tokens, which only HF's generate knows how to do: there
+    # the token check above stands alone
+    length = batch.input_ids.shape[1]
+    per_token = [
+        k
+        for k, v in batch.inputs.items()
+        if k not in ("input_ids", "attention_mask")
+        and isinstance(v, Tensor)
+        and v.ndim == 2
+        and v.shape[1] == length
+    ]
+    if per_token:
+        return
+    steps_logits: list[Tensor] = []  # each generate step's last logits, from the HF module
+    handle = wrapped.model.hf_model.register_forward_hook(
+        lambda _m, _a, output: steps_logits.append(output.logits[:, -1].detach().clone())
+    )
+    try:
+        again = wrapped.model.generate(batch, fwd_hooks=ko, **steps)
+    finally:
+        handle.remove()
+    assert torch.equal(again, tokens) and len(steps_logits) == steps["max_new_tokens"]
+    last = steps_logits[-1]
+    read = tokens[:, :-1]
+    inputs = dict(batch.inputs)
+    inputs["input_ids"] = read
+    mask = batch.inputs.get("attention_mask")
+    if mask is not None:
+        inputs["attention_mask"] = torch.cat(
+            [mask, mask.new_ones(mask.shape[0], read.shape[1] - length)], dim=1
+        )
+    with hand_knockout(wrapped, edge, every, None, "mask"), torch.no_grad():
+        uncached = wrapped.reference(**inputs).logits[:, -1]
+    assert not torch.allclose(last, _last_clean(wrapped, inputs))
+    torch.testing.assert_close(last, uncached, rtol=1e-4, atol=1e-4)
+
+
+def _last_clean(wrapped: Wrapped, inputs: dict) -> Tensor:
+    """The last logits of a clean (no knockout) HF forward on `inputs`."""
+    with torch.no_grad():
+        return wrapped.reference(**inputs).logits[:, -1]
