@@ -5,6 +5,7 @@ tasks' scoring."""
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -196,6 +197,7 @@ def _brute_force_counts(x: np.ndarray, labels: list[str], k: int) -> np.ndarray:
     return counts
 
 
+@pytest.mark.filterwarnings("ignore:class .* images, so its")  # small classes on purpose
 def test_chi_out_brute_force() -> None:
     rng = np.random.default_rng(3)
     labels = ["a"] * 7 + ["b"] * 5 + ["c"] * 4  # unbalanced, so the two averages differ
@@ -212,6 +214,7 @@ def test_chi_out_brute_force() -> None:
     assert 0 < per_sample.mean() < 1  # neither trivial extreme
 
 
+@pytest.mark.filterwarnings("ignore:class .* images, so its")  # small classes on purpose
 def test_chi_out_default_k_is_the_papers() -> None:
     x = torch.randn(31, 2, generator=torch.Generator().manual_seed(0))
     labels = ["a", "b"] * 15 + ["a"]
@@ -298,3 +301,15 @@ def test_the_java_tokenizer_progress_line_stays_off_stderr(capfd: pytest.Capture
     assert "PTBTokenizer" in capfd.readouterr().err
     assert ptb_tokenize({"a": ["A dog."]}) == {"a": ["a dog"]}
     assert "PTBTokenizer" not in capfd.readouterr().err
+
+
+def test_chi_out_warns_when_a_class_cannot_reach_one() -> None:
+    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    labels = ["a"] * 35 + ["b"] * 5
+    with pytest.warns(UserWarning, match=r"class 'b' has 5 images, so its χ is at most 4/30"):
+        chi_out(x, labels)
+    # every class above k: no warning
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chi_out(x, ["a"] * 32 + ["b"] * 32)

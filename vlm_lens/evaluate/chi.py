@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
@@ -82,6 +84,14 @@ def chi_out(
         raise VLMInputError(
             f"chi_out needs at least two classes, but every image has the label {classes!r}, so "
             "every neighbour agrees and χ = 1 says nothing; give images of several classes"
+        )
+    smallest, size = min((count, c) for c, count in Counter(map(str, labels)).items())[::-1]
+    if size - 1 < k:
+        warnings.warn(
+            f"class {smallest!r} has {size} images, so its χ is at most {size - 1}/{k} "
+            f"= {(size - 1) / k:.3f} whatever the representations; give every class more "
+            f"than k = {k} images (the paper: 100 per class)",
+            stacklevel=2,
         )
     if average == "sample":
         return neighbourhood_overlap(representations, [str(x) for x in labels], k=k)
