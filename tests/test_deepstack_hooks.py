@@ -19,6 +19,7 @@ from tests.conftest import Wrapped, wrap, wrap_variant
 from tests.contract._reference import hf_decoder_image_inputs
 from vlm_lens import hooks
 from vlm_lens.batch import Batch
+from vlm_lens.interventions import record
 from vlm_lens.testing import sample_image, tiny_variant
 
 
@@ -175,3 +176,9 @@ def test_deepstack_hooks_do_not_leak_after_an_exception(w: Wrapped) -> None:
             w.model(batch)
         assert not w.model.hook_dict[name].fwd_hooks
         assert torch.equal(w.model(batch), w.reference(**batch.inputs).logits)
+
+
+def test_position_patching_refuses_deepstack_sites(w: Wrapped) -> None:
+    """`record`/`patch` index sequence positions; a deepstack point has image-token rows."""
+    with pytest.raises(ValueError, match="no \\[batch, pos"):
+        record(w.model, w.batch(1), sites=[hooks.deepstack_embeds(0)])
