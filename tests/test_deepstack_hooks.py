@@ -182,3 +182,30 @@ def test_position_patching_refuses_deepstack_sites(w: Wrapped) -> None:
     """`record`/`patch` index sequence positions; a deepstack point has image-token rows."""
     with pytest.raises(ValueError, match="no \\[batch, pos"):
         record(w.model, w.batch(1), sites=[hooks.deepstack_embeds(0)])
+
+
+def test_generation_with_a_zeroed_level_matches_hf_generate(w: Wrapped) -> None:
+    """The point fires in generate's prompt pass: greedy tokens equal HF ``generate`` with that
+    level's deepstack embeds zeroed (HF passes them only on the prompt pass)."""
+    batch = w.batch(1)
+    zero: Callable[[Tensor], Tensor] = torch.zeros_like
+    got = w.model.generate(
+        batch, max_new_tokens=5, fwd_hooks=[(hooks.deepstack_embeds(0), lambda t, hook: zero(t))]
+    )
+    text_model = w.reference.model.language_model
+
+    def pre(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        embeds = kwargs.get("deepstack_visual_embeds")
+        if embeds is not None:
+            kwargs = {**kwargs, "deepstack_visual_embeds": [zero(embeds[0]), *embeds[1:]]}
+        return args, kwargs
+
+    with torch.no_grad():
+        handle = text_model.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            expected = w.reference.generate(**batch.inputs, max_new_tokens=5, do_sample=False)
+        finally:
+            handle.remove()
+        clean = w.reference.generate(**batch.inputs, max_new_tokens=5, do_sample=False)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, clean)
