@@ -32,6 +32,9 @@ projector output for LLaVA and Janus. Sequences with fewer image tokens than the
 zero-padded at the end; edits to the padding are ignored. Editing it changes the model output.
 """
 
+DEEPSTACK_EMBEDS = "hook_deepstack_embeds"
+"""Prefix of the deepstack points (`deepstack_embeds`); only families with deepstack have them."""
+
 INPUTS_EMBEDS = "hook_inputs_embeds"
 """The merged decoder input (text embeddings with image features scattered in):
 ``[batch, pos, d_model]``. Same hook point as ``blocks.0.hook_resid_pre``."""
@@ -50,10 +53,27 @@ MULTIMODAL_HOOKS: tuple[str, ...] = (IMAGE_EMBEDS, INPUTS_EMBEDS)
 """Hook points vlm_lens adds to TransformerLens' bridge."""
 
 
-def _block(layer: int, name: str) -> str:
+def _checked(layer: int) -> int:
     if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
         raise ValueError(f"layer must be a non-negative int, got {layer!r}")
-    return f"blocks.{layer}.{name}"
+    return layer
+
+
+def _block(layer: int, name: str) -> str:
+    return f"blocks.{_checked(layer)}.{name}"
+
+
+def deepstack_embeds(level: int) -> str:
+    """Deepstack features of `level` (Qwen3-VL): ``[batch, n_image_tokens, d_model]``, grouped
+    and zero-padded as `IMAGE_EMBEDS`. The decoder adds them at the image positions after layer
+    `level` (``resid_pre(level + 1) = resid_post(level) + deepstack``); editing or zeroing the
+    point changes that add. Registered only for families with deepstack (``model.hook_dict``).
+
+    Example:
+        >>> deepstack_embeds(0)
+        'hook_deepstack_embeds.0'
+    """
+    return f"{DEEPSTACK_EMBEDS}.{_checked(level)}"
 
 
 def resid_pre(layer: int) -> str:
@@ -177,8 +197,10 @@ def all_layers(kind: str, n_layers: int) -> list[str]:
 
 def is_language_model_hook(name: str) -> bool:
     """Whether `name` is a hook of the language model (a block, the final norm or unembedding,
-    the embeddings, or a vlm_lens multimodal point), never of the vision tower."""
-    return name.startswith(("blocks.", "ln_final.", "unembed.", "embed.")) or name in (
+    the embeddings, or a vlm_lens multimodal point, deepstack ones included), never of the
+    vision tower."""
+    prefixes = ("blocks.", "ln_final.", "unembed.", "embed.", f"{DEEPSTACK_EMBEDS}.")
+    return name.startswith(prefixes) or name in (
         *MULTIMODAL_HOOKS,
         EMBED,
     )

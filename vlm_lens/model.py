@@ -30,7 +30,11 @@ from vlm_lens.checkpoints import resolve_checkpoint
 from vlm_lens.engine import attention
 from vlm_lens.engine.compat import attn_implementation, register_aliases
 from vlm_lens.engine.components import build_bridge
-from vlm_lens.engine.image_features import attach_image_hook, set_images_per_sequence
+from vlm_lens.engine.image_features import (
+    attach_deepstack_hooks,
+    attach_image_hook,
+    set_images_per_sequence,
+)
 from vlm_lens.engine.prefix import PrefixCache, check_upto, prefix_inputs, suffix_inputs
 from vlm_lens.engine.query_block import query_block
 from vlm_lens.errors import UnsupportedModelError, VLMInputError
@@ -76,6 +80,9 @@ class HookedVLM(nn.Module):
         self._feature_owner = adapter.image_features_owner(bridge.original_model)
         self.hook_image_embeds = attach_image_hook(self._feature_owner, adapter)
         bridge.hook_image_embeds = self.hook_image_embeds  # registers it in bridge.hook_dict
+        deepstack = attach_deepstack_hooks(self._feature_owner, adapter)
+        if deepstack is not None:  # registers hook_deepstack_embeds.{i} (DeepstackHooks.get_hooks)
+            bridge.hook_deepstack_embeds = deepstack
         bridge.hook_aliases = {
             **type(bridge).hook_aliases,
             hook_names.INPUTS_EMBEDS: "blocks.0.hook_in",

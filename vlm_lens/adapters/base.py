@@ -13,6 +13,8 @@ The seams a family may override, each with a default that fits Chameleon, Emu3, 
                                ``arange``; multi-axis rotary families return ``[3, batch, pos]``)
 `image_features`,              where the features inside ``get_image_features``' output are
 `with_image_features`          (default ``.pooler_output``)
+`deepstack_levels` (+ accessors) deepstack feature levels, one ``hook_deepstack_embeds.{i}``
+                               each (default 0; Qwen3-VL: its ``deepstack_visual_indexes``)
 `attention_structure`          causal, or bidirectional blocks (`AttentionStructure`)
 `feature_groups`               rows of ``get_image_features`` per sequence (default: images)
 `handles`                      whether this adapter takes a model of one of its classes (default:
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -232,6 +234,32 @@ class VLMAdapter(ABC):
         """`output` of ``get_image_features`` with its image features replaced by `features`
         (same container as `image_features` returned). Default: sets ``.pooler_output``."""
         output.pooler_output = features
+        return output
+
+    def deepstack_levels(self) -> int:
+        """How many deepstack levels ``get_image_features`` returns: features of early tower
+        layers that the decoder adds at the image positions after each of its first layers,
+        one ``hook_deepstack_embeds.{i}`` point each. Default: 0 (no deepstack; Qwen3-VL has
+        them). Read with `deepstack_features` and written back with `with_deepstack_features`.
+
+        Example:
+            >>> class DeepstackLike(VLMAdapter):  # doctest: +SKIP
+            ...     def deepstack_levels(self):
+            ...         return len(self.config.vision_config.deepstack_visual_indexes)
+        """
+        return 0
+
+    def deepstack_features(self, output: Any) -> Sequence[Any]:
+        """The deepstack features in the output of ``get_image_features``, one entry per level,
+        each in a container `image_features` could return. Read only when `deepstack_levels`
+        is positive. Default: ``output.deepstack_features`` (HF's name)."""
+        features: Sequence[Any] = output.deepstack_features
+        return features
+
+    def with_deepstack_features(self, output: Any, features: Sequence[Any]) -> Any:
+        """`output` with its deepstack features replaced by `features` (a list per level).
+        Default: sets ``.deepstack_features``."""
+        output.deepstack_features = list(features)
         return output
 
     def attention_structure(

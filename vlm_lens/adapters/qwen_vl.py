@@ -14,10 +14,13 @@ In hook terms ``resid_post(i)`` is the output of layer ``i`` without them (as HF
 layer ``i + 1`` with them, so ``resid_pre(i + 1) = resid_post(i) + deepstack_i`` at the image
 positions (equal elsewhere); ``stop_at_layer=i + 1`` returns ``resid_pre(i + 1)``. A patch or
 steer at ``resid_post(i)`` of an image position is followed by the deepstack add (as an HF
-forward hook on layer ``i``); at ``resid_pre(i + 1)`` it replaces the sum. ``hook_image_embeds``
-and `vlm_lens.interventions.ablate_image_tokens` edit the decoder-input features only: the
-deepstack features still reach the image positions. Prefix reuse is exact: a prefix holds every
-image, so no suffix position receives deepstack features.
+forward hook on layer ``i``); at ``resid_pre(i + 1)`` it replaces the sum. The deepstack
+features of level ``i`` have their own hook point, ``hook_deepstack_embeds.{i}``
+(`vlm_lens.hooks.deepstack_embeds`), ``[batch, n_image_tokens, d_model]`` grouped per sequence
+as ``hook_image_embeds``; zeroing it removes that add. ``hook_image_embeds`` and
+`vlm_lens.interventions.ablate_image_tokens` edit the decoder-input features only: the
+deepstack features still reach the image positions unless their own points are edited. Prefix
+reuse is exact: a prefix holds every image, so no suffix position receives deepstack features.
 
 Example:
     >>> from vlm_lens import HookedVLM
@@ -188,3 +191,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     family = "qwen3_vl"
     architectures = ("Qwen3VLForConditionalGeneration",)
     tl_architecture_adapter = Qwen3VLArchitectureAdapter
+
+    def deepstack_levels(self) -> int:
+        """One level per ``deepstack_visual_indexes`` entry (HF's ``deepstack_features``)."""
+        return len(self.config.vision_config.deepstack_visual_indexes)

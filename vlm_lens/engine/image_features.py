@@ -10,6 +10,12 @@ features sit in the method's output (`VLMAdapter.image_features`, default ``.poo
 and how to put an edit back (`VLMAdapter.with_image_features`). While the features are
 computed, the token-embedding call used for VQ codes (Chameleon, Emu3) goes to the raw
 embedding, so TransformerLens' ``hook_embed`` fires once, on the text sequence only.
+
+Families whose ``get_image_features`` also returns deepstack features (Qwen3-VL: features of
+early tower layers that the decoder adds at the image positions after each of its first
+layers; `VLMAdapter.deepstack_levels`, default none) get one more HookPoint per level,
+``hook_deepstack_embeds.{i}`` (`attach_deepstack_hooks`), which sees that level's features
+grouped as ``hook_image_embeds`` sees the decoder-input ones.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
     from vlm_lens.adapters import VLMAdapter
 
 HOOK_ATTRIBUTE = "hook_image_embeds"
+DEEPSTACK_ATTRIBUTE = "hook_deepstack_embeds"
 METHOD = "get_image_features"
 _GROUPS_ATTRIBUTE = "_vlm_lens_images_per_sequence"
 _WRAPPED_FLAG = "_vlm_lens_wrapped"
@@ -51,6 +58,42 @@ def attach_image_hook(owner: nn.Module, adapter: VLMAdapter) -> HookPoint:
     hook = HookPoint()
     owner.add_module(HOOK_ATTRIBUTE, hook)
     return hook
+
+
+class DeepstackHooks(nn.ModuleList):
+    """One HookPoint per deepstack level. ``get_hooks`` is what TransformerBridge reads when
+    the list is set as its attribute: it registers the points as ``hook_deepstack_embeds.{i}``."""
+
+    def __init__(self, levels: int) -> None:
+        super().__init__(HookPoint() for _ in range(levels))
+
+    def points(self) -> list[HookPoint]:
+        """The points, by level."""
+        return [hook for hook in self if isinstance(hook, HookPoint)]
+
+    def get_hooks(self) -> dict[str, HookPoint]:
+        """The points by level, ``{"0": ..., "1": ...}``."""
+        return {str(level): hook for level, hook in enumerate(self.points())}
+
+
+def attach_deepstack_hooks(owner: nn.Module, adapter: VLMAdapter) -> DeepstackHooks | None:
+    """Give `owner` a ``hook_deepstack_embeds`` child with one HookPoint per deepstack level
+    of `adapter` (``None``, and nothing added, for families without deepstack). The wrapper
+    of `attach_image_hook` routes each level's features through its point.
+
+    Example:
+        >>> from vlm_lens.adapters import adapter_for
+        >>> from vlm_lens.testing import build_tiny
+        >>> tiny = build_tiny("qwen3_vl")
+        >>> len(attach_deepstack_hooks(tiny.model.model, adapter_for(tiny.model, tiny.processor)))
+        1
+    """
+    levels = adapter.deepstack_levels()
+    if not levels:
+        return None
+    points = DeepstackHooks(levels)
+    owner.add_module(DEEPSTACK_ATTRIBUTE, points)
+    return points
 
 
 def set_images_per_sequence(owner: nn.Module, counts: Sequence[int] | None) -> None:
@@ -84,10 +127,18 @@ def _wrap(owner: nn.Module, original: Any, adapter: VLMAdapter) -> Any:
         finally:
             if raw is not None:
                 object.__delattr__(self, "get_input_embeddings")
+        groups = getattr(self, _GROUPS_ATTRIBUTE, None)
         if hook.fwd_hooks or hook.bwd_hooks:
-            groups = getattr(self, _GROUPS_ATTRIBUTE, None)
             edited = _through_hook(hook, adapter.image_features(out), groups)
             out = adapter.with_image_features(out, edited)
+        deepstack = getattr(self, DEEPSTACK_ATTRIBUTE, None)
+        points = deepstack.points() if isinstance(deepstack, DeepstackHooks) else []
+        if any(point.fwd_hooks or point.bwd_hooks for point in points):
+            levels = list(adapter.deepstack_features(out))
+            for level, point in enumerate(points):
+                if point.fwd_hooks or point.bwd_hooks:
+                    levels[level] = _through_hook(point, levels[level], groups)
+            out = adapter.with_deepstack_features(out, levels)
         return out
 
     setattr(get_image_features, _WRAPPED_FLAG, True)

@@ -233,7 +233,10 @@ def patch(
 
 def _check_sites(sites: list[str]) -> None:
     for site in sites:
-        if site.endswith(("hook_attn_scores", "hook_pattern")) or site == hook_names.IMAGE_EMBEDS:
+        multimodal = site == hook_names.IMAGE_EMBEDS or site.startswith(
+            f"{hook_names.DEEPSTACK_EMBEDS}."
+        )
+        if site.endswith(("hook_attn_scores", "hook_pattern")) or multimodal:
             raise ValueError(
                 f"{site!r} has no [batch, pos, ...] layout; patch residual, attention-input, "
                 "q/k/v/z or MLP sites (to edit image features use ablate_image_tokens)"
