@@ -43,7 +43,11 @@ def test_vqa_leave_one_out_counts(m: int, expected: float) -> None:
 def test_vqa_fewer_annotators() -> None:
     # Three answers, two match: leaving out a "yes" leaves 1 match (1/3), twice; leaving out
     # the "no" leaves 2 (2/3), once: (1/3 + 1/3 + 2/3) / 3 = 4/9.
-    assert vqa_accuracy("yes", ["yes", "yes", "no"]) == pytest.approx(4 / 9, abs=1e-12)
+    with pytest.warns(UserWarning, match="at most 0.667"):  # (3 - 1) / 3 even if all agree
+        assert vqa_accuracy("yes", ["yes", "yes", "no"]) == pytest.approx(4 / 9, abs=1e-12)
+    # One answer: leaving it out leaves no one, so the official rule gives 0 even to a match.
+    with pytest.raises(VLMInputError, match="undefined with one annotator answer"):
+        vqa_accuracy("yes", ["yes"])
 
 
 @pytest.mark.parametrize(
@@ -178,6 +182,14 @@ def test_cider_bad_input(caption_data, monkeypatch) -> None:
         cider({"1": "a cat"}, {"1": []})
     with pytest.raises(VLMInputError, match="at least one prediction"):
         cider({}, references)
+    # one image: pycocoevalcap gives 0 whatever the caption (every IDF is log(1/1)), so we refuse
+    from pycocoevalcap.cider.cider import Cider
+
+    one = {"1": references["1"]}
+    exact = {"1": [str(references["1"][0])]}
+    assert Cider().compute_score(one, exact)[0] == 0.0  # even the reference itself scores 0
+    with pytest.raises(VLMInputError, match="undefined on one image"):
+        cider({"1": str(references["1"][0])}, references)
     monkeypatch.setattr("vlm_lens.evaluate.cider_score.shutil.which", lambda _: None)
     with pytest.raises(VLMInputError, match="apt-get install default-jre-headless"):
         cider(predictions, references)

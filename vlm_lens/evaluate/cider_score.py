@@ -118,6 +118,12 @@ def _check(predictions: Mapping[str, str], references: Mapping[str, Sequence[str
         )
     if not predictions:
         raise VLMInputError("cider needs at least one prediction; got none")
+    if len(predictions) < 2:
+        raise VLMInputError(
+            "CIDEr is undefined on one image: its document frequencies come from the scored "
+            "images' references, so every n-gram's IDF is log(1/1) = 0 and the score is 0 "
+            "whatever the caption; score two or more images"
+        )
 
 
 def cider_per_item(
@@ -158,8 +164,9 @@ def cider(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]
         typically 0 to 1.5).
 
     Raises:
-        VLMInputError: if a predicted id has no references, there are no predictions, or Java
-            is missing (the message says how to install it).
+        VLMInputError: if a predicted id has no references, there are fewer than two
+            predictions (CIDEr's IDF is then 0 for every n-gram: undefined), or Java is
+            missing (the message says how to install it).
 
     Example:
         >>> refs = {"1": ["a red circle"], "2": ["a blue square"]}

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 
 from vlm_lens.errors import VLMInputError
@@ -131,14 +132,16 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
     Args:
         prediction: the model's answer, as generated (normalised here).
-        answers: the annotators' answers as stored (ten in VQAv2; any number >= 1 works the
-            same way, leave-one-out over however many there are).
+        answers: the annotators' answers as stored (ten in VQAv2; any number >= 2 works the
+            same way, leave-one-out over however many there are; fewer than 4 warn, as a
+            matching answer cannot reach 1).
 
     Returns:
         The mean over the leave-one-out subsets of ``min(#matches / 3, 1)``, in ``[0, 1]``.
 
     Raises:
-        VLMInputError: if `answers` is empty or not a sequence of strings.
+        VLMInputError: if `answers` is empty, has one answer (every score would be 0) or is
+            not a sequence of strings.
 
     Example:
         >>> vqa_accuracy("yes", ["yes"] * 10), vqa_accuracy("no", ["yes"] * 10)
@@ -155,6 +158,19 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
         raise VLMInputError(
             "vqa_accuracy needs at least one annotator answer; this question has none (check the "
             "annotations file or the answers column)"
+        )
+    if len(answers) == 1:
+        raise VLMInputError(
+            "vqa_accuracy is undefined with one annotator answer: leaving it out leaves no one "
+            "to agree with, so even a matching answer scores 0; give every question several "
+            "answers (VQAv2 has ten), or score single-answer data by exact match"
+        )
+    if len(answers) < 4:
+        warnings.warn(
+            f"{len(answers)} annotator answers: even a matching answer scores at most "
+            f"{(len(answers) - 1) / 3:.3f} (VQA accuracy needs 4 or more to reach 1; VQAv2 "
+            "has ten)",
+            stacklevel=2,
         )
     refs = list(answers)
     if len(set(refs)) > 1:
