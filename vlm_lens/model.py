@@ -29,6 +29,7 @@ from vlm_lens.checkpoints import resolve_checkpoint
 from vlm_lens.engine import attention
 from vlm_lens.engine.compat import attn_implementation, register_aliases
 from vlm_lens.engine.components import build_bridge
+from vlm_lens.engine.hook_checks import checked_hooks
 from vlm_lens.engine.image_features import (
     attach_deepstack_hooks,
     attach_image_hook,
@@ -483,7 +484,10 @@ class HookedVLM(nn.Module):
         input_ids, model_kwargs = self._call_args(batch, kwargs)
         with self._image_groups(batch):
             return self.bridge.run_with_hooks(
-                input_ids, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **model_kwargs
+                input_ids,
+                fwd_hooks=checked_hooks(fwd_hooks),
+                bwd_hooks=list(bwd_hooks),
+                **model_kwargs,
             )
 
     def prefix_cache(self, batch: Batch | Mapping[str, Any], *, upto: int) -> PrefixCache:
@@ -552,7 +556,7 @@ class HookedVLM(nn.Module):
             with query_block(prefix.upto):
                 return self.bridge.run_with_hooks(
                     input_ids,
-                    fwd_hooks=list(fwd_hooks),
+                    fwd_hooks=checked_hooks(fwd_hooks),
                     past_key_values=prefix.past_key_values,
                     **inputs,
                     **kwargs,
@@ -569,7 +573,7 @@ class HookedVLM(nn.Module):
             >>> with model.hooks(fwd_hooks=[(hooks.resid_pre(0), fn)]):  # doctest: +SKIP
             ...     logits = model(batch)
         """
-        with self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+        with self.bridge.hooks(fwd_hooks=checked_hooks(fwd_hooks), bwd_hooks=list(bwd_hooks)):
             yield self
 
     def generate(
