@@ -193,14 +193,26 @@ def _calls(
     names = list(runs)
     if not stack:
         return [Call((name,), name in sharing) for name in names]
+    rows = len(batch)
     if max_rows == "auto":
         length = int(batch.input_ids.shape[1])
-        max_rows = rows_per_call(model, length, new_tokens=new_tokens)
-    if int(max_rows) < 1:
+        upto, _ = shared_prefix_end(batch, runs)
+        suffix = length - upto if sharing else length
+        shared_rows = rows_per_call(model, length, new_tokens=new_tokens, queries=suffix)
+        full_rows = rows_per_call(model, length, new_tokens=new_tokens)
+    elif int(max_rows) < 1:
         raise VLMInputError(f"max_rows must be at least 1 (or 'auto'), got {max_rows!r}")
+    else:
+        shared_rows = full_rows = int(max_rows)
     hook_points = list(model.hook_dict)
     alone = {name for name in names if not stackable(runs[name], hook_points)}
-    return plan_calls(names, sharing, alone, width=max(1, int(max_rows) // len(batch)))
+    return plan_calls(
+        names,
+        sharing,
+        alone,
+        width=max(1, shared_rows // rows),
+        full_width=max(1, full_rows // rows),
+    )
 
 
 def _stacked(

@@ -42,23 +42,30 @@ class Call:
 
 
 def plan_calls(
-    runs: Sequence[str], sharing: Collection[str], alone: Collection[str], *, width: int
+    runs: Sequence[str],
+    sharing: Collection[str],
+    alone: Collection[str],
+    *,
+    width: int,
+    full_width: int | None = None,
 ) -> list[Call]:
     """The calls for `runs`: those in `sharing` (and not in `alone`) stacked from the clean
-    prefix, the rest of those not in `alone` stacked on the whole prompt, at most `width` a
-    call, in the order given; each run in `alone` in a call of its own.
+    prefix, at most `width` a call, the rest of those not in `alone` stacked on the whole
+    prompt, at most `full_width` (default `width`) a call, in the order given; each run in
+    `alone` in a call of its own.
 
     Raises:
-        ValueError: for ``width < 1``.
+        ValueError: for a width below 1.
     """
-    if width < 1:
-        raise ValueError(f"width must be at least 1, got {width}")
+    full_width = width if full_width is None else full_width
+    if width < 1 or full_width < 1:
+        raise ValueError(f"widths must be at least 1, got {width} and {full_width}")
     shared = [r for r in runs if r in sharing and r not in alone]
     full = [r for r in runs if r not in sharing and r not in alone]
     calls = [
-        Call(tuple(group[i : i + width]), is_shared)
-        for group, is_shared in ((shared, True), (full, False))
-        for i in range(0, len(group), width)
+        Call(tuple(group[i : i + w]), is_shared)
+        for group, is_shared, w in ((shared, True, width), (full, False, full_width))
+        for i in range(0, len(group), w)
     ]
     return calls + [Call((r,), r in sharing) for r in runs if r in alone]
 
