@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-import numpy as np
 import torch
 from jaxtyping import Float, Int
 from PIL import Image
@@ -38,6 +37,7 @@ from vlm_lens.engine.image_features import (
 from vlm_lens.engine.prefix import PrefixCache, check_upto, prefix_inputs, suffix_inputs
 from vlm_lens.engine.query_block import query_block
 from vlm_lens.errors import UnsupportedModelError, VLMInputError
+from vlm_lens.images import to_rgb
 from vlm_lens.layout import TokenLayout
 from vlm_lens.types import HookList, ImageLike
 
@@ -851,20 +851,4 @@ def _placeholder_message(index: int, prompt: str, found: int, n_images: int, tok
 
 
 def _to_pil(image: ImageLike) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        array = image
-        if array.dtype != np.uint8:
-            array = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-        if array.ndim == 2:
-            array = np.stack([array] * 3, axis=-1)
-        if array.ndim != 3 or array.shape[-1] not in (3, 4):
-            raise VLMInputError(
-                f"an image array must be [H, W, 3] (or [H, W]); got shape {array.shape}"
-            )
-        return Image.fromarray(array[..., :3])
-    raise VLMInputError(
-        f"images must be PIL images or numpy arrays, got {type(image).__name__}; load files "
-        "with PIL.Image.open(path)"
-    )
+    return to_rgb(image)
