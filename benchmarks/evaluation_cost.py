@@ -7,16 +7,19 @@ questions, 20 new tokens; captions, 60 new tokens) on held-out world scenes, tim
 * ``baseline`` alone;
 * ``baseline,gate,image->text`` (the conditions that share the clean prefix);
 * all four, ``baseline,gate,image->text,random`` (random: 5 draws for VQA, 3 for captions,
-  as the paper), with the prefix shared and without (``reuse_prefix=False``).
+  as the paper), with the prefix shared and without (``reuse_prefix=False``), one call per
+  run (``stack_runs=False``);
+* all four stacked along the batch (``stack_runs=True``, the default of `evaluate`: one
+  prefix pass, one call for the sharing runs, one for the random draws).
 
 and prints the time to the last prediction (generation only: scoring, which for CIDEr starts
 Java's PTB tokenizer twice per run, is left out) and its ratio to the baseline's (target: all
-four at most 2x). Scores are computed too, and the shared-prefix and plain runs must give the
-same table.
+four at most 2x). Scores are computed too, and the shared-prefix, plain and stacked runs must
+give the same table.
 
 Command (one thread, as the organisms run best)::
 
-    python benchmarks/evaluation_cost.py --items 64
+    taskset -c 1 python benchmarks/evaluation_cost.py --items 64 --threads 1
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from vlm_lens.evaluate import TASKS, EvalItem, evaluate
 from vlm_lens.world import world_split
 
 MODELS = ("organism:native", "organism:nonnative")
-RUNS: tuple[tuple[str, str, bool], ...] = (
-    ("baseline alone", "baseline", True),
-    ("baseline, gate, image->text", "baseline,gate,image->text", True),
-    ("all four, shared prefix", "baseline,gate,image->text,random", True),
-    ("all four, no prefix reuse", "baseline,gate,image->text,random", False),
+RUNS: tuple[tuple[str, str, bool, bool], ...] = (  # label, conditions, reuse_prefix, stack_runs
+    ("baseline alone", "baseline", True, False),
+    ("baseline, gate, image->text", "baseline,gate,image->text", True, False),
+    ("all four, shared prefix", "baseline,gate,image->text,random", True, False),
+    ("all four, no prefix reuse", "baseline,gate,image->text,random", False, False),
+    ("all four, stacked", "baseline,gate,image->text,random", True, True),
 )
 
 
@@ -72,11 +76,11 @@ def main() -> None:
         print(f"\n### {task} (max_new_tokens {TASKS[task].max_new_tokens})\n")
         print("| run | " + " | ".join(f"{m} s | x baseline" for m in MODELS) + " |")
         print("|---|" + "---|---|" * len(MODELS))
-        times: dict[str, dict[str, float]] = {label: {} for label, _, _ in RUNS}
+        times: dict[str, dict[str, float]] = {label: {} for label, _, _, _ in RUNS}
         tables: dict[str, dict[str, Any]] = {}
         for name, model in models.items():
             evaluate(model, task, items[:4], "baseline", model_name=name, progress=False)  # warm
-            for label, conditions, reuse in RUNS:
+            for label, conditions, reuse, stack in RUNS:
                 last: list[float] = []
                 start = time.perf_counter()
                 result = evaluate(
@@ -88,6 +92,7 @@ def main() -> None:
                     batch_size=args.batch_size,
                     progress=False,
                     reuse_prefix=reuse,
+                    stack_runs=stack,
                     knockout_mode=args.knockout_mode,
                     on_row=lambda _row, last=last: last.append(time.perf_counter()),
                 )
@@ -95,9 +100,13 @@ def main() -> None:
                 tables[f"{name} {label}"] = result.scores
             shared = tables[f"{name} all four, shared prefix"]
             plain = tables[f"{name} all four, no prefix reuse"]
-            if shared != plain:
-                raise SystemExit(f"{name}: shared-prefix scores {shared} != plain {plain}")
-        for label, _, _ in RUNS:
+            stacked = tables[f"{name} all four, stacked"]
+            if not shared == plain == stacked:
+                raise SystemExit(
+                    f"{name}: scores differ: shared prefix {shared}, plain {plain}, "
+                    f"stacked {stacked}"
+                )
+        for label, _, _, _ in RUNS:
             cells = []
             for name in MODELS:
                 t, base = times[label][name], times["baseline alone"][name]

@@ -413,8 +413,10 @@ def _rows_hook(
     rows: slice,
     total: int,
     owned: dict[tuple[int, int], weakref.ref[Tensor]],
+    fix: str = "run such conditions one per pass (per_pass=1)",
 ) -> Callable[..., Any]:
-    """`fn` applied to its condition's rows of a stacked activation.
+    """`fn` applied to its condition's rows of a stacked activation (`fix`: what the error
+    for a tensor without the stacked batch first tells the user to do).
 
     A result that is a new tensor is written into a copy of the activation, made once per hook
     point and pass (`owned`, keyed by hook point and tensor), so the activation other code may
@@ -426,7 +428,7 @@ def _rows_hook(
             raise VLMInputError(
                 f"hook on {getattr(hook, 'name', '?')} got a tensor of shape "
                 f"{tuple(tensor.shape)}, whose first dimension is not the stacked batch "
-                f"({total}); run such conditions one per pass (per_pass=1)"
+                f"({total}); {fix}"
             )
         piece = tensor[rows]
         result = fn(piece, hook=hook)

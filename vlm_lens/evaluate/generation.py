@@ -10,6 +10,13 @@ that is not an `Intervention`, and a batch whose positions Hugging Face ``genera
 differently from the prefix pass (padding; `HookedVLM.can_generate_from_prefix`) run on the
 whole prompt. Greedy generation stops at the end-of-sequence token.
 
+With ``stack_runs`` (the default) the runs go into as few calls as possible, stacked along
+the batch (`vlm_lens.evaluate.stacking`, `vlm_lens.engine.row_stack`): the sharing runs
+generate together from one tiled copy of the clean prefix, the whole-prompt runs (every random
+draw) together from the tiled prompt, so a batch under the four Table 1 conditions costs one
+prefix pass, one suffix pass, one whole-prompt pass of the draws and two decoding loops instead
+of one decoding loop per run. ``stack_runs=False`` is the plain reference (one call per run).
+
 Example:
     >>> runs = {"baseline": [], "gate": gate_knockout(batch)}  # doctest: +SKIP
     >>> texts = generate_runs(model, batch, runs, max_new_tokens=20)  # doctest: +SKIP
@@ -18,7 +25,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -28,6 +35,9 @@ from vlm_lens import hooks as hook_names
 from vlm_lens.batch import Batch
 from vlm_lens.engine.intervention import Intervention
 from vlm_lens.engine.prefix import PrefixCache, reusable_from
+from vlm_lens.engine.row_stack import rows_per_call, stack_hooks, stackable, tile_batch, tile_prefix
+from vlm_lens.errors import VLMInputError
+from vlm_lens.evaluate.stacking import Call, eos_ids, plan_calls, trim_finished
 from vlm_lens.types import HookList
 
 __all__ = ["decode_answers", "generate_runs", "last_residuals", "shared_prefix_end"]
@@ -77,6 +87,8 @@ def generate_runs(
     *,
     max_new_tokens: int,
     reuse_prefix: bool = True,
+    stack_runs: bool = True,
+    max_rows: int | Literal["auto"] = "auto",
 ) -> dict[str, Tensor]:
     """Greedy new tokens of `batch` under each run's hooks.
 
@@ -88,24 +100,43 @@ def generate_runs(
             produced its end-of-sequence token).
         reuse_prefix: share the clean prefix between the runs that allow it (``False``:
             every run generates from the whole prompt; same tokens).
+        stack_runs: generate several runs in one call, stacked along the batch
+            (`vlm_lens.evaluate.stacking`; ``False``: one call per run; same tokens).
+        max_rows: the most rows of one stacked call (``"auto"``: from free memory,
+            `rows_per_call`); a call holds at least one run.
 
     Returns:
-        Run name -> ``[batch, new]`` token ids.
+        Run name -> ``[batch, new]`` token ids (each run's as long as its own generation).
+
+    Example:
+        >>> tokens = generate_runs(model, batch, {"baseline": [], "gate": ko}, max_new_tokens=20)
+        ... # doctest: +SKIP
     """
     prefix, sharing = _prefix(model, batch, runs, reuse_prefix, gen=True)
     start = int(batch.input_ids.shape[1])
     out: dict[str, Tensor] = {}
-    for name, hooks in runs.items():
-        shared: PrefixCache | None = prefix if name in sharing else None
+    eos = eos_ids(model)
+    for call in _calls(model, batch, runs, sharing, stack_runs, max_rows, max_new_tokens):
+        stacked, hooks = _stacked(batch, runs, call.runs)
+        shared: PrefixCache | None = None
+        if call.shared and prefix is not None:
+            shared = prefix if stacked is batch else tile_prefix(prefix, stacked, len(call.runs))
         tokens = model.generate(
-            batch, max_new_tokens=max_new_tokens, fwd_hooks=hooks, prefix=shared
+            stacked, max_new_tokens=max_new_tokens, fwd_hooks=hooks, prefix=shared
         )
-        out[name] = tokens[:, start:].cpu()
-    return out
+        for name, rows in zip(call.runs, tokens[:, start:].split(len(batch)), strict=True):
+            out[name] = trim_finished(rows, eos).cpu()
+    return {name: out[name] for name in runs}
 
 
 def last_residuals(
-    model: Any, batch: Batch, runs: Mapping[str, HookList], *, reuse_prefix: bool = True
+    model: Any,
+    batch: Batch,
+    runs: Mapping[str, HookList],
+    *,
+    reuse_prefix: bool = True,
+    stack_runs: bool = True,
+    max_rows: int | Literal["auto"] = "auto",
 ) -> dict[str, Float[Tensor, "batch d_model"]]:
     """The last real token's final-layer residual (``resid_post`` of the last block) of each
     sequence under each run's hooks (the representation χ^out is computed on).
@@ -115,6 +146,9 @@ def last_residuals(
         batch: the prompts.
         runs: run name -> ``fwd_hooks``.
         reuse_prefix: run the sharing runs on one clean prefix (`shared_prefix_end`).
+        stack_runs: run several runs in one pass, stacked along the batch (equal up to float
+            rounding, see `vlm_lens.engine.row_stack`).
+        max_rows: the most rows of one stacked pass (``"auto"``: `rows_per_call`).
 
     Returns:
         Run name -> ``[batch, d_model]`` (float32, on the CPU).
@@ -122,9 +156,9 @@ def last_residuals(
     prefix, sharing = _prefix(model, batch, runs, reuse_prefix, gen=False)
     name_out = hook_names.resid_post(int(model.cfg.n_layers) - 1)
     last = torch.tensor([int(p[-1]) for p in batch.layout.positions("last")])
-    rows = torch.arange(len(batch))
     out: dict[str, Tensor] = {}
-    for run, hooks in runs.items():
+    for call in _calls(model, batch, runs, sharing, stack_runs, max_rows, 0):
+        stacked, hooks = _stacked(batch, runs, call.runs)
         kept: dict[str, Tensor] = {}
 
         def keep(tensor: Tensor, hook: Any, kept: dict[str, Tensor] = kept) -> None:  # noqa: ARG001
@@ -132,14 +166,63 @@ def last_residuals(
 
         capture = [*hooks, (name_out, keep)]
         with torch.no_grad():
-            if prefix is not None and run in sharing:
-                model.run_suffix(prefix, fwd_hooks=capture)
+            if prefix is not None and call.shared:
+                copies = len(call.runs)
+                shared = prefix if stacked is batch else tile_prefix(prefix, stacked, copies)
+                model.run_suffix(shared, fwd_hooks=capture)
                 offset = prefix.upto
             else:
-                model.run_with_hooks(batch, fwd_hooks=capture, return_type=None)
+                model.run_with_hooks(stacked, fwd_hooks=capture, return_type=None)
                 offset = 0
-        out[run] = kept["resid"][rows, last - offset].float().cpu()
-    return out
+        rows = torch.arange(len(stacked))
+        resid = kept["resid"][rows, last.repeat(len(call.runs)) - offset].float().cpu()
+        out.update(zip(call.runs, resid.split(len(batch)), strict=True))
+    return {name: out[name] for name in runs}
+
+
+def _calls(
+    model: Any,
+    batch: Batch,
+    runs: Mapping[str, HookList],
+    sharing: set[str],
+    stack: bool,
+    max_rows: int | Literal["auto"],
+    new_tokens: int,
+) -> list[Call]:
+    """The calls of `runs` (`plan_calls`): one per run unless `stack`."""
+    names = list(runs)
+    if not stack:
+        return [Call((name,), name in sharing) for name in names]
+    rows = len(batch)
+    if max_rows == "auto":
+        length = int(batch.input_ids.shape[1])
+        upto, _ = shared_prefix_end(batch, runs)
+        suffix = length - upto if sharing else length
+        shared_rows = rows_per_call(model, length, new_tokens=new_tokens, queries=suffix)
+        full_rows = rows_per_call(model, length, new_tokens=new_tokens)
+    elif int(max_rows) < 1:
+        raise VLMInputError(f"max_rows must be at least 1 (or 'auto'), got {max_rows!r}")
+    else:
+        shared_rows = full_rows = int(max_rows)
+    hook_points = list(model.hook_dict)
+    alone = {name for name in names if not stackable(runs[name], hook_points)}
+    return plan_calls(
+        names,
+        sharing,
+        alone,
+        width=max(1, shared_rows // rows),
+        full_width=max(1, full_rows // rows),
+    )
+
+
+def _stacked(
+    batch: Batch, runs: Mapping[str, HookList], names: tuple[str, ...]
+) -> tuple[Batch, HookList]:
+    """The batch and hooks of one call: the runs' own when it holds one run, else the batch
+    tiled and the hooks stacked (`vlm_lens.engine.row_stack`)."""
+    if len(names) == 1:
+        return batch, runs[names[0]]
+    return tile_batch(batch, len(names)), stack_hooks([runs[n] for n in names], len(batch))
 
 
 def decode_answers(tokenizer: Any, tokens: Tensor) -> list[str]:

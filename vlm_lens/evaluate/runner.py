@@ -4,7 +4,8 @@ For each batch of items (prompts of one token length per batch, so that no batch
 padding and generation can share the clean prefix), every condition's hooks are built on the
 batch (`conditions`), the clean prefix they share is computed once (`generation`), and each
 run generates greedily (VQA 20 new tokens, captions 60, stopping at end-of-sequence, on the KV
-cache) or, for χ^out, records the last token's final-layer residual. Each (item, run) row is
+cache) or, for χ^out, records the last token's final-layer residual, several runs per call,
+stacked along the batch (``stack_runs``). Each (item, run) row is
 appended to ``out/predictions.jsonl`` as soon as it exists (`PredictionLog`); a restarted run
 with the same config skips the rows done and ends with the same table, and a different config
 is refused.
@@ -24,7 +25,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -80,6 +81,8 @@ def evaluate(
     seed: int = 42,
     k: int = CHI_K,
     reuse_prefix: bool = True,
+    stack_runs: bool = True,
+    max_rows: int | Literal["auto"] = "auto",
     knockout_mode: KnockoutMode = KNOCKOUT_MODE,
     on_row: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> EvaluationResult:
@@ -100,6 +103,11 @@ def evaluate(
         k: neighbours of χ^out.
         reuse_prefix: share the clean prefix between conditions (same results; ``False`` runs
             every condition on the whole prompt).
+        stack_runs: run a batch's conditions and draws in as few calls as possible, stacked
+            along the batch (same predictions; ``False``: one call per run, the plain
+            reference; see `vlm_lens.evaluate.generation`).
+        max_rows: the most rows (prompts x runs) of one stacked call (``"auto"``: from the
+            free memory, `vlm_lens.engine.row_stack.rows_per_call`).
         knockout_mode: how the named knockouts block an edge: ``"zero"`` (default, the
             paper's: post-softmax weights set to 0, not renormalised) or ``"mask"``
             (pre-softmax, renormalised; SDPA layers stay fused).
@@ -157,7 +165,7 @@ def evaluate(
                 seeds = tuple(item_seed(seed, draw, ids[i]) for i in chunk)
                 ctx = ConditionContext(context.n_layers, draw, seeds)
                 hooks[run] = cond.build(batch, ctx)
-            values = _run(model, task, batch, hooks, reuse_prefix)
+            values = _run(model, task, batch, hooks, reuse_prefix, stack_runs, max_rows)
             for cond, draw, run in todo:
                 for slot, i in enumerate(chunk):
                     if (ids[i], run) in done:
@@ -230,14 +238,19 @@ def _prepare(model: Any, items: Sequence[EvalItem], prompts: Sequence[str]) -> B
 
 
 def _run(
-    model: Any, task: Task, batch: Batch, hooks: Mapping[str, HookList], reuse: bool
+    model: Any,
+    task: Task,
+    batch: Batch,
+    hooks: Mapping[str, HookList],
+    reuse: bool,
+    stack: bool,
+    max_rows: int | Literal["auto"],
 ) -> dict[str, list[dict[str, Any]]]:
+    options: dict[str, Any] = {"reuse_prefix": reuse, "stack_runs": stack, "max_rows": max_rows}
     if task.metric == "chi_out":
-        reps = last_residuals(model, batch, hooks, reuse_prefix=reuse)
+        reps = last_residuals(model, batch, hooks, **options)
         return {r: [{"representation": v.tolist()} for v in t] for r, t in reps.items()}
-    tokens = generate_runs(
-        model, batch, hooks, max_new_tokens=task.max_new_tokens, reuse_prefix=reuse
-    )
+    tokens = generate_runs(model, batch, hooks, max_new_tokens=task.max_new_tokens, **options)
     return {
         r: [{"prediction": p} for p in decode_answers(model.tokenizer, t)]
         for r, t in tokens.items()
