@@ -3,7 +3,7 @@ training-only pixel decoder), and the decoder's code embeddings.
 
 Example:
     >>> decoder = PixelDecoder(latent_channels=64, upsamplings=1)
-    >>> decoder(torch.zeros(1, 64, GRID, GRID)).shape
+    >>> decoder(torch.zeros(1, 64, 16, 16)).shape
     torch.Size([1, 3, 32, 32])
 """
 
