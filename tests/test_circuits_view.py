@@ -94,8 +94,28 @@ def test_view_of_1024_image_tokens_is_small(big) -> None:
     view = attention_heads_view(pattern, layout, tokens, layer=8)
     html = view.local_src
     assert len(html.encode()) < 5_000_000
-    assert "AttentionHeads" in html and "L8H31" in html and "<image 896:1024>" in html
+    assert (
+        "AttentionHeads" in html and "L8H31" in html and "\\u003cimage 896:1024>" in html
+    )  # "<" is written \\u003c in the props
     assert "unpkg.com" not in html  # self-contained: the script is inlined
     windowed = attention_heads_view(pattern, layout, tokens, window=(0, 64)).local_src
     assert len(windowed.encode()) < 5_000_000
-    assert "<image 63>" in windowed and "<image 64:1024>" in windowed
+    assert "\\u003cimage 63>" in windowed and "\\u003cimage 64:1024>" in windowed
+
+
+def test_a_token_holding_a_closing_script_tag_stays_text() -> None:
+    """A vocabulary token ``</script><img ...>`` must not end the view's script element; the
+    view still carries the token's exact text (decoded from the props JSON)."""
+    import json
+    import re
+
+    evil = "</script><img src=x onerror=alert(7)>"
+    layout, tokens = _prompt(4, n_text=3)
+    tokens[-1] = evil
+    view = attention_heads_view(_pattern(2, len(tokens)), layout, tokens)
+    for src in (view.local_src, view.cdn_src):
+        assert src.count("</script>") == 1 and src.rstrip().endswith("</script>")
+        assert "<img" not in src and "<!--" not in src.split("<script", 1)[1]
+        call = list(re.finditer(r'render\(\s*"circuits-vis-[^"]*",\s*[\w.]+,\s*', src))[-1]
+        props = src[call.end() : src.rindex(")")]
+        assert evil in json.loads(props)["tokens"]

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-import numpy as np
 import torch
 from jaxtyping import Float, Int
 from PIL import Image
@@ -30,6 +29,7 @@ from vlm_lens.checkpoints import resolve_checkpoint
 from vlm_lens.engine import attention
 from vlm_lens.engine.compat import attn_implementation, register_aliases
 from vlm_lens.engine.components import build_bridge
+from vlm_lens.engine.hook_checks import checked_hooks
 from vlm_lens.engine.image_features import (
     attach_deepstack_hooks,
     attach_image_hook,
@@ -38,6 +38,7 @@ from vlm_lens.engine.image_features import (
 from vlm_lens.engine.prefix import PrefixCache, check_upto, prefix_inputs, suffix_inputs
 from vlm_lens.engine.query_block import query_block
 from vlm_lens.errors import UnsupportedModelError, VLMInputError
+from vlm_lens.images import to_rgb
 from vlm_lens.layout import TokenLayout
 from vlm_lens.types import HookList, ImageLike
 
@@ -483,7 +484,10 @@ class HookedVLM(nn.Module):
         input_ids, model_kwargs = self._call_args(batch, kwargs)
         with self._image_groups(batch):
             return self.bridge.run_with_hooks(
-                input_ids, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **model_kwargs
+                input_ids,
+                fwd_hooks=checked_hooks(fwd_hooks),
+                bwd_hooks=list(bwd_hooks),
+                **model_kwargs,
             )
 
     def prefix_cache(self, batch: Batch | Mapping[str, Any], *, upto: int) -> PrefixCache:
@@ -552,7 +556,7 @@ class HookedVLM(nn.Module):
             with query_block(prefix.upto):
                 return self.bridge.run_with_hooks(
                     input_ids,
-                    fwd_hooks=list(fwd_hooks),
+                    fwd_hooks=checked_hooks(fwd_hooks),
                     past_key_values=prefix.past_key_values,
                     **inputs,
                     **kwargs,
@@ -569,7 +573,7 @@ class HookedVLM(nn.Module):
             >>> with model.hooks(fwd_hooks=[(hooks.resid_pre(0), fn)]):  # doctest: +SKIP
             ...     logits = model(batch)
         """
-        with self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+        with self.bridge.hooks(fwd_hooks=checked_hooks(fwd_hooks), bwd_hooks=list(bwd_hooks)):
             yield self
 
     def generate(
@@ -851,20 +855,4 @@ def _placeholder_message(index: int, prompt: str, found: int, n_images: int, tok
 
 
 def _to_pil(image: ImageLike) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        array = image
-        if array.dtype != np.uint8:
-            array = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-        if array.ndim == 2:
-            array = np.stack([array] * 3, axis=-1)
-        if array.ndim != 3 or array.shape[-1] not in (3, 4):
-            raise VLMInputError(
-                f"an image array must be [H, W, 3] (or [H, W]); got shape {array.shape}"
-            )
-        return Image.fromarray(array[..., :3])
-    raise VLMInputError(
-        f"images must be PIL images or numpy arrays, got {type(image).__name__}; load files "
-        "with PIL.Image.open(path)"
-    )
+    return to_rgb(image)

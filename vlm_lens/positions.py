@@ -190,6 +190,12 @@ def random_image_tokens(
         2
     """
 
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(
+            f"k must be a whole number of image tokens >= 0, got {k!r} (a negative k would "
+            "slice from the end and draw all but |k| tokens)"
+        )
+
     def resolve(layout: TokenLayout) -> Bool[Tensor, "batch pos"]:
         batch = layout.shape[0]
         seeds = [seed + b for b in range(batch)] if isinstance(seed, int) else list(seed)

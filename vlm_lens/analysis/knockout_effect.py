@@ -42,6 +42,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlm_lens.analysis.token_ids import check_token_ids, vocabulary_size
 from vlm_lens.batch import Batch
 from vlm_lens.engine.intervention import Intervention
 from vlm_lens.engine.sweep import CLEAN, run_sweep
@@ -163,7 +164,8 @@ def knockout_effect(
         A `KnockoutResult`.
 
     Raises:
-        VLMInputError: without batches, or when `targets` does not have one id per prompt.
+        VLMInputError: without batches, or when `targets` does not have one id per prompt or
+            holds an id outside the vocabulary.
 
     Example:
         >>> result = knockout_effect(model, batches, targets=class_ids)  # doctest: +SKIP
@@ -174,6 +176,8 @@ def knockout_effect(
     batch_list = [batches] if isinstance(batches, Batch) else list(batches)
     if not batch_list:
         raise VLMInputError("knockout_effect needs at least one batch")
+    if targets is not None:
+        check_token_ids(targets, vocabulary_size(model), "targets")
     top1: list[list[Tensor]] = [[] for _ in names]
     sims: list[list[Tensor]] = [[] for _ in names]
     for batch in tqdm(batch_list, desc="knockout", disable=not progress):

@@ -41,6 +41,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlm_lens.analysis.token_ids import check_token_ids, vocabulary_size
 from vlm_lens.batch import Batch
 from vlm_lens.engine.sweep import CLEAN, run_sweep
 from vlm_lens.errors import VLMInputError
@@ -183,6 +184,10 @@ def patching_sweep(
     pair_list = [pairs] if isinstance(pairs, PatchPair) else list(pairs)
     if not pair_list:
         raise VLMInputError("patching_sweep needs at least one PatchPair")
+    vocab = vocabulary_size(model)
+    for pair in pair_list:
+        check_token_ids(pair.source_token, vocab, "PatchPair.source_token")
+        check_token_ids(pair.target_token, vocab, "PatchPair.target_token")
     sites = _sites(site, layer_list, n_layers)
     d_clean, d_patched, sims, base_sims = [], [], [], []
     for pair in tqdm(pair_list, desc="patching", disable=not progress):

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vlm_lens.errors import VLMInputError
+from vlm_lens.images import to_rgb
 
 ImageSource = Image.Image | np.ndarray | str | os.PathLike
 """One image: a PIL image, an ``[H, W, 3]`` uint8 array, or a path to an image file."""
@@ -154,7 +155,8 @@ def build_prompt(example: Example, placeholder: str, prompt: PromptSpec = None) 
 
 
 def load_image(image: ImageSource) -> Image.Image | np.ndarray:
-    """Open a path as an RGB PIL image; return in-memory images unchanged.
+    """Open a path as an 8-bit RGB PIL image (16-bit files scaled, `vlm_lens.images.to_rgb`);
+    return in-memory images unchanged.
 
     Example:
         >>> import tempfile
@@ -165,7 +167,8 @@ def load_image(image: ImageSource) -> Image.Image | np.ndarray:
     """
     if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as opened:
-            return opened.convert("RGB")
+            opened.load()
+            return to_rgb(opened)
     return image
 
 

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vlm_lens.data.examples import ImageSource
 from vlm_lens.errors import VLMInputError
+from vlm_lens.images import to_rgb
 
 __all__ = ["EvalItem", "load_item_image"]
 
@@ -45,7 +46,8 @@ class EvalItem:
 
 
 def load_item_image(item: EvalItem) -> Image.Image:
-    """The item's image as an RGB PIL image (a path is opened; an array is converted).
+    """The item's image as an 8-bit RGB PIL image (a path is opened; arrays and other modes are
+    converted by `vlm_lens.images.to_rgb`, which refuses what it would have to guess).
 
     Raises:
         VLMInputError: if the file is missing or is not an image, naming the item.
@@ -61,11 +63,10 @@ def load_item_image(item: EvalItem) -> Image.Image:
     try:
         if isinstance(image, (str, os.PathLike)):
             with Image.open(image) as opened:
-                return opened.convert("RGB")
-        if isinstance(image, np.ndarray):
-            return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-        if isinstance(image, Image.Image):
-            return image if image.mode == "RGB" else image.convert("RGB")
+                opened.load()
+                return to_rgb(opened)
+        if isinstance(image, (np.ndarray, Image.Image)):
+            return to_rgb(image)
     except (UnidentifiedImageError, OSError) as exc:
         raise VLMInputError(
             f"the image {image} of item {item.id!r} cannot be opened ({exc}); replace or remove it"

@@ -113,6 +113,12 @@ def knockout(
         batch_size, n_heads, q_len, k_len = shape
         edge = edges.for_shape(batch_size, q_len, k_len, name).to(device)[:, None]
         if head_index is not None:
+            wrong = [h for h in head_index if not -n_heads <= h < n_heads]
+            if wrong:
+                raise VLMInputError(
+                    f"{name}: knockout heads {wrong} do not exist; this layer has {n_heads} "
+                    f"heads (0..{n_heads - 1})"
+                )
             per_head = torch.zeros(n_heads, dtype=torch.bool, device=device)
             per_head[head_index] = True
             edge = edge & per_head[None, :, None, None]

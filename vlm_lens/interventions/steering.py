@@ -119,6 +119,13 @@ def steer(
         >>> hooks = steer(b, vector, positions="gate", layers=[0, 1], scale=4.0)  # doctest: +SKIP
         >>> logits = model.run_with_hooks(b, fwd_hooks=hooks)  # doctest: +SKIP
     """
+    if not isinstance(vector, Tensor) or vector.ndim != 1:
+        shape = tuple(vector.shape) if isinstance(vector, Tensor) else type(vector).__name__
+        raise VLMInputError(
+            f"a steering vector must be one [d_model] tensor, got {shape}; a scalar or a [1] "
+            "tensor would be added to every dimension: pass vector * torch.ones(d_model) if "
+            "that is meant"
+        )
     layout = layout_of(batch)
     mask = select(positions, layout)
     generated = covers_generated(positions, layout)
@@ -126,6 +133,12 @@ def steer(
     length = layout.shape[1]
 
     def add(tensor: Tensor, hook: Any) -> Tensor:
+        if vector.shape[0] != tensor.shape[-1]:
+            raise VLMInputError(
+                f"{hook.name}: the steering vector has {vector.shape[0]} dimensions but the "
+                f"site holds {tensor.shape[-1]}; build it at a [batch, pos, d_model] site of "
+                "this model (steering_vector)"
+            )
         offset = query_offset()
         too_long = tensor.shape[1] > length or (
             offset is not None and offset + tensor.shape[1] != length

@@ -278,8 +278,14 @@ def _randomise(
     """
 
     def draw(param: nn.Parameter, std: float, mean: float = 0.0) -> None:
+        # In place, without temporaries (a released-shape layer holds hundreds of millions of
+        # values); the same bits as ``param.copy_(torch.randn(...) * std + mean)``.
+        if param.dtype == torch.float32 and param.is_contiguous():
+            torch.randn(param.shape, generator=generator, out=param.data)
+            param.mul_(std).add_(mean)
+            return
         noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-        param.copy_(noise * std + mean)
+        param.copy_(noise.mul_(std).add_(mean))
 
     dense_params = _owned_parameters(dense)
     dense_ids = {id(p) for _, _, p in dense_params}

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -178,9 +179,29 @@ def attention_heads_view(
         pattern, layout, tokens, batch_index=batch_index, chunks=chunks, window=window
     )
     names = None if layer is None else [f"L{layer}H{h}" for h in range(small.shape[0])]
-    return attention_heads(
+    view = attention_heads(
         attention=small.double().round(decimals=decimals),
         tokens=labels,
         attention_head_names=names,
         mask_upper_tri=True,
     )
+    return RenderedHTML(_inert_props(view.local_src), _inert_props(view.cdn_src))
+
+
+_RENDER_CALL = re.compile(r'render\(\s*"circuits-vis-[^"]*",\s*[\w.]+,\s*')
+
+
+def _inert_props(src: str) -> str:
+    """`src` with every ``<`` of the JSON props of its last render call written ``\\u003c``.
+
+    circuitsvis writes the props (token strings included) as JSON inside a ``<script>``
+    element, so a token holding ``</script>`` would end the script and run as HTML. JSON
+    syntax has no ``<`` outside strings, and ``\\u003c`` decodes to ``<``: the view shows
+    the same tokens, and no string can close the element.
+    """
+    calls = list(_RENDER_CALL.finditer(src))
+    if not calls:
+        raise RuntimeError("circuitsvis' rendered HTML has no render call; its format changed")
+    start = calls[-1].end()
+    end = src.rindex("</script>")
+    return src[:start] + src[start:end].replace("<", "\\u003c") + src[end:]

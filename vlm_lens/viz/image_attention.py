@@ -25,6 +25,7 @@ from jaxtyping import Float
 from PIL import Image
 
 from vlm_lens.analysis.attention_share import AttentionShareResult
+from vlm_lens.images import to_rgb
 from vlm_lens.viz._grid import as_mapping, model_grid
 
 ImageInput = Image.Image | np.ndarray
@@ -169,7 +170,4 @@ def image_attention_figure(
 
 
 def _pixels(image: Any) -> np.ndarray:
-    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"image must be RGB [H, W, 3]; got shape {array.shape}")
-    return array.astype(np.uint8)
+    return np.asarray(to_rgb(image))
