@@ -308,7 +308,7 @@ def _synthetic(**overrides) -> GateMeasurement:
         n_pairs=10,
         pairs_reason=None,
         n_scenes=30,
-        seed=0,
+        measure_seed=0,
     )
     values.update(overrides)
     return GateMeasurement(**values)

@@ -135,7 +135,8 @@ class GateMeasurement:
         n_pairs: number of patching pairs.
         pairs_reason: why there is no pair (``None`` when there are pairs).
         n_scenes: number of scenes.
-        seed: seed of the pair draw and the random knockout.
+        measure_seed: seed of the pair draw and the random knockout (``seed`` in a record is
+            the organism's, added by the driver).
 
     Example:
         >>> m = GateMeasurement(
@@ -143,7 +144,7 @@ class GateMeasurement:
         ...     accuracy={"none": {"colour": 1.0}, "gate": {"colour": 0.2},
         ...               "image->text": {"colour": 0.9}},
         ...     gate_share=(0.1, 0.4), flip_rate=(0.0, 0.8), baseline_flip_rate=0.0,
-        ...     n_pairs=5, pairs_reason=None, n_scenes=10, seed=0)
+        ...     n_pairs=5, pairs_reason=None, n_scenes=10, measure_seed=0)
         >>> round(m.drop("gate"), 3), m.has_gate
         (1.0, True)
     """
@@ -158,7 +159,7 @@ class GateMeasurement:
     n_pairs: int
     pairs_reason: str | None
     n_scenes: int
-    seed: int
+    measure_seed: int
 
     @property
     def n_layers(self) -> int:
@@ -381,7 +382,7 @@ def measure_gate(
         n_pairs=len(drawn),
         pairs_reason=reason,
         n_scenes=len(scenes),
-        seed=seed,
+        measure_seed=seed,
     )
 
 
