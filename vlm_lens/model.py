@@ -11,7 +11,7 @@ import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -37,13 +37,14 @@ from vlm_lens.engine.image_features import (
 )
 from vlm_lens.engine.prefix import PrefixCache, check_upto, prefix_inputs, suffix_inputs
 from vlm_lens.engine.query_block import query_block
+from vlm_lens.engine.tl_habits import TransformerLensHabits
 from vlm_lens.errors import UnsupportedModelError, VLMInputError
 from vlm_lens.images import to_rgb
 from vlm_lens.layout import TokenLayout
 from vlm_lens.types import HookList, ImageLike
 
 
-class HookedVLM(nn.Module):
+class HookedVLM(TransformerLensHabits):
     """A Hugging Face VLM wrapped in a TransformerLens `TransformerBridge`, aware of token roles.
 
     Build one with `from_pretrained` (hub id or local folder) or `from_hf` (a model in memory).
@@ -425,12 +426,6 @@ class HookedVLM(nn.Module):
         self._check(batch)
         return batch
 
-    def to_str_tokens(self, batch: Batch, index: int = 0) -> list[str]:
-        """The tokens of one sequence as strings (needs a tokenizer)."""
-        if self.tokenizer is None:
-            raise VLMInputError("no tokenizer: build the HookedVLM with its processor")
-        return self.tokenizer.convert_ids_to_tokens(batch.input_ids[index].tolist())
-
     # ------------------------------------------------------------------ running
     def forward(
         self, batch: Batch | Mapping[str, Any], *, return_type: str | None = "logits", **kwargs: Any
@@ -584,8 +579,9 @@ class HookedVLM(nn.Module):
         fwd_hooks: HookList = (),
         do_sample: bool = False,
         prefix: PrefixCache | None = None,
+        return_type: Literal["tokens", "str"] = "tokens",
         **generate_kwargs: Any,
-    ) -> Int[Tensor, "batch total_pos"]:
+    ) -> Int[Tensor, "batch total_pos"] | list[str]:
         """Generate text with the image inputs and any hooks active on every step.
 
         Runs Hugging Face ``generate`` (KV cache, the model's own input preparation) on the
@@ -605,10 +601,14 @@ class HookedVLM(nn.Module):
             fwd_hooks: hooks active during generation.
             do_sample: sample instead of greedy decoding.
             prefix: a clean prefix of `batch` to start from (``None``: the whole prompt).
+            return_type: ``"tokens"`` (the ids) or ``"str"`` (TransformerLens' name: the new
+                text of each prompt, decoded without special tokens; the prompt, mostly image
+                placeholders, is left out).
             **generate_kwargs: passed to HF ``generate``.
 
         Returns:
-            ``[batch, prompt_len + new]`` token ids (decode with ``model.tokenizer``).
+            ``[batch, prompt_len + new]`` token ids (decode with ``model.tokenizer``), or one
+            string per prompt for ``return_type="str"``.
 
         Raises:
             VLMInputError: for a prefix of another batch, or a batch that cannot generate
@@ -618,6 +618,8 @@ class HookedVLM(nn.Module):
             >>> prefix = model.prefix_cache(batch, upto=ko.earliest)  # doctest: +SKIP
             >>> out = model.generate(batch, prefix=prefix, fwd_hooks=ko)  # doctest: +SKIP
         """
+        if return_type not in ("tokens", "str"):
+            raise VLMInputError(f"return_type must be 'tokens' or 'str', got {return_type!r}")
         batch = self._as_batch(batch)
         inputs = dict(batch.inputs)
         first_pass: Any = nullcontext()
@@ -656,9 +658,13 @@ class HookedVLM(nn.Module):
             torch.no_grad(),
         ):
             hf: Any = self.hf_model
-            return hf.generate(
+            out = hf.generate(
                 **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs
             )
+        if return_type == "tokens":
+            return out
+        new = out[:, batch.input_ids.shape[1] :].tolist()
+        return [str(t) for t in self._need_tokenizer().batch_decode(new, skip_special_tokens=True)]
 
     def can_generate_from_prefix(self, batch: Batch) -> bool:
         """Whether `generate(batch, prefix=...)` gives the tokens of a plain `generate`: the

@@ -220,7 +220,8 @@ class QA:
 
     question: str
     answer: str
-    kind: Kind
+    kind: str
+    """A local `Kind` or a relational kind (`RELATIONAL_KINDS`)."""
 
 
 @dataclass(frozen=True)
@@ -455,21 +456,39 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
-def vocabulary() -> tuple[str, ...]:
+def vocabulary(*tasks: str) -> tuple[str, ...]:
     """Every word and punctuation mark (``":"``, ``","``, ``"."``, ``"?"``) that captions,
-    questions and answers use, sorted.
+    questions and answers of `tasks` use, sorted.
+
+    Args:
+        *tasks: names from `TASKS`; none: ``"local"`` alone (captions and the local questions,
+            the words the shipped organisms were trained with). ``vocabulary(*TASKS)`` covers
+            every text of both tasks (the relational questions add counting, comparison and
+            spatial words, see `vlm_lens.world.relational`).
+
+    Raises:
+        ValueError: for an unknown task name.
 
     Example:
         >>> vocab = vocabulary()
         >>> len(vocab), vocab[:6]
         (42, (',', '.', ':', '?', 'a', 'and'))
+        >>> set(vocab) < set(vocabulary(*TASKS))
+        True
     """
+    from vlm_lens.world import relational
+
+    for task in tasks:
+        if task not in relational.TASKS:
+            raise ValueError(f"unknown task {task!r}; tasks are {relational.TASKS}")
     words = set(_CAPTION_WORDS)
     for template in (*SINGLE_QUESTIONS.values(), *REFERRING_QUESTIONS.values()):
         words.update(tokenize(re.sub(r"\{\w+\}", " ", template)))
     for answers in ANSWERS.values():
         for answer in answers:
             words.update(tokenize(answer))
+    if "relational" in tasks:
+        words.update(relational.relational_words())
     return tuple(sorted(words))
 
 
@@ -917,3 +936,8 @@ def _build_scene(
         image_size=image_size,
         seed=seed,
     )
+
+
+# The relational task (re-exported: ``from vlm_lens.world import relational_qa``). Imported last:
+# it builds on the names above.
+from vlm_lens.world.relational import *  # noqa: E402, F403  (its __all__)
