@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 from vlm_lens.errors import VLMInputError
 
 FACTORS: tuple[str, ...] = ("objective", "init", "tokenizer", "task", "layers")
-"""The factors of issue 15, in table order (any other factor of a record's ``"factors"`` follows)."""
+"""The factors of issue 15, in table order (a record's other ``"factors"`` follow)."""
 
 DROPS: tuple[str, ...] = (
     "gate",
@@ -65,7 +65,9 @@ def write_factorial(records: Sequence[dict[str, Any]], folder: Path) -> go.Figur
         VLMInputError: for no records, or a record without the measurement keys.
     """
     if not records:
-        raise VLMInputError("write_factorial needs at least one record (measure_gate(...).to_record())")
+        raise VLMInputError(
+            "write_factorial needs at least one record (measure_gate(...).to_record())"
+        )
     for i, r in enumerate(records):
         missing = [k for k in ("drop", "has_gate", "baseline_accuracy") if k not in r]
         if missing:
@@ -127,8 +129,8 @@ def to_markdown(records: Sequence[dict[str, Any]]) -> str:
     lines += ["| factor | level | organisms | has-gate rate | mean gate drop |"]
     lines += ["|---|---|---|---|---|"]
     for f in factors:
-        levels = sorted({str(factor_levels(r).get(f)) for r in records if f in factor_levels(r)})
-        for level in levels:
+        names = sorted({str(factor_levels(r).get(f)) for r in records if f in factor_levels(r)})
+        for level in names:
             group = [r for r in records if str(factor_levels(r).get(f)) == level]
             rate = sum(bool(r["has_gate"]) for r in group) / len(group)
             drops = [r["drop"].get("gate") for r in group if r["drop"].get("gate") is not None]
@@ -157,9 +159,10 @@ def factorial_figure(records: Sequence[dict[str, Any]]) -> go.Figure:
     visible_of: dict[str, list[int]] = {}
     for f in factors:
         visible_of[f] = []
-        key = (lambda r, i: _label(r, i)) if f == "organism" else (
-            lambda r, i, f=f: str(factor_levels(r).get(f, "?"))
-        )
+
+        def key(r: dict[str, Any], i: int, f: str = f) -> str:
+            return _label(r, i) if f == "organism" else str(factor_levels(r).get(f, "?"))
+
         for level in sorted({key(r, i) for i, r in points}):
             chosen = [(i, r) for i, r in points if key(r, i) == level]
             visible_of[f].append(len(fig.data))
@@ -168,7 +171,10 @@ def factorial_figure(records: Sequence[dict[str, Any]]) -> go.Figure:
                     x=[r["drop"]["image->text"] for _, r in chosen],
                     y=[r["drop"]["gate"] for _, r in chosen],
                     mode="markers",
-                    marker={"size": 11, "symbol": ["star" if r["has_gate"] else "circle" for _, r in chosen]},
+                    marker={
+                        "size": 11,
+                        "symbol": ["star" if r["has_gate"] else "circle" for _, r in chosen],
+                    },
                     name=f"{f}={level}",
                     text=[f"{_label(r, i)} seed {r.get('seed', '')}" for i, r in chosen],
                     visible=f == factors[0],

@@ -61,6 +61,7 @@ from vlm_lens.interventions import (
     residual_site,
 )
 from vlm_lens.model import HookedVLM
+from vlm_lens.positions import PositionSpec
 from vlm_lens.world import QA, Scene
 from vlm_lens.zoo.tasks import answer_accuracy, question_prompt
 
@@ -70,6 +71,7 @@ __all__ = [
     "Criterion",
     "GateMeasurement",
     "conditions",
+    "flip_rates",
     "measure_gate",
     "patch_pairs",
     "write_factorial",
@@ -133,7 +135,8 @@ class GateMeasurement:
         n_pairs: number of patching pairs.
         pairs_reason: why there is no pair (``None`` when there are pairs).
         n_scenes: number of scenes.
-        seed: seed of the pair draw and the random knockout.
+        measure_seed: seed of the pair draw and the random knockout (``seed`` in a record is
+            the organism's, added by the driver).
 
     Example:
         >>> m = GateMeasurement(
@@ -141,7 +144,7 @@ class GateMeasurement:
         ...     accuracy={"none": {"colour": 1.0}, "gate": {"colour": 0.2},
         ...               "image->text": {"colour": 0.9}},
         ...     gate_share=(0.1, 0.4), flip_rate=(0.0, 0.8), baseline_flip_rate=0.0,
-        ...     n_pairs=5, pairs_reason=None, n_scenes=10, seed=0)
+        ...     n_pairs=5, pairs_reason=None, n_scenes=10, measure_seed=0)
         >>> round(m.drop("gate"), 3), m.has_gate
         (1.0, True)
     """
@@ -156,7 +159,7 @@ class GateMeasurement:
     n_pairs: int
     pairs_reason: str | None
     n_scenes: int
-    seed: int
+    measure_seed: int
 
     @property
     def n_layers(self) -> int:
@@ -180,7 +183,9 @@ class GateMeasurement:
         kinds = [k for k, v in self.above_chance.items() if v > 0]
         if not kinds:
             return None
-        lost = sum(self.counts[k] * (self.accuracy["none"][k] - self.accuracy[condition][k]) for k in kinds)
+        lost = sum(
+            self.counts[k] * (self.accuracy["none"][k] - self.accuracy[condition][k]) for k in kinds
+        )
         above = sum(self.counts[k] * self.above_chance[k] for k in kinds)
         return lost / above
 
@@ -263,9 +268,7 @@ def conditions(n_layers: int, seed: int = 0) -> dict[str, Callable[[Batch], Any]
     }
 
 
-def patch_pairs(
-    scenes: Sequence[Scene], n: int, seed: int = 0
-) -> list[tuple[int, int, QA, QA]]:
+def patch_pairs(scenes: Sequence[Scene], n: int, seed: int = 0) -> list[tuple[int, int, QA, QA]]:
     """Seeded (source scene, target scene, source QA, target QA) pairs asking the same question
     text with different answers: up to `n` distinct target questions, each with a random source.
 
@@ -326,17 +329,21 @@ def measure_gate(
             f"measure_gate needs scenes with questions; got {len(scenes)} scene(s) and no "
             "question (scene.qa is empty): build them with vlm_lens.world"
         )
-    kinds = tuple(dict.fromkeys(qa.kind for _, qa in items))
-    counts = Counter(qa.kind for _, qa in items)
-    chance = {}
+    kinds: tuple[str, ...] = tuple(dict.fromkeys(str(qa.kind) for _, qa in items))
+    counts: Counter[str] = Counter(str(qa.kind) for _, qa in items)
+    chance: dict[str, float] = {}
     for kind in kinds:
         answers = Counter(qa.answer for _, qa in items if qa.kind == kind)
         chance[kind] = max(answers.values()) / counts[kind]
     n_layers = int(model.cfg.n_layers)
-    accuracy = {}
+    accuracy: dict[str, dict[str, float]] = {}
     for name, build in conditions(n_layers, seed).items():
         result = answer_accuracy(
-            model, scenes, kinds=kinds, batch_size=batch_size, intervention=build,
+            model,
+            scenes,
+            kinds=kinds,
+            batch_size=batch_size,
+            intervention=build,
             progress=progress,
         )
         accuracy[name] = {k: result.accuracy[k] for k in kinds}
@@ -356,7 +363,9 @@ def measure_gate(
     baseline: float | None = None
     reason = None
     if drawn:
-        flip_rate, baseline = _flip_rates(model, scenes, drawn, n_layers, batch_size, progress)
+        flip_rate, baseline = flip_rates(
+            model, scenes, drawn, batch_size=batch_size, progress=progress
+        )
     else:
         reason = (
             "no pair of scenes asks the same question with different answers "
@@ -373,22 +382,41 @@ def measure_gate(
         n_pairs=len(drawn),
         pairs_reason=reason,
         n_scenes=len(scenes),
-        seed=seed,
+        measure_seed=seed,
     )
 
 
-def _flip_rates(
+def flip_rates(
     model: HookedVLM,
-    scenes: list[Scene],
-    drawn: list[tuple[int, int, QA, QA]],
-    n_layers: int,
-    batch_size: int,
-    progress: bool,
+    scenes: Sequence[Scene],
+    drawn: Sequence[tuple[int, int, QA, QA]],
+    *,
+    positions: PositionSpec = "gate",
+    batch_size: int = 32,
+    progress: bool = False,
 ) -> tuple[tuple[float, ...], float]:
-    """Per layer, the fraction of pairs whose patched target answers with the source's answer
-    (and did not unpatched); and the unpatched rate."""
+    """Patch each pair's source residual (``resid_pre`` of each layer in turn) at `positions`
+    into its target and answer greedily.
+
+    Args:
+        model: the `HookedVLM`.
+        scenes: the scenes the pairs index.
+        drawn: pairs from `patch_pairs`.
+        positions: where to patch (default: the gate).
+        batch_size: prompts per forward pass.
+        progress: show progress bars.
+
+    Returns:
+        Per layer, the fraction of pairs whose patched target answers with the source's answer
+        and did not unpatched; and the fraction of unpatched targets already giving it.
+
+    Example:
+        >>> rates, unpatched = flip_rates(model, scenes, patch_pairs(scenes, 8))  # doctest: +SKIP
+    """
+    if not drawn:
+        raise VLMInputError("flip_rates needs at least one pair (see patch_pairs)")
     placeholder = model.image_placeholder
-    sites = [residual_site(layer) for layer in range(n_layers)]
+    sites = [residual_site(layer) for layer in range(int(model.cfg.n_layers))]
     targets = [dataclasses.replace(scenes[j], qa=(qa,)) for _, j, _, qa in drawn]
     sources: list[PatchSource] = []
     for start in range(0, len(drawn), batch_size):  # the chunks answer_accuracy will run
@@ -398,13 +426,17 @@ def _flip_rates(
             text=[question_prompt(qa.question, placeholder) for _, _, qa, _ in chunk],
             padding_side="left",
         )
-        sources.append(record(model, batch, sites=sites, positions="gate"))
+        sources.append(record(model, batch, sites=sites, positions=positions))
     wanted = [s.answer for _, _, s, _ in drawn]
 
     def predicted(build: Callable[[Batch], Any] | None) -> list[str]:
         result = answer_accuracy(
-            model, targets, kinds=tuple(dict.fromkeys(qa.kind for *_, qa in drawn)),
-            batch_size=batch_size, intervention=build, progress=progress,
+            model,
+            targets,
+            kinds=tuple(dict.fromkeys(qa.kind for *_, qa in drawn)),
+            batch_size=batch_size,
+            intervention=build,
+            progress=progress,
         )
         return [row[4] for row in result.answers]
 
@@ -412,9 +444,12 @@ def _flip_rates(
     rates = []
     for site in sites:
         chunks: Iterator[PatchSource] = iter(sources)
-        patched = predicted(lambda b, site=site, chunks=chunks: patch(next(chunks), b, sites=site))
+
+        def patched_run(b: Batch, site: str = site, chunks: Iterator[PatchSource] = chunks) -> Any:
+            return patch(next(chunks), b, sites=site)
+
+        patched = predicted(patched_run)
         flips = [c != w and p == w for c, p, w in zip(clean, patched, wanted, strict=True)]
         rates.append(sum(flips) / len(flips))
     baseline = sum(c == w for c, w in zip(clean, wanted, strict=True)) / len(wanted)
     return tuple(rates), baseline
-
