@@ -268,6 +268,8 @@ def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
         "unknown option": ([*ng, "--frobnicate"], "--frobnicate"),
         "info unknown model": (["info", "organism:nosuch"], "unknown organism"),
         "bad heatmap layer": ([*ng, "--model", ORGANISM, "--heatmap-layer", "7"], "0..2"),
+        "out is a folder": (["narrow-gate", "--out", str(root / "empty")], "is a folder"),
+        "json folder missing": ([*ng, "--json", str(root / "no" / "x.json")], "does not exist"),
     }
 
 

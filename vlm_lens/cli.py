@@ -25,6 +25,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import click
@@ -63,6 +64,21 @@ def app() -> None:
     """vlm_lens: TransformerLens for vision-language models."""
 
 
+def _output_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Refuse an output path that cannot be written, before any analysis runs."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise click.BadParameter(
+            f"{value} is a folder; give a file path, e.g. {path / 'narrow_gate_report.html'}"
+        )
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise click.BadParameter(f"the folder {parent} does not exist; create it first")
+    return value
+
+
 @app.command("narrow-gate")
 @click.option(
     "--model",
@@ -84,9 +100,17 @@ def app() -> None:
     default="narrow_gate_report.html",
     show_default=True,
     metavar="FILE",
+    callback=_output_file,
     help="The HTML report.",
 )
-@click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the numbers.")
+@click.option(
+    "--json",
+    "json_path",
+    default=None,
+    metavar="FILE",
+    callback=_output_file,
+    help="Also write the numbers.",
+)
 @click.option(
     "--n-images",
     type=click.IntRange(min=2),
