@@ -115,3 +115,21 @@ def test_save_checkpoint_loads_back_offline(tmp_path) -> None:
     with torch.no_grad():
         expected = tiny.model(**batch.inputs).logits
         assert torch.equal(loaded(batch), expected)
+
+
+def test_answer_accuracy_asks_the_scenes_own_kinds_and_empty_is_undefined(organism) -> None:
+    """Relational scenes are scored on their own kinds (the default used to be the local kinds
+    only, which left a relational organism's held-out accuracy empty and reported 0.0)."""
+    from collections import Counter
+
+    from vlm_lens.world import task_split
+
+    _, model, _ = organism
+    relational = task_split("relational", "test", 3)
+    result = answer_accuracy(model, relational)
+    asked = Counter(qa.kind for scene in relational for qa in scene.qa)
+    assert result.counts == dict(asked) and sum(asked.values()) > 0
+    hits = sum(r[3] == r[4] for r in result.answers)
+    assert result.overall == pytest.approx(hits / len(result.answers))
+    empty = answer_accuracy(model, [])
+    assert empty.counts == {} and empty.overall is None

@@ -75,6 +75,7 @@ def finish_record(
     evaluate: Callable[[], dict[str, Any]],
     clock: Clock,
     eval_scenes: int,
+    scenes: str = "single-object",
 ) -> dict[str, Any]:
     """Add the total CPU time of ``record["phases"]``, the folder's file sizes and the held-out
     evaluation (`evaluate` of the saved folder, timed) to `record`; write ``training.json``."""
@@ -87,7 +88,7 @@ def finish_record(
     record["folder_bytes"] = sum(record["files"].values())
     record["test"] = evaluate()
     record["test"].update(clock.lap())
-    record["test"]["scenes"] = f"test split, indices 0-{eval_scenes - 1}, single-object"
+    record["test"]["scenes"] = f"test split, indices 0-{eval_scenes - 1}, {scenes}"
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -121,4 +122,11 @@ def held_out_accuracy(out: Path, scenes: Sequence[Any]) -> dict[str, Any]:
 
     model = HookedVLM.from_pretrained(out)
     result = tasks.answer_accuracy(model, scenes, progress=True)
-    return {"accuracy": result.accuracy, "n": result.counts, "overall": result.overall}
+    record: dict[str, Any] = {
+        "accuracy": result.accuracy,
+        "n": result.counts,
+        "overall": result.overall,
+    }
+    if result.overall is None:
+        record["undefined"] = "no held-out question was asked (the scenes hold no questions)"
+    return record

@@ -69,10 +69,12 @@ class AnswerAccuracy:
     answers: tuple[tuple[int, str, str, str, str], ...]
 
     @property
-    def overall(self) -> float:
-        """Accuracy over every question."""
+    def overall(self) -> float | None:
+        """Accuracy over every question; ``None`` (undefined) when no question was asked."""
         total = sum(self.counts.values())
-        return sum(self.accuracy[k] * self.counts[k] for k in self.counts) / max(total, 1)
+        if total == 0:
+            return None
+        return sum(self.accuracy[k] * self.counts[k] for k in self.counts) / total
 
     def to_frame(self) -> pd.DataFrame:
         """One row per kind: ``kind, accuracy, n``."""
@@ -89,7 +91,7 @@ def answer_accuracy(
     model: Any,
     scenes: Iterable[world.Scene],
     *,
-    kinds: Sequence[str] = world.KINDS,
+    kinds: Sequence[str] | None = None,
     batch_size: int = 32,
     intervention: Callable[[Batch], Any] | None = None,
     max_new_tokens: int = 3,
@@ -100,7 +102,8 @@ def answer_accuracy(
     Args:
         model: a `HookedVLM` of an organism (or any model whose tokenizer has the world words).
         scenes: held-out scenes.
-        kinds: question kinds to ask.
+        kinds: question kinds to ask (default: every kind the scenes ask, local kinds in
+            `vlm_lens.world.KINDS` order first, then the others as they first appear).
         batch_size: prompts per generate call.
         intervention: ``batch -> fwd_hooks`` applied during generation (e.g.
             ``lambda b: gate_knockout(b)``).
@@ -110,6 +113,10 @@ def answer_accuracy(
     Returns:
         An `AnswerAccuracy`.
     """
+    scenes = list(scenes)
+    if kinds is None:
+        asked = dict.fromkeys(qa.kind for scene in scenes for qa in scene.qa)
+        kinds = [k for k in world.KINDS if k in asked] + [k for k in asked if k not in world.KINDS]
     items = [(scene, qa) for scene in scenes for qa in scene.qa if qa.kind in kinds]
     rows: list[tuple[int, str, str, str, str]] = []
     placeholder = model.image_placeholder

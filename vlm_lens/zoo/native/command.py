@@ -165,7 +165,8 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     }
     shutil.rmtree(out / CHECKPOINT.parent)
     evaluate = lambda: held_out_accuracy(out, held_out)  # noqa: E731
-    return finish_record(record, out, evaluate, clock, settings.eval_scenes)
+    described = "single-object" if settings.task == "local" else "2-4 objects, relational questions"
+    return finish_record(record, out, evaluate, clock, settings.eval_scenes, described)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
