@@ -39,9 +39,12 @@ def notebook_setup(*, offline: bool = False, renderer: str | None = None) -> str
         VLMInputError: for a renderer plotly does not know, naming the ones it does.
 
     Example:
+        >>> import plotly.io as pio
         >>> from vlm_lens import viz
+        >>> before = pio.renderers.default
         >>> viz.notebook_setup(renderer="json")  # the doctest has no notebook to draw in
         'json'
+        >>> pio.renderers.default = before
         >>> viz.notebook_setup()  # doctest: +SKIP
         'plotly_mimetype+notebook_connected'
     """
