@@ -53,7 +53,7 @@ from vlm_lens.positions import after, image_token
 from vlm_lens.world import world_split
 from vlm_lens.zoo.tasks import question_prompt
 
-viz.notebook_setup()
+renderer = viz.notebook_setup()  # figures show in JupyterLab and in exported HTML
 pd.set_option("display.width", 120)
 pd.set_option("display.max_columns", 10)
 model = HookedVLM.from_pretrained("organism:native")

@@ -30,7 +30,7 @@ from vlm_lens.analysis import PatchPair, attention_share, knockout_effect, patch
 from vlm_lens.experiments import folder_images
 from vlm_lens.interventions import gate_knockout, image_to_text_knockout, knockout
 
-viz.notebook_setup()
+renderer = viz.notebook_setup()  # figures show in JupyterLab and in exported HTML
 
 # %% [markdown]
 # ## Your images

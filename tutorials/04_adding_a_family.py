@@ -31,7 +31,7 @@ from vlm_lens.errors import UnsupportedModelError
 from vlm_lens.layout import TokenSpec
 from vlm_lens.testing import build_tiny, sample_image
 
-viz.notebook_setup()
+renderer = viz.notebook_setup()  # figures show in JupyterLab and in exported HTML
 
 
 class ToyVLMForConditionalGeneration(LlavaForConditionalGeneration):
@@ -128,7 +128,8 @@ assert torch.equal(cache[hooks.IMAGE_EMBEDS].flatten(0, 1), decoder_input), "ima
 tokens = model.generate(batch, max_new_tokens=4)
 hf_tokens = reference.generate(**batch.inputs, max_new_tokens=4, do_sample=False)
 assert torch.equal(tokens, hf_tokens), "generation"
-print("all five checks hold; decoded:", model.generate(batch, max_new_tokens=4, return_type="str"))
+decoded = model.generate(batch, max_new_tokens=4, return_type="str")
+print("all five checks hold; decoded (random weights, so gibberish):", decoded)
 
 # %% [markdown]
 # Every analysis now runs on it, e.g. the attention view (random weights: no pattern to read).
