@@ -392,6 +392,10 @@ def main(argv: list[str] | None = None) -> None:
             code = process.returncode
             status[name] = {"exit": code, "ended_after_s": round(time.time() - t0, 1)}
             say(f"{name}: training exit {code} after {time.time() - t0:.0f} s")
+            if (folder / "training.json").exists():
+                record = json.loads((folder / "training.json").read_text())
+                say(f"  steps, steps/s, wall s per phase: {_phase_calibration(record)}")
+                say(f"  vq: {_vq_line(record)}; held-out accuracy {record['test'].get('accuracy')}")
             del training[name]
             if time.time() < end_measure - 5:
                 mlog = (folder / "measure.log").open("wb")
@@ -442,6 +446,16 @@ def _phase_calibration(training: dict[str, Any]) -> dict[str, Any]:
                 "wall_seconds": rec.get("wall_seconds"),
             }
     return out
+
+
+def _vq_line(training: dict[str, Any]) -> str:
+    vq = training.get("phases", {}).get("vq", {})
+    keys = (
+        "test_reconstruction_rmse_0_255",
+        "code_perplexity_on_test",
+        "test_object_code_shape_accuracy",
+    )
+    return ", ".join(f"{k} {vq.get(k)}" for k in keys)
 
 
 def write_results(
