@@ -95,6 +95,9 @@ class Tee:
         self.stream.flush()
         self.file.flush()
 
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding...: the terminal's
+        return getattr(self.stream, name)
+
 
 def elapsed() -> float:
     return time.perf_counter() - T0
