@@ -123,6 +123,14 @@ def _output_file(_ctx: click.Context, _param: click.Parameter, value: str | None
     "--k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours for χ."
 )
 @click.option(
+    "--chi-average",
+    type=click.Choice(["class", "sample"]),
+    default="class",
+    show_default=True,
+    help="χ's average: class (mean of the class means, the paper's dadapy call) or sample "
+    "(plain mean over images).",
+)
+@click.option(
     "--n-pairs",
     type=click.IntRange(min=1),
     default=12,
@@ -180,6 +188,7 @@ def narrow_gate(
     n_images: int,
     batch_size: int,
     k: int,
+    chi_average: str,
     n_pairs: int,
     patch_site: str,
     heatmap_layer: int | None,
@@ -207,6 +216,7 @@ def narrow_gate(
     settings = Settings(
         batch_size=batch_size,
         k=k,
+        chi_average="sample" if chi_average == "sample" else "class",
         n_pairs=n_pairs,
         patch_site="attention" if patch_site == "attention" else "residual",
         heatmap_layer=heatmap_layer,
@@ -310,6 +320,14 @@ def _summary(run: ModelRun) -> str:
 @click.option(
     "--k", type=click.IntRange(min=1), default=30, show_default=True, help="Neighbours for χ."
 )
+@click.option(
+    "--chi-average",
+    type=click.Choice(["class", "sample"]),
+    default="class",
+    show_default=True,
+    help="χ_out's average: class (mean of the class means, the paper's dadapy call) or "
+    "sample (plain mean over images).",
+)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1... (default: cpu).")
 @click.option(
     "--threads",
@@ -330,6 +348,7 @@ def evaluate_command(
     batch_size: int,
     knockout_mode: str,
     k: int,
+    chi_average: str,
     device: str | None,
     threads: int | None,
     quiet: bool,
@@ -365,6 +384,7 @@ def evaluate_command(
         progress=not quiet,
         seed=seed,
         k=k,
+        chi_average="sample" if chi_average == "sample" else "class",
         knockout_mode=mode,
     )
     json_path, md_path = result.write(out)
