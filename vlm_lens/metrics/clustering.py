@@ -393,14 +393,18 @@ def cluster_homogeneity(
             f"x has {n} rows but modality_labels has {modality.shape[0]}; pass one label per row."
         )
     needed = max(min_cluster_size, min_samples or min_cluster_size)
-    if warn:
-        caveat = clustering_caveat(modality, density_k if method == "adp" else needed)
-        if caveat is not None:
-            warnings.warn(
-                f"cluster homogeneity is uninformative: {caveat}",
-                UninformativeMetricWarning,
-                stacklevel=2,
-            )
+    if method == "hdbscan" and n < max(needed, 2):
+        raise ValueError(
+            f"HDBSCAN needs at least min_cluster_size / min_samples = {needed} points; got "
+            f"{n}. Pass more points or lower min_cluster_size and min_samples."
+        )
+    caveat = clustering_caveat(modality, density_k if method == "adp" else needed)
+    if warn and caveat is not None:
+        warnings.warn(
+            f"cluster homogeneity is uninformative: {caveat}",
+            UninformativeMetricWarning,
+            stacklevel=2,
+        )
     if method == "adp":
         clusters, n_found = _adp_labels(unit, maxk, density_k, z)
         score = homogeneity_from_clusters(modality, clusters, noise="exclude")
@@ -409,11 +413,6 @@ def cluster_homogeneity(
         )
         value = float("nan") if reason is not None else score.homogeneity
         return ClusterScore(value, n_found, 0.0, score.labels, "adp", reason)
-    if n < max(needed, 2):
-        raise ValueError(
-            f"HDBSCAN needs at least min_cluster_size / min_samples = {needed} points; got "
-            f"{n}. Pass more points or lower min_cluster_size and min_samples."
-        )
     clusters = _hdbscan_labels(unit, min_cluster_size, min_samples)
     score = homogeneity_from_clusters(modality, clusters, noise=noise, x=unit)
     reason = score.reason and score.reason.replace("the clustering", "HDBSCAN", 1)
