@@ -236,8 +236,8 @@ def overlap_caveat(labels: LabelsLike, k: int) -> str | None:
             f"the smallest class, {names[smallest].item()!r}, has {size} samples, not more than "
             f"k = {k}: its members have at most {size - 1} same-label neighbours, so their "
             f"overlap cannot exceed {(size - 1) / k:.3f} whatever the representations; use "
-            f"k < {size} or more than k samples in every class (the paper: k = 30, 100 per "
-            "class)"
+            + (f"k < {size} or " if size > 1 else "")
+            + "more than k samples in every class (the paper: k = 30, 100 per class)"
         )
     return None
 
