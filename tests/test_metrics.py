@@ -134,9 +134,10 @@ def test_overlap_matches_brute_force_on_continuous_data(k: int) -> None:
     labels = rng.integers(0, 4, size=150)
     per_sample = neighbourhood_overlap_per_sample(x, labels, k)
     np.testing.assert_array_equal(per_sample, brute_overlap_per_sample(x, labels, k))
-    assert neighbourhood_overlap(torch.from_numpy(x), labels, k) == pytest.approx(
-        per_sample.mean(), abs=1e-15
-    )
+    sample = neighbourhood_overlap(torch.from_numpy(x), labels, k, average="sample")
+    assert sample == pytest.approx(per_sample.mean(), abs=1e-15)
+    by_class = np.mean([per_sample[labels == c].mean() for c in np.unique(labels)])
+    assert neighbourhood_overlap(torch.from_numpy(x), labels, k) == pytest.approx(by_class)
 
 
 def test_overlap_ties_go_to_lower_index_like_a_stable_sort() -> None:
@@ -208,16 +209,19 @@ def test_chance_level_matches_pair_loop_and_monte_carlo() -> None:
     labels = rng.integers(0, 5, size=40)
     n = len(labels)
     pairs = [labels[i] == labels[j] for i in range(n) for j in range(n) if i != j]
-    assert overlap_chance_level(labels) == pytest.approx(np.mean(pairs), abs=1e-12)
+    sample = overlap_chance_level(labels, average="sample")
+    assert sample == pytest.approx(np.mean(pairs), abs=1e-12)
     per_sample = overlap_chance_level_per_sample(labels)
-    assert per_sample.mean() == pytest.approx(overlap_chance_level(labels), abs=1e-12)
+    assert per_sample.mean() == pytest.approx(sample, abs=1e-12)
+    by_class = np.mean([per_sample[labels == c].mean() for c in np.unique(labels)])
+    assert overlap_chance_level(labels) == pytest.approx(by_class, abs=1e-12)
     # Monte Carlo: k random other samples per sample.
     k, trials, hits = 10, 400, []
     for _ in range(trials):
         for i in range(n):
             others = rng.choice(np.delete(np.arange(n), i), size=k, replace=False)
             hits.append(np.mean(labels[others] == labels[i]))
-    assert np.mean(hits) == pytest.approx(overlap_chance_level(labels), abs=0.01)
+    assert np.mean(hits) == pytest.approx(sample, abs=0.01)
 
 
 @pytest.mark.parametrize(
@@ -380,14 +384,15 @@ def test_noise_nearest_joins_most_similar_cluster() -> None:
         homogeneity_from_clusters([0, 1], [0, -1], noise="nearest")
 
 
-def test_all_noise_in_each_mode() -> None:
+def test_all_noise_is_undefined_in_each_mode() -> None:
+    # No cluster found: "nearest" would pool everything into one blob (score 0) and "singleton"
+    # into pure singletons (score 1); neither says anything, so every mode reports NaN + why.
     modality, clusters, x = [0, 1, 0, 1], [-1, -1, -1, -1], np.eye(4)
-    assert np.isnan(homogeneity_from_clusters(modality, clusters, noise="exclude").homogeneity)
-    singleton = homogeneity_from_clusters(modality, clusters, noise="singleton")
-    assert singleton.homogeneity == pytest.approx(1.0)  # the inflation "singleton" warns of
-    one_blob = homogeneity_from_clusters(modality, clusters, noise="nearest", x=x)
-    assert one_blob.homogeneity == 0.0
-    assert one_blob.n_clusters == 0
+    for mode in ("exclude", "singleton", "nearest"):
+        score = homogeneity_from_clusters(modality, clusters, noise=mode, x=x)  # type: ignore[arg-type]
+        assert np.isnan(score.homogeneity), mode
+        assert score.n_clusters == 0 and score.noise_fraction == 1.0
+        assert score.reason is not None and "no cluster" in score.reason
 
 
 def test_adp_without_dadapy_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

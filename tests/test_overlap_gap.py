@@ -126,8 +126,11 @@ def test_modality_gap_quartiles_match_brute_force() -> None:
         "q3",
         "homogeneity",
         "n_clusters",
+        "noise_fraction",
+        "reason",
     ]
-    assert frame.n_clusters.isna().all()
+    assert frame.n_clusters.isna().all() and frame.noise_fraction.isna().all()
+    assert frame.reason.isna().all()
 
 
 def test_modality_gap_homogeneity_per_layer() -> None:

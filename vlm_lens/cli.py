@@ -136,6 +136,14 @@ def _max_rows(value: str | int) -> int | Literal["auto"]:
     "--k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours for χ."
 )
 @click.option(
+    "--chi-average",
+    type=click.Choice(["class", "sample"]),
+    default="class",
+    show_default=True,
+    help="χ's average: class (mean of the class means, the paper's dadapy call) or sample "
+    "(plain mean over images).",
+)
+@click.option(
     "--n-pairs",
     type=click.IntRange(min=1),
     default=12,
@@ -193,6 +201,7 @@ def narrow_gate(
     n_images: int,
     batch_size: int,
     k: int,
+    chi_average: str,
     n_pairs: int,
     patch_site: str,
     heatmap_layer: int | None,
@@ -220,6 +229,7 @@ def narrow_gate(
     settings = Settings(
         batch_size=batch_size,
         k=k,
+        chi_average="sample" if chi_average == "sample" else "class",
         n_pairs=n_pairs,
         patch_site="attention" if patch_site == "attention" else "residual",
         heatmap_layer=heatmap_layer,
@@ -344,6 +354,14 @@ def _summary(run: ModelRun) -> str:
     metavar="N|auto",
     help="Most rows (prompts x runs) of one stacked call; auto: from the free memory.",
 )
+@click.option(
+    "--chi-average",
+    type=click.Choice(["class", "sample"]),
+    default="class",
+    show_default=True,
+    help="χ_out's average: class (mean of the class means, the paper's dadapy call) or "
+    "sample (plain mean over images).",
+)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1... (default: cpu).")
 @click.option(
     "--threads",
@@ -367,6 +385,7 @@ def evaluate_command(
     reuse_prefix: bool,
     stack_runs: bool,
     max_rows: int | Literal["auto"],
+    chi_average: str,
     device: str | None,
     threads: int | None,
     quiet: bool,
@@ -402,6 +421,7 @@ def evaluate_command(
         progress=not quiet,
         seed=seed,
         k=k,
+        chi_average="sample" if chi_average == "sample" else "class",
         knockout_mode=mode,
         reuse_prefix=reuse_prefix,
         stack_runs=stack_runs,

@@ -47,3 +47,21 @@ class StoreConfigError(VLMLensError, ValueError):
         Traceback (most recent call last):
         vlm_lens.errors.StoreConfigError: no/such/folder is not an activation store ...
     """
+
+
+class UninformativeMetricWarning(UserWarning):
+    """A metric computed on inputs too small for it to say much: χ with a class of at most k
+    samples (its members cannot reach χ = 1), or clustering with too few points per modality
+    for two clusters. The value is still returned; the message names the limit and the fix.
+
+    Example:
+        >>> import warnings
+        >>> from vlm_lens.errors import UninformativeMetricWarning
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("error", UninformativeMetricWarning)
+        ...     try:
+        ...         warnings.warn("k too large", UninformativeMetricWarning, stacklevel=1)
+        ...     except UninformativeMetricWarning as w:
+        ...         print(w)
+        k too large
+    """

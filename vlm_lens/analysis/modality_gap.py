@@ -7,9 +7,15 @@ one random image token, and at every layer reports
    (`vlm_lens.metrics.cosine.abs_cosine_quantiles`);
 2. the homogeneity of density clusters of the pooled text and image vectors with respect to
    the modality (`vlm_lens.metrics.clustering.cluster_homogeneity`): near 1 when the
-   modalities live apart (Chameleon), lower when they mix (LLaVA, Pixtral).
+   modalities live apart (Chameleon), lower when they mix (LLaVA, Pixtral). It is NaN, with
+   the reason in `ModalityGapResult.reasons`, at layers where fewer than two clusters were
+   found; the number of clusters and the noise fraction are kept for every layer.
 
-This module takes the gathered ``[layers, n, d]`` activations and returns a small result.
+This module takes the gathered ``[layers, n, d]`` activations and returns a small result. When a
+modality has too few points for a cluster of its own
+(`vlm_lens.metrics.clustering.clustering_caveat`) it warns once with
+`vlm_lens.errors.UninformativeMetricWarning` and keeps the reason in
+`ModalityGapResult.warning`.
 
 Example:
     >>> import torch
@@ -20,11 +26,12 @@ Example:
     >>> res.homogeneity.tolist(), res.n_clusters.tolist()
     ([1.0, 1.0], [2, 2])
     >>> list(res.to_frame().columns)
-    ['layer', 'median_abs_cos', 'q1', 'q3', 'homogeneity', 'n_clusters']
+    ['layer', 'median_abs_cos', 'q1', 'q3', 'homogeneity', 'n_clusters', 'noise_fraction', 'reason']
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,7 +41,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vlm_lens.metrics.clustering import NoiseHandling, cluster_homogeneity
+from vlm_lens.errors import UninformativeMetricWarning
+from vlm_lens.metrics.clustering import NoiseHandling, cluster_homogeneity, clustering_caveat
 from vlm_lens.metrics.cosine import abs_cosine_quantiles
 
 __all__ = ["ModalityGapResult", "modality_gap"]
@@ -48,12 +56,17 @@ class ModalityGapResult:
         median_abs_cos: median of |cos| over all text-image pairs.
         q1: first quartile of |cos|.
         q3: third quartile of |cos|.
-        homogeneity: cluster homogeneity of the modalities; NaN where not clustered.
+        homogeneity: cluster homogeneity of the modalities; NaN where not clustered or
+            undefined (see `reasons`).
         n_clusters: clusters found per layer (int64), or None when not clustered.
         noise_fraction: fraction of clustered points the method left as noise, or None.
         method: the clustering method, or None when not clustered.
         n_text: text vectors per layer.
         n_image: image vectors per layer.
+        reasons: per layer, why the homogeneity is undefined (fewer than two clusters), or
+            None where it is defined; None when not clustered.
+        warning: why clustering these inputs is uninformative
+            (`vlm_lens.metrics.clustering.clustering_caveat`), or None.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -71,11 +84,15 @@ class ModalityGapResult:
     method: str | None
     n_text: int
     n_image: int
+    reasons: tuple[str | None, ...] | None = None
+    warning: str | None = None
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per layer: ``layer, median_abs_cos, q1, q3, homogeneity, n_clusters``.
+        """One row per layer: ``layer, median_abs_cos, q1, q3, homogeneity, n_clusters,
+        noise_fraction, reason``.
 
-        ``n_clusters`` is a nullable integer column, ``<NA>`` when not clustered.
+        ``n_clusters`` is a nullable integer column and ``noise_fraction`` NaN when not
+        clustered; ``reason`` says why a layer's homogeneity is undefined (None where defined).
         """
         layers = len(self.median_abs_cos)
         n_clusters = (
@@ -83,6 +100,12 @@ class ModalityGapResult:
             if self.n_clusters is not None
             else pd.array([pd.NA] * layers, dtype="Int64")
         )
+        noise = (
+            np.asarray(self.noise_fraction, dtype=np.float64)
+            if self.noise_fraction is not None
+            else np.full(layers, np.nan)
+        )
+        reasons = list(self.reasons) if self.reasons is not None else [None] * layers
         return pd.DataFrame(
             {
                 "layer": np.arange(layers, dtype=np.int64),
@@ -91,6 +114,8 @@ class ModalityGapResult:
                 "q3": self.q3,
                 "homogeneity": self.homogeneity,
                 "n_clusters": n_clusters,
+                "noise_fraction": noise,
+                "reason": pd.Series(reasons, dtype=object),
             }
         )
 
@@ -156,6 +181,10 @@ def modality_gap(
         ValueError: for inputs that are not 3-D or whose layer counts or widths differ.
         ImportError: for ``method="adp"`` without dadapy.
 
+    Warns:
+        UninformativeMetricWarning: once, when a modality has fewer points than a cluster needs
+            (`vlm_lens.metrics.clustering.clustering_caveat`).
+
     Example:
         >>> rng = np.random.default_rng(0)
         >>> res = modality_gap(rng.random((3, 10, 8)), rng.random((3, 12, 8)), cluster=False)
@@ -177,6 +206,18 @@ def modality_gap(
     modality = np.concatenate([np.zeros(n, dtype=np.int64), np.ones(m, dtype=np.int64)])
     if subset is not None:
         modality = modality[subset]
+    reasons: list[str | None] = [None] * layers
+    caveat = None
+    if cluster:
+        # the smallest group a cluster can be: HDBSCAN's sizes, ADP's density_k (16)
+        size = 16 if method == "adp" else max(min_cluster_size, min_samples or min_cluster_size)
+        caveat = clustering_caveat(modality, size)
+        if caveat is not None:
+            warnings.warn(
+                f"cluster homogeneity is uninformative: {caveat}",
+                UninformativeMetricWarning,
+                stacklevel=2,
+            )
     for layer in range(layers):
         quartiles[layer] = abs_cosine_quantiles(t[layer], v[layer], (0.25, 0.5, 0.75))
         if not cluster:
@@ -191,7 +232,9 @@ def modality_gap(
             noise=noise,
             min_cluster_size=min_cluster_size,
             min_samples=min_samples,
+            warn=False,
         )
+        reasons[layer] = score.reason
         homogeneity[layer] = score.homogeneity
         n_clusters[layer] = score.n_clusters
         noise_fraction[layer] = score.noise_fraction
@@ -205,4 +248,6 @@ def modality_gap(
         method=method if cluster else None,
         n_text=n,
         n_image=m,
+        reasons=tuple(reasons) if cluster else None,
+        warning=caveat,
     )

@@ -3,9 +3,13 @@
 The paper (section 2(f)) takes, for every image of a labelled set (ImageNet, 100 classes × 100
 images), the residual stream at one position (the gate, the mean of the image tokens, ...) at
 every layer, and reports χ, the fraction of each sample's ``k = 30`` Euclidean nearest
-neighbours that share its class, against the chance level. This module applies
-`vlm_lens.metrics.neighbourhood.neighbourhood_overlap` to ``[layers, n, d]`` activations,
-gathered by the caller (e.g. from ``run_with_cache`` restricted to a role).
+neighbours that share its class, averaged per class first as the paper's dadapy call does
+(``average="class"``; ``"sample"`` for the plain mean), against the chance level. This module
+applies `vlm_lens.metrics.neighbourhood.neighbourhood_overlap` to ``[layers, n, d]``
+activations, gathered by the caller (e.g. from ``run_with_cache`` restricted to a role). When
+the labels and k make χ uninformative (`vlm_lens.metrics.neighbourhood.overlap_caveat`) it
+warns once with `vlm_lens.errors.UninformativeMetricWarning` and keeps the reason in
+`OverlapResult.warning`.
 
 Example:
     >>> import torch
@@ -22,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,8 +35,9 @@ import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
+from vlm_lens.errors import UninformativeMetricWarning
+from vlm_lens.metrics.neighbourhood import Average, overlap_caveat, overlap_chance_level
 from vlm_lens.metrics.neighbourhood import neighbourhood_overlap as _overlap
-from vlm_lens.metrics.neighbourhood import overlap_chance_level
 
 __all__ = ["OverlapResult", "neighbourhood_overlap"]
 
@@ -48,21 +54,27 @@ class OverlapResult:
 
     Attributes:
         overlap: role -> ``[layers]`` float64 array of χ.
-        chance: χ expected from random neighbours (`overlap_chance_level` of the labels).
+        chance: χ expected from random neighbours (`overlap_chance_level` of the labels,
+            same average).
         k: neighbours per sample.
         n: samples.
+        average: ``"class"`` (mean of the class means, the paper's) or ``"sample"``.
+        warning: why χ is uninformative for these labels and k
+            (`vlm_lens.metrics.neighbourhood.overlap_caveat`), or None.
 
     Example:
         >>> rng = np.random.default_rng(0)
         >>> res = neighbourhood_overlap(rng.normal(size=(2, 10, 4)), [0] * 5 + [1] * 5, k=2)
-        >>> res.roles, round(res.chance, 3), res.k, res.n
-        (('representation',), 0.444, 2, 10)
+        >>> res.roles, round(res.chance, 3), res.k, res.n, res.average, res.warning
+        (('representation',), 0.444, 2, 10, 'class', None)
     """
 
     overlap: Mapping[str, np.ndarray]
     chance: float
     k: int
     n: int
+    average: str = "class"
+    warning: str | None = None
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -99,6 +111,7 @@ def neighbourhood_overlap(
     k: int = 30,
     role: str | None = None,
     *,
+    average: Average = "class",
     chunk_size: int | None = None,
 ) -> OverlapResult:
     """χ at every layer, for one or several roles.
@@ -111,6 +124,8 @@ def neighbourhood_overlap(
         k: neighbours per sample (paper: 30); ``1 <= k < n``.
         role: for a single array, the role name in the result (default
             ``"representation"``); for a mapping, compute only this role.
+        average: ``"class"`` (default: the mean over classes of each class's mean overlap, as
+            the paper's dadapy ``return_label_overlap``) or ``"sample"`` (the plain mean).
         chunk_size: rows of the distance matrix computed at once (see
             `vlm_lens.metrics.neighbourhood.neighbourhood_overlap`).
 
@@ -119,7 +134,11 @@ def neighbourhood_overlap(
 
     Raises:
         ValueError: for arrays that are not 3-D, a sample count different from ``len(labels)``,
-            ``k >= n``, or a `role` missing from the mapping.
+            ``k >= n``, an unknown `average`, or a `role` missing from the mapping.
+
+    Warns:
+        UninformativeMetricWarning: once, when a class has at most k samples or there is one
+            class (`vlm_lens.metrics.neighbourhood.overlap_caveat`).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -142,6 +161,7 @@ def neighbourhood_overlap(
     else:
         reps = {role or DEFAULT_ROLE: representations}
     n_labels = len(labels)
+    chance = overlap_chance_level(labels, average=average)  # also checks `average`
     overlap: dict[str, np.ndarray] = {}
     for name, x in reps.items():
         _check_layers(name, x)
@@ -152,7 +172,13 @@ def neighbourhood_overlap(
                 "per sample."
             )
         overlap[name] = np.array(
-            [_overlap(x[layer], labels, k, chunk_size=chunk_size) for layer in range(x.shape[0])],
+            [
+                _overlap(x[layer], labels, k, average=average, chunk_size=chunk_size, warn=False)
+                for layer in range(x.shape[0])
+            ],
             dtype=np.float64,
         )
-    return OverlapResult(overlap=overlap, chance=overlap_chance_level(labels), k=k, n=n_labels)
+    reason = overlap_caveat(labels, k)
+    if reason is not None:
+        warnings.warn(f"χ is uninformative: {reason}", UninformativeMetricWarning, stacklevel=2)
+    return OverlapResult(overlap, chance, k, n_labels, average, reason)

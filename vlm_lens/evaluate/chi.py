@@ -11,6 +11,9 @@ which is what the paper's code computes (dadapy's ``return_label_overlap`` with
 paper's section 2(f), `vlm_lens.metrics.neighbourhood_overlap`). On balanced classes (the
 paper's 100 × 100 images) both are equal.
 
+A class with at most k images caps its members' overlap below 1 whatever the representations;
+`chi_out` then warns with `vlm_lens.errors.UninformativeMetricWarning`.
+
 χ is undefined, and `chi_out` raises `vlm_lens.errors.VLMInputError` naming the fix, when there
 are not more than k samples or only one class (every neighbour would share the label: χ = 1
 whatever the representations).
@@ -27,14 +30,12 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from typing import Literal
 
-import numpy as np
 from jaxtyping import Float
 from torch import Tensor
 
-from vlm_lens.errors import VLMInputError
-from vlm_lens.metrics.neighbourhood import neighbourhood_overlap, neighbourhood_overlap_per_sample
+from vlm_lens.errors import UninformativeMetricWarning, VLMInputError
+from vlm_lens.metrics.neighbourhood import AVERAGES, Average, neighbourhood_overlap
 
 __all__ = ["chi_out"]
 
@@ -44,7 +45,7 @@ def chi_out(
     labels: Sequence[str],
     k: int = 30,
     *,
-    average: Literal["sample", "class"] = "class",
+    average: Average = "class",
 ) -> float:
     """χ_out of `representations` with `labels`.
 
@@ -91,12 +92,10 @@ def chi_out(
             f"class {smallest!r} has {size} images, so its χ is at most {size - 1}/{k} "
             f"= {(size - 1) / k:.3f} whatever the representations; give every class more "
             f"than k = {k} images (the paper: 100 per class)",
+            UninformativeMetricWarning,
             stacklevel=2,
         )
-    if average == "sample":
-        return neighbourhood_overlap(representations, [str(x) for x in labels], k=k)
-    if average == "class":
-        per = neighbourhood_overlap_per_sample(representations, [str(x) for x in labels], k=k)
-        names = np.asarray([str(x) for x in labels])
-        return float(np.mean([per[names == c].mean() for c in classes]))
-    raise VLMInputError(f"average must be 'sample' or 'class'; got {average!r}")
+    if average not in AVERAGES:
+        raise VLMInputError(f"average must be 'sample' or 'class'; got {average!r}")
+    names = [str(x) for x in labels]
+    return neighbourhood_overlap(representations, names, k=k, average=average, warn=False)

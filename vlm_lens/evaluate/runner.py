@@ -50,6 +50,7 @@ from vlm_lens.evaluate.prompts import item_prompt
 from vlm_lens.evaluate.result import EvaluationResult
 from vlm_lens.evaluate.tasks import CHI_K, TASKS, Task
 from vlm_lens.interventions.knockout import KnockoutMode
+from vlm_lens.metrics.neighbourhood import Average
 from vlm_lens.types import HookList
 from vlm_lens.zoo.registry import ORGANISMS, PREFIX, WEIGHTS
 
@@ -80,6 +81,7 @@ def evaluate(
     progress: bool = True,
     seed: int = 42,
     k: int = CHI_K,
+    chi_average: Average = "class",
     reuse_prefix: bool = True,
     stack_runs: bool = True,
     max_rows: int | Literal["auto"] = "auto",
@@ -101,6 +103,8 @@ def evaluate(
         progress: show a progress bar.
         seed: seed of the random draws (`item_seed`).
         k: neighbours of χ^out.
+        chi_average: χ^out's average: ``"class"`` (the mean of the class means, the paper's
+            dadapy call) or ``"sample"`` (the plain mean); see `vlm_lens.evaluate.chi.chi_out`.
         reuse_prefix: share the clean prefix between conditions (same results; ``False`` runs
             every condition on the whole prompt).
         stack_runs: run a batch's conditions and draws in as few calls as possible, stacked
@@ -183,7 +187,7 @@ def evaluate(
         bar.close()
         if log is not None:
             log.close()
-    return _score(task, name, items, conds, rows, k)
+    return _score(task, name, items, conds, rows, k, chi_average)
 
 
 def _task(task: Task | str) -> Task:
@@ -264,6 +268,7 @@ def _score(
     conds: Sequence[Condition],
     rows: Sequence[Mapping[str, Any]],
     k: int,
+    chi_average: Average = "class",
 ) -> EvaluationResult:
     by_run: dict[str, dict[str, Mapping[str, Any]]] = {}
     for row in rows:
@@ -271,7 +276,10 @@ def _score(
     scores: dict[str, float] = {}
     draws: dict[str, list[float]] = {}
     for cond in conds:
-        values = [_score_run(task, items, by_run.get(run, {}), k) for run in cond.run_names(task)]
+        values = [
+            _score_run(task, items, by_run.get(run, {}), k, chi_average)
+            for run in cond.run_names(task)
+        ]
         scores[cond.name] = float(np.mean(values))
         if len(values) > 1:
             draws[cond.name] = values
@@ -299,13 +307,17 @@ def _score(
 
 
 def _score_run(
-    task: Task, items: Sequence[EvalItem], rows: Mapping[str, Mapping[str, Any]], k: int
+    task: Task,
+    items: Sequence[EvalItem],
+    rows: Mapping[str, Mapping[str, Any]],
+    k: int,
+    chi_average: Average = "class",
 ) -> float:
     missing = [item.id for item in items if item.id not in rows]
     if missing:
         raise VLMInputError(f"no prediction for item {missing[0]!r}")  # pragma: no cover
     if task.metric == "chi_out":
         reps = torch.tensor([rows[item.id]["representation"] for item in items])
-        return float(task.score_representations(reps, items, k=k))
+        return float(task.score_representations(reps, items, k=k, average=chi_average))
     predictions = {item.id: str(rows[item.id]["prediction"]) for item in items}
     return float(task.score(predictions, items))

@@ -52,6 +52,7 @@ from vlm_lens.evaluate.readers import (
 )
 from vlm_lens.evaluate.readers.karpathy import image_roots
 from vlm_lens.evaluate.vqa import vqa_accuracy
+from vlm_lens.metrics.neighbourhood import Average
 
 __all__ = ["CAPTION_PROMPT", "CHI_K", "TASKS", "VQA_PROMPT", "Task"]
 
@@ -175,8 +176,11 @@ class Task:
         representations: Float[Tensor, "n d"],
         items: Sequence[EvalItem],
         k: int = CHI_K,
+        average: Average = "class",
     ) -> float:
         """`chi_out` of one representation per item (rows in item order) with their labels.
+
+        `average` is `chi_out`'s: ``"class"`` (the paper's) or ``"sample"``.
 
         Raises:
             VLMInputError: an item without a label, or χ undefined (see `chi_out`).
@@ -184,7 +188,7 @@ class Task:
         unlabelled = [item.id for item in items if item.label is None]
         if unlabelled:
             raise VLMInputError(f"item {unlabelled[0]!r} has no label; χ_out needs labelled images")
-        return chi_out(representations, [str(item.label) for item in items], k=k)
+        return chi_out(representations, [str(item.label) for item in items], k=k, average=average)
 
 
 TASKS: Mapping[str, Task] = {

@@ -57,6 +57,7 @@ from vlm_lens.batch import Batch
 from vlm_lens.data.collect import Probe, collect
 from vlm_lens.errors import AnalysisSkipped, ReportInputError, VLMInputError, VLMLensError
 from vlm_lens.experiments.images import ImageSet, world_images
+from vlm_lens.metrics.neighbourhood import Average
 from vlm_lens.model import HookedVLM
 from vlm_lens.positions import after
 from vlm_lens.viz.circuits import attention_heads_view
@@ -77,6 +78,8 @@ class Settings:
     Attributes:
         batch_size: prompts per forward pass.
         k: neighbours for χ (clamped to ``n - 1``).
+        chi_average: how χ averages over images: ``"class"`` (the mean of the class means,
+            the paper's dadapy call) or ``"sample"`` (the plain mean).
         n_pairs: most image pairs for the patching sweep.
         patch_site: ``"residual"`` or ``"attention"``.
         heatmap_layer: layer of the attention map and view (default: the middle layer).
@@ -87,6 +90,7 @@ class Settings:
 
     batch_size: int = 32
     k: int = 10
+    chi_average: Average = "class"
     n_pairs: int = 12
     patch_site: PatchSite = "residual"
     heatmap_layer: int | None = None
@@ -317,7 +321,7 @@ def _overlap(reps: dict[str, Tensor], images: ImageSet, settings: Settings) -> O
         raise AnalysisSkipped("χ needs labels of at least two classes (DIR/<label>/*.jpg)")
     k = max(1, min(settings.k, len(images) - 1))
     roles = {name: reps[name] for name in ("gate", "image_mean", "last")}
-    return neighbourhood_overlap(roles, list(images.labels), k=k)
+    return neighbourhood_overlap(roles, list(images.labels), k=k, average=settings.chi_average)
 
 
 def _gap(reps: dict[str, Tensor]) -> ModalityGapResult:

@@ -21,6 +21,18 @@ HDBSCAN leaves low-density points unassigned ("noise", label -1); ADP assigns ev
 noise point the cluster of its most cosine-similar clustered point, so that, as with ADP, every
 point is scored.
 
+Homogeneity is **undefined** (NaN, with `ClusterScore.reason` saying why) when the method found
+fewer than two clusters: with no cluster (HDBSCAN: every point noise) or a single one (ADP often
+merges everything into one peak) the score is 0 whatever the data (``homogeneity_score`` of one
+cluster holding both modalities), which would read as "the modalities mix". It is also undefined
+when the scored points hold a single modality (sklearn's convention would give 1). Every score
+carries the number of clusters and the noise fraction.
+
+Clustering is uninformative when a modality has too few points to form a cluster of its own:
+`clustering_caveat` states the rule (fewer than ``min_size`` points in a modality, ``min_size``
+being HDBSCAN's ``max(min_cluster_size, min_samples)`` or ADP's ``density_k``), and
+`cluster_homogeneity` warns with `vlm_lens.errors.UninformativeMetricWarning`.
+
 Example:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -34,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -44,10 +57,13 @@ from jaxtyping import Float
 from sklearn.metrics import homogeneity_score
 from torch import Tensor
 
+from vlm_lens.errors import UninformativeMetricWarning
+
 __all__ = [
     "ClusterScore",
     "NoiseHandling",
     "cluster_homogeneity",
+    "clustering_caveat",
     "homogeneity_from_clusters",
 ]
 
@@ -55,12 +71,14 @@ NoiseHandling = Literal["nearest", "exclude", "singleton"]
 """What happens to noise points (cluster label -1) before scoring.
 
 - ``"nearest"``: each noise point joins the cluster of its most cosine-similar clustered point
-  (every point is scored, as with ADP). If no cluster was found at all, all points form one
-  cluster: the data are one undivided blob (homogeneity 0 when both modalities are present).
+  (every point is scored, as with ADP).
 - ``"exclude"``: noise points are left out of the score; `ClusterScore.noise_fraction` says how
-  many. If every point is noise, the homogeneity is NaN.
+  many.
 - ``"singleton"``: each noise point is its own cluster. A singleton is trivially pure, so this
-  *inflates* homogeneity (all-noise scores 1.0); offered for comparison only.
+  *inflates* homogeneity; offered for comparison only.
+
+In every mode fewer than two clusters found (noise is not a cluster) makes the homogeneity NaN,
+with the reason.
 """
 
 _NOISE_MODES = ("nearest", "exclude", "singleton")
@@ -74,17 +92,22 @@ class ClusterScore:
 
     Attributes:
         homogeneity: ``homogeneity_score(modality, cluster)`` over the scored points, in
-            ``[0, 1]``; NaN when no point could be scored.
+            ``[0, 1]``; NaN when undefined (see `reason`).
         n_clusters: clusters found by the clustering method (noise is not a cluster).
         noise_fraction: fraction of points the method left as noise (0 for ADP).
         labels: ``[n]`` cluster label of every point as scored, after `NoiseHandling`;
             ``-1`` marks points left out (``noise="exclude"``).
         method: ``"hdbscan"``, ``"adp"`` or ``"given"`` (labels passed in).
+        reason: why `homogeneity` is undefined (fewer than two clusters, a single modality
+            scored), or None when it is defined.
 
     Example:
         >>> score = homogeneity_from_clusters([0, 0, 1, 1], [0, 0, 1, -1])  # one noise point
         >>> score.homogeneity, score.n_clusters, score.noise_fraction, score.labels.tolist()
         (1.0, 2, 0.25, [0, 0, 1, -1])
+        >>> one = homogeneity_from_clusters([0, 0, 1, 1], [0, 0, 0, 0])
+        >>> one.homogeneity, one.reason[:30]
+        (nan, 'the clustering found 1 cluster')
     """
 
     homogeneity: float
@@ -92,6 +115,7 @@ class ClusterScore:
     noise_fraction: float
     labels: np.ndarray
     method: str
+    reason: str | None = None
 
 
 def _to_numpy_1d(labels: Sequence[object] | np.ndarray | Tensor, name: str) -> np.ndarray:
@@ -130,6 +154,63 @@ def _assign_noise_to_nearest(unit: Tensor, clusters: np.ndarray, chunk: int = 40
     return out
 
 
+def _undefined_reason(
+    who: str, n: int, n_clusters: int, noise_fraction: float, scored_modalities: int
+) -> str | None:
+    """Why the homogeneity of this clustering is undefined, or None."""
+    if n_clusters == 0:
+        return (
+            f"{who} found no cluster (all {n} points are noise), so homogeneity is undefined; "
+            "lower min_cluster_size / min_samples or pass more points"
+        )
+    if n_clusters == 1:
+        return (
+            f"{who} found 1 cluster ({noise_fraction:.0%} noise): a single cluster scores 0 "
+            "whatever the modalities do, so homogeneity is undefined; lower min_cluster_size / "
+            "min_samples (HDBSCAN) or Z (ADP), or pass more points"
+        )
+    if scored_modalities < 2:
+        return "the scored points hold a single modality, so homogeneity is undefined"
+    return None
+
+
+def clustering_caveat(
+    modality_labels: Sequence[object] | np.ndarray | Tensor, min_size: int
+) -> str | None:
+    """Why clustering these points could not separate the modalities, or None.
+
+    The rule: each modality needs at least `min_size` points (HDBSCAN's
+    ``max(min_cluster_size, min_samples)``, ADP's ``density_k``) to form a cluster of its own;
+    with fewer, homogeneity cannot reach 1 however far apart the modalities are, and with a
+    single modality it is meaningless.
+
+    Args:
+        modality_labels: ``[n]`` modality of every point.
+        min_size: the smallest group the method can call a cluster.
+
+    Returns:
+        A sentence naming the limit and the fix, or None.
+
+    Example:
+        >>> clustering_caveat([0] * 20 + [1] * 20, min_size=16) is None
+        True
+        >>> clustering_caveat([0] * 20 + [1] * 5, min_size=16)[:40]
+        'modality 1 has 5 points, fewer than the '
+    """
+    modality = _to_numpy_1d(modality_labels, "modality_labels")
+    names, counts = np.unique(modality, return_counts=True)
+    if names.size < 2:
+        return "every point has the same modality, so homogeneity says nothing; pool both"
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < min_size:
+        return (
+            f"modality {names[smallest].item()!r} has {int(counts[smallest])} points, fewer than "
+            f"the {min_size} a cluster needs, so it cannot form a cluster of its own; pass at "
+            f"least {min_size} points per modality or lower min_cluster_size / min_samples"
+        )
+    return None
+
+
 def homogeneity_from_clusters(
     modality_labels: Sequence[object] | np.ndarray | Tensor,
     cluster_labels: Sequence[int] | np.ndarray | Tensor,
@@ -146,7 +227,8 @@ def homogeneity_from_clusters(
         x: ``[n, d]`` vectors; needed only for ``noise="nearest"``.
 
     Returns:
-        A `ClusterScore` with ``method="given"``.
+        A `ClusterScore` with ``method="given"``; its homogeneity is NaN, with the reason,
+        when fewer than two clusters were given or the scored points hold one modality.
 
     Raises:
         ValueError: for mismatched lengths, an unknown `noise` mode, or ``"nearest"`` without
@@ -185,11 +267,13 @@ def homogeneity_from_clusters(
     else:
         scored = clusters.copy()
     keep = scored >= 0
-    if not keep.any():
+    scored_modalities = int(np.unique(modality[keep]).size)
+    reason = _undefined_reason("the clustering", n, n_clusters, noise_fraction, scored_modalities)
+    if reason is not None:
         homogeneity = float("nan")
     else:
         homogeneity = float(homogeneity_score(modality[keep], scored[keep]))
-    return ClusterScore(homogeneity, n_clusters, noise_fraction, scored, "given")
+    return ClusterScore(homogeneity, n_clusters, noise_fraction, scored, "given", reason)
 
 
 def _hdbscan_labels(unit: Tensor, min_cluster_size: int, min_samples: int | None) -> np.ndarray:
@@ -260,6 +344,7 @@ def cluster_homogeneity(
     z: float = 1.65,
     density_k: int = 16,
     maxk: int = 128,
+    warn: bool = True,
 ) -> ClusterScore:
     """Cluster `x` by density on cosine distance and score the clusters' modality homogeneity.
 
@@ -275,9 +360,12 @@ def cluster_homogeneity(
         z: ADP: the merging threshold Z (paper: 1.65).
         density_k: ADP: neighbours of the k-NN density estimate (paper: 16).
         maxk: ADP: neighbours kept per point (paper: 128; capped at ``n - 1``).
+        warn: warn with `vlm_lens.errors.UninformativeMetricWarning` when `clustering_caveat`
+            finds a modality too small for a cluster of its own.
 
     Returns:
-        A `ClusterScore`.
+        A `ClusterScore`; homogeneity NaN, with the reason, when fewer than two clusters were
+        found.
 
     Raises:
         ValueError: for mismatched lengths, an unknown method or noise mode, or fewer points
@@ -289,9 +377,11 @@ def cluster_homogeneity(
         >>> import numpy as np
         >>> rng = np.random.default_rng(1)
         >>> blob = rng.normal(size=(60, 8))
-        >>> mixed = cluster_homogeneity(blob, rng.integers(0, 2, 60), min_cluster_size=10)
-        >>> mixed.homogeneity < 0.2
-        True
+        >>> blob_score = cluster_homogeneity(blob, rng.integers(0, 2, 60), min_cluster_size=10)
+        >>> blob_score.n_clusters, blob_score.homogeneity, blob_score.reason[:26]
+        (0, nan, 'HDBSCAN found no cluster (')
+
+        One structureless blob: no cluster, so the homogeneity is undefined (it used to read 0).
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}; got {method!r}.")
@@ -302,18 +392,30 @@ def cluster_homogeneity(
         raise ValueError(
             f"x has {n} rows but modality_labels has {modality.shape[0]}; pass one label per row."
         )
-    if method == "adp":
-        clusters, n_found = _adp_labels(unit, maxk, density_k, z)
-        score = homogeneity_from_clusters(modality, clusters, noise="exclude")
-        return ClusterScore(score.homogeneity, n_found, 0.0, score.labels, "adp")
     needed = max(min_cluster_size, min_samples or min_cluster_size)
-    if n < max(needed, 2):
+    if method == "hdbscan" and n < max(needed, 2):
         raise ValueError(
             f"HDBSCAN needs at least min_cluster_size / min_samples = {needed} points; got "
             f"{n}. Pass more points or lower min_cluster_size and min_samples."
         )
+    caveat = clustering_caveat(modality, density_k if method == "adp" else needed)
+    if warn and caveat is not None:
+        warnings.warn(
+            f"cluster homogeneity is uninformative: {caveat}",
+            UninformativeMetricWarning,
+            stacklevel=2,
+        )
+    if method == "adp":
+        clusters, n_found = _adp_labels(unit, maxk, density_k, z)
+        score = homogeneity_from_clusters(modality, clusters, noise="exclude")
+        reason = _undefined_reason(
+            "ADP", n, n_found, 0.0, int(np.unique(modality[score.labels >= 0]).size)
+        )
+        value = float("nan") if reason is not None else score.homogeneity
+        return ClusterScore(value, n_found, 0.0, score.labels, "adp", reason)
     clusters = _hdbscan_labels(unit, min_cluster_size, min_samples)
     score = homogeneity_from_clusters(modality, clusters, noise=noise, x=unit)
+    reason = score.reason and score.reason.replace("the clustering", "HDBSCAN", 1)
     return ClusterScore(
-        score.homogeneity, score.n_clusters, score.noise_fraction, score.labels, "hdbscan"
+        score.homogeneity, score.n_clusters, score.noise_fraction, score.labels, "hdbscan", reason
     )

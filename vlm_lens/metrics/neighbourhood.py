@@ -1,11 +1,28 @@
 """Neighbourhood overlap χ: how often a sample's k nearest neighbours share its label.
 
 The paper (section 2(f), after Doimo et al. 2020) probes the semantics of a token position with
+the per-sample overlap
 
-    χ = (1/n) Σ_i (1/k) Σ_{j ∈ kNN(i)} [label_i == label_j]
+    o_i = (1/k) Σ_{j ∈ kNN(i)} [label_i == label_j]
 
-over Euclidean nearest neighbours, self excluded, with ``k = 30``. Random neighbours give the
-chance level ``Σ_c n_c (n_c - 1) / (n (n - 1))`` (about ``1/#classes`` for balanced classes).
+over Euclidean nearest neighbours, self excluded, with ``k = 30``. Two averages of ``o_i``:
+
+- ``average="class"`` (default): the mean over classes of each class's mean,
+  ``χ = (1/C) Σ_c (1/n_c) Σ_{i ∈ c} o_i``. This is what the paper's code computes: dadapy's
+  ``Data.return_label_overlap`` with its default ``weighted=True`` weighs every sample by
+  ``1 / n_c`` (``np.average(o, weights=1/n_c)``), so each class counts once.
+- ``average="sample"``: the plain mean ``χ = (1/n) Σ_i o_i``, the formula printed in the paper.
+
+They are equal on balanced classes (the paper's 100 × 100 images) and differ on unbalanced ones,
+where the sample mean leans toward the large classes. Random neighbours give the chance level
+(`overlap_chance_level`, same ``average``): ``Σ_c n_c (n_c - 1) / (n (n - 1))`` for the sample
+mean, ``(n - C) / (C (n - 1))`` for the class mean (both about ``1/C`` when balanced).
+
+χ says little when a class has at most k samples: its members cannot have k same-label
+neighbours, so their overlap is capped below 1 whatever the representations (``k >= n / 2``
+always does this with two or more classes), and with a single class χ is 1 trivially.
+`overlap_caveat` states the rule; `neighbourhood_overlap` warns with
+`vlm_lens.errors.UninformativeMetricWarning` and still returns the value.
 
 Distances are computed in row chunks with torch, so at most ``chunk_size × n`` distances exist at
 once (the default keeps that under 2**24 values, about 64 MiB in float32 for any n), on the
@@ -23,17 +40,24 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlm_lens.errors import UninformativeMetricWarning
+
 __all__ = [
+    "AVERAGES",
     "DEFAULT_CHUNK_ELEMENTS",
+    "Average",
     "neighbourhood_overlap",
     "neighbourhood_overlap_per_sample",
+    "overlap_caveat",
     "overlap_chance_level",
     "overlap_chance_level_per_sample",
 ]
@@ -43,6 +67,13 @@ DEFAULT_CHUNK_ELEMENTS = 2**24
 
 LabelsLike = Sequence[object] | np.ndarray | Tensor
 """Class labels, one per sample: ints, strings, or anything `numpy.unique` can sort."""
+
+Average = Literal["class", "sample"]
+"""How χ averages the per-sample overlaps: ``"class"`` (mean of the class means, the paper's
+dadapy call) or ``"sample"`` (plain mean over samples)."""
+
+AVERAGES: tuple[str, ...] = ("class", "sample")
+"""The accepted values of `Average`, default first."""
 
 
 def _label_codes(labels: LabelsLike) -> np.ndarray:
@@ -162,27 +193,83 @@ def neighbourhood_overlap_per_sample(
     return _same_label_counts(x, labels, k, chunk_size) / k
 
 
+def _check_average(average: str) -> None:
+    if average not in AVERAGES:
+        raise ValueError(
+            f"average must be one of {AVERAGES} (class: the paper's per-class mean; sample: "
+            f"the plain mean); got {average!r}."
+        )
+
+
+def overlap_caveat(labels: LabelsLike, k: int) -> str | None:
+    """Why χ with these labels and k would be uninformative, or None when it is not.
+
+    The rule: χ is uninformative when there is a single class (every neighbour agrees: χ = 1)
+    or when the smallest class has at most k samples (its members have at most ``n_c - 1``
+    same-label neighbours, so their overlap cannot exceed ``(n_c - 1) / k``). With two or more
+    classes, ``k >= n / 2`` always breaks the second condition.
+
+    Args:
+        labels: one label per sample, ``[n]``.
+        k: neighbours per sample.
+
+    Returns:
+        A sentence naming the limit and the fix, or None.
+
+    Example:
+        >>> overlap_caveat(["a"] * 40 + ["b"] * 40, k=30) is None
+        True
+        >>> overlap_caveat(["a"] * 40 + ["b"] * 5, k=30)[:44]
+        "the smallest class, 'b', has 5 samples, not "
+    """
+    arr = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    names, counts = np.unique(arr.reshape(-1), return_counts=True)
+    if names.size < 2:
+        return (
+            f"all {int(counts.sum())} samples share one label, so every neighbour agrees and "
+            "χ = 1 whatever the representations; give samples of at least two classes"
+        )
+    smallest = int(np.argmin(counts))
+    size = int(counts[smallest])
+    if size <= k:
+        return (
+            f"the smallest class, {names[smallest].item()!r}, has {size} samples, not more than "
+            f"k = {k}: its members have at most {size - 1} same-label neighbours, so their "
+            f"overlap cannot exceed {(size - 1) / k:.3f} whatever the representations; use "
+            + (f"k < {size} or " if size > 1 else "")
+            + "more than k samples in every class (the paper: k = 30, 100 per class)"
+        )
+    return None
+
+
 def neighbourhood_overlap(
     x: Float[Tensor, "n d"] | np.ndarray,
     labels: LabelsLike,
     k: int = 30,
     *,
+    average: Average = "class",
     chunk_size: int | None = None,
+    warn: bool = True,
 ) -> float:
-    """χ: the mean over samples of `neighbourhood_overlap_per_sample`.
+    """χ: the average of `neighbourhood_overlap_per_sample`, per class first by default.
 
     Args:
         x: representations, ``[n, d]``.
         labels: one label per sample, ``[n]``.
         k: number of neighbours (the paper uses 30); ``1 <= k < n``.
+        average: ``"class"`` (default): the mean over classes of each class's mean overlap,
+            as dadapy's ``return_label_overlap`` computes it for the paper (every class counts
+            once); ``"sample"``: the plain mean over samples. Equal on balanced classes.
         chunk_size: rows of the distance matrix computed at once (see
             `neighbourhood_overlap_per_sample`).
+        warn: warn with `vlm_lens.errors.UninformativeMetricWarning` when `overlap_caveat`
+            finds χ uninformative for these labels and k.
 
     Returns:
-        χ in ``[0, 1]``. Compare with `overlap_chance_level`.
+        χ in ``[0, 1]``. Compare with `overlap_chance_level` (same `average`).
 
     Raises:
-        ValueError: see `neighbourhood_overlap_per_sample`.
+        ValueError: an unknown `average`; see also `neighbourhood_overlap_per_sample`.
 
     Example:
         >>> import torch
@@ -190,8 +277,26 @@ def neighbourhood_overlap(
         >>> x = torch.cat([torch.randn(20, 4, generator=g), torch.randn(20, 4, generator=g) + 8])
         >>> neighbourhood_overlap(x, [0] * 20 + [1] * 20, k=5)
         1.0
+
+        On unbalanced classes the two averages differ: here the single "b" has no "b"
+        neighbour (overlap 0) while the three "a" have only "a" neighbours (overlap 1).
+
+        >>> x = torch.tensor([[0.0], [0.1], [0.2], [1.0]])
+        >>> neighbourhood_overlap(x, ["a", "a", "a", "b"], k=1, average="sample", warn=False)
+        0.75
+        >>> neighbourhood_overlap(x, ["a", "a", "a", "b"], k=1, average="class", warn=False)
+        0.5
     """
+    _check_average(average)
     counts = _same_label_counts(x, labels, k, chunk_size)
+    if warn:
+        reason = overlap_caveat(labels, k)
+        if reason is not None:
+            warnings.warn(f"χ is uninformative: {reason}", UninformativeMetricWarning, stacklevel=2)
+    if average == "class":
+        codes = _label_codes(labels)
+        per_class = np.bincount(codes, weights=counts) / (np.bincount(codes) * k)
+        return float(per_class.mean())
     # An integer count over n*k: exact, whatever the summation order.
     return float(counts.sum() / (counts.shape[0] * k))
 
@@ -211,14 +316,18 @@ def overlap_chance_level_per_sample(labels: LabelsLike) -> np.ndarray:
     return (counts[codes] - 1) / (n - 1)
 
 
-def overlap_chance_level(labels: LabelsLike) -> float:
+def overlap_chance_level(labels: LabelsLike, *, average: Average = "class") -> float:
     """Expected χ when each sample's neighbours are drawn at random from the other samples.
 
-    ``Σ_c n_c (n_c - 1) / (n (n - 1))``: the probability that two distinct samples drawn at
-    random share a label. For C balanced classes this is ``(n/C - 1) / (n - 1)`` ≈ ``1/C``.
+    A sample of class c expects ``(n_c - 1) / (n - 1)``. Averaged over samples
+    (``average="sample"``) that is ``Σ_c n_c (n_c - 1) / (n (n - 1))``, the probability that
+    two distinct samples drawn at random share a label; averaged over classes
+    (``average="class"``, the default, as `neighbourhood_overlap`) it is
+    ``(n - C) / (C (n - 1))``. For C balanced classes both are ``(n/C - 1) / (n - 1)`` ≈ ``1/C``.
 
     Args:
         labels: one label per sample, ``[n]``, ``n >= 2``.
+        average: ``"class"`` or ``"sample"``, as for `neighbourhood_overlap`.
 
     Returns:
         The chance level in ``[0, 1]``.
@@ -226,10 +335,17 @@ def overlap_chance_level(labels: LabelsLike) -> float:
     Example:
         >>> round(overlap_chance_level([c for c in range(100) for _ in range(100)]), 6)
         0.009901
+        >>> labels = [0, 0, 0, 1]
+        >>> overlap_chance_level(labels, average="sample"), overlap_chance_level(labels)
+        (0.5, 0.3333333333333333)
     """
+    _check_average(average)
     codes = _label_codes(labels)
     n = codes.shape[0]
     if n < 2:
         raise ValueError(f"the chance level needs at least 2 samples; got {n}.")
+    if average == "class":
+        classes = int(codes.max()) + 1
+        return (n - classes) / (classes * (n - 1))
     counts = np.bincount(codes).astype(np.float64)
     return float((counts * (counts - 1)).sum() / (n * (n - 1)))

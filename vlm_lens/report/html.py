@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from vlm_lens.analysis.modality_gap import ModalityGapResult
 from vlm_lens.experiments.images import ImageSet
 from vlm_lens.experiments.narrow_gate import ModelRun
 from vlm_lens.viz import (
@@ -37,6 +38,7 @@ table.data { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 table.data td, table.data th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 table.data th { background: #f3f3f3; } .note { color: #555; font-size: 0.92em; }
 code { background: #f3f3f3; padding: 0 3px; } .skipped { color: #a33; }
+.warning { color: #8a5a00; background: #fff6e0; padding: 4px 8px; border-left: 3px solid #e0a000; }
 """
 
 SECTIONS: tuple[tuple[str, str, str], ...] = (
@@ -45,21 +47,26 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "Cross-modal attention share",
         "Share of the text's attention to the image side that each role receives, per layer "
         "(post-softmax, summed over heads, averaged over the text after the gate and over "
-        "prompts). A narrow gate shows as a large <code>gate</code> share.",
+        "prompts). A narrow gate shows as a large <code>gate</code> share. Top: all roles "
+        "stacked; bottom: every role but the dominant one (the internal image tokens) on its own "
+        "scale, where the gate's share is read.",
     ),
     (
         "overlap",
         "Neighbourhood overlap χ",
         "Fraction of each image's k nearest neighbours (Euclidean, residual stream after each "
-        "layer) with the same label, for the gate, the mean image token and the last token; "
-        "dashed: chance.",
+        "layer) with the same label, for the gate, the mean image token and the last token, "
+        "averaged within each class first and then over classes, as the paper's dadapy call "
+        "(<code>--chi-average sample</code>: the plain mean over images); dashed: chance.",
     ),
     (
         "gap",
         "Modality gap",
         "Median |cos| between one random text token (after the gate) and one random image "
         "token per prompt, with the interquartile band; homogeneity of HDBSCAN clusters of both "
-        "with respect to modality (1: the modalities never share a cluster).",
+        "with respect to modality (1: the modalities never share a cluster). Homogeneity is "
+        "undefined (a gap, shaded, with the reason) at layers where fewer than two clusters "
+        "were found; the table gives the clusters and the noise fraction of every layer.",
     ),
     (
         "knockout",
@@ -84,7 +91,8 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "Patching the gate",
         "The gate's activation of an image of another class written into the run of a target "
         "image at each layer. Flip rate: the target's prediction moves to the source class; "
-        "similarity: Σ min(p, q) with the clean source distribution; dotted: unpatched.",
+        "similarity: Σ min(p, q) with the clean source distribution; dotted: unpatched. A flip "
+        "rate of 0 at every layer is marked <i>no flips</i> in the panel.",
     ),
     (
         "heatmap",
@@ -108,6 +116,47 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, classes="data", border=0, float_format=lambda v: f"{v:.3f}")
 
 
+def _by_layer(frame: pd.DataFrame) -> pd.DataFrame:
+    """A per-layer frame turned sideways: one column per layer, one row per quantity."""
+    wide = frame.set_index("layer").T.reset_index()
+    wide.columns = ["layer", *[str(c) for c in wide.columns[1:]]]
+    return wide
+
+
+def _warnings(notes: dict[str, str | None]) -> str:
+    """One visible ``<p class='warning'>`` per distinct note, naming the models it is about."""
+    by_note: dict[str, list[str]] = {}
+    for name, note in notes.items():
+        if note:
+            by_note.setdefault(note, []).append(name)
+    return "".join(
+        f"<p class='warning'>{html.escape(', '.join(names))}: {html.escape(note)}</p>"
+        for note, names in by_note.items()
+    )
+
+
+def gap_table(gap: ModalityGapResult) -> pd.DataFrame:
+    """Per layer: homogeneity (``undefined`` where NaN), clusters found and noise fraction.
+
+    Example:
+        >>> import numpy as np
+        >>> q = np.zeros(2)
+        >>> res = ModalityGapResult(q, q, q, np.array([np.nan, 0.5]), np.array([1, 2]),
+        ...                         np.array([0.25, 0.0]), "hdbscan", 5, 5, ("one", None))
+        >>> gap_table(res).to_dict("list")["homogeneity"]
+        ['undefined', '0.500']
+    """
+    frame = gap.to_frame()
+    return pd.DataFrame(
+        {
+            "layer": frame["layer"],
+            "homogeneity": ["undefined" if pd.isna(v) else f"{v:.3f}" for v in frame.homogeneity],
+            "clusters": frame["n_clusters"],
+            "noise": [f"{v:.0%}" if pd.notna(v) else "" for v in frame.noise_fraction],
+        }
+    )
+
+
 def _figures(runs: Sequence[ModelRun]) -> dict[str, str]:
     """Section id -> HTML (figure div and tables) for the sections with results."""
     out: dict[str, str] = {}
@@ -116,10 +165,28 @@ def _figures(runs: Sequence[ModelRun]) -> dict[str, str]:
     )
     overlap = {r.name: r.overlap for r in runs if r.overlap is not None}
     if overlap:
-        out["overlap"] = _figure_div(overlap_figure(overlap), "fig-overlap")
+        out["overlap"] = _warnings(
+            {
+                name: res.warning and f"χ is uninformative: {res.warning}"
+                for name, res in overlap.items()
+            }
+        ) + _figure_div(overlap_figure(overlap), "fig-overlap")
     gap = {r.name: r.gap for r in runs if r.gap is not None}
     if gap:
-        out["gap"] = _figure_div(modality_gap_figure(gap), "fig-gap")
+        notes = {
+            name: res.warning and f"cluster homogeneity is uninformative: {res.warning}"
+            for name, res in gap.items()
+        }
+        clustered = [(name, res) for name, res in gap.items() if res.method is not None]
+        out["gap"] = (
+            _warnings(notes)
+            + _figure_div(modality_gap_figure(gap), "fig-gap")
+            + "".join(
+                f"<h3>{html.escape(name)}: clusters per layer ({html.escape(str(res.method))})"
+                f"</h3>{_table(_by_layer(gap_table(res)))}"
+                for name, res in clustered
+            )
+        )
     tables = "".join(
         f"<h3>{html.escape(r.name)}</h3>{_table(knockout_table(r.knockout))}"
         + (
@@ -130,7 +197,10 @@ def _figures(runs: Sequence[ModelRun]) -> dict[str, str]:
         for r in runs
     )
     out["knockout"] = (
-        _figure_div(knockout_figure({r.name: r.knockout for r in runs}), "fig-knockout") + tables
+        _figure_div(
+            knockout_figure({r.name: r.knockout for r in runs}, table=False), "fig-knockout"
+        )
+        + tables
     )
     patching = {r.name: r.patching for r in runs if r.patching is not None}
     if patching:

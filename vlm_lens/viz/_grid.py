@@ -129,3 +129,35 @@ def legend_once(fig: go.Figure) -> go.Figure:
         trace.showlegend = name not in seen
         seen.add(name)
     return fig
+
+
+def panel_note(fig: go.Figure, text: str, row: int = 1, col: int = 1, width: int = 60) -> None:
+    """Write `text` (wrapped at about `width` characters) at the top left inside one panel.
+
+    Used for results that would otherwise look empty or wrong: undefined points, an all-zero
+    series.
+    """
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    if line:
+        lines.append(line)
+    fig.add_annotation(
+        text="<br>".join(lines),
+        x=0.01,
+        y=0.97,
+        xref="x domain",
+        yref="y domain",
+        xanchor="left",
+        yanchor="top",
+        align="left",
+        showarrow=False,
+        font={"size": 11, "color": "#444"},
+        bgcolor="rgba(255, 255, 255, 0.8)",
+        row=row,
+        col=col,
+    )

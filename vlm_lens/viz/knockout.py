@@ -8,6 +8,8 @@ Example:
     >>> fig = knockout_figure(res)
     >>> [t.type for t in fig.data], [t.name for t in fig.data if t.type == "bar"]
     (['table', 'bar', 'bar'], ['agreement with baseline', 'similarity to baseline'])
+    >>> [t.type for t in knockout_figure(res, table=False).data]  # the report's: bars only
+    ['bar', 'bar']
 """
 
 from __future__ import annotations
@@ -44,15 +46,20 @@ def knockout_table(result: KnockoutResult) -> pd.DataFrame:
 def knockout_figure(
     results: KnockoutResult | Mapping[str, KnockoutResult],
     *,
+    table: bool = True,
     title: str | None = "Knockout: each condition against the baseline",
 ) -> go.Figure:
     """A table (top) and grouped bars (bottom) of every measured metric per condition.
+
+    With ``table=False`` only the bars are drawn: the report shows `knockout_table` as an HTML
+    table under the figure, so the numbers appear once.
 
     Bars show `KnockoutResult.accuracy` (when measured), `agreement` and `similarity`, in that
     order; the table holds the same numbers rounded to 3 decimals.
 
     Args:
         results: one result, or ``{model name: result}`` for one column per model.
+        table: draw the table above the bars.
         title: the figure title.
 
     Returns:
@@ -63,30 +70,35 @@ def knockout_figure(
     """
     named = as_mapping(results)
     cols = len(named)
-    fig = model_grid(
-        list(named),
-        rows=2,
-        specs=[[{"type": "table"}] * cols, [{"type": "xy"}] * cols],
-        row_heights=[0.35, 0.65],
-        title=title,
-        height=720,
-    )
-    for col, result in enumerate(named.values(), start=1):
-        table = knockout_table(result)
-        fig.add_trace(
-            go.Table(
-                header={"values": list(table.columns), "align": "left"},
-                cells={
-                    "values": [
-                        table[c].round(3).tolist() if table[c].dtype.kind == "f" else table[c]
-                        for c in table.columns
-                    ],
-                    "align": "left",
-                },
-            ),
-            row=1,
-            col=col,
+    if table:
+        fig = model_grid(
+            list(named),
+            rows=2,
+            specs=[[{"type": "table"}] * cols, [{"type": "xy"}] * cols],
+            row_heights=[0.35, 0.65],
+            title=title,
+            height=720,
         )
+    else:
+        fig = model_grid(list(named), title=title, height=440)
+    bar_row = 2 if table else 1
+    for col, result in enumerate(named.values(), start=1):
+        if table:
+            frame = knockout_table(result)
+            fig.add_trace(
+                go.Table(
+                    header={"values": list(frame.columns), "align": "left"},
+                    cells={
+                        "values": [
+                            frame[c].round(3).tolist() if frame[c].dtype.kind == "f" else frame[c]
+                            for c in frame.columns
+                        ],
+                        "align": "left",
+                    },
+                ),
+                row=1,
+                col=col,
+            )
         for metric, (name, colour) in METRICS.items():
             values = getattr(result, metric)
             if values is None:
@@ -100,10 +112,10 @@ def knockout_figure(
                     marker_color=colour,
                     hovertemplate=f"{label}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
                 ),
-                row=2,
+                row=bar_row,
                 col=col,
             )
-        fig.update_xaxes(title_text="condition", row=2, col=col)
-    fig.update_yaxes(range=[0, 1.02], title_text="fraction", row=2, col=1)
+        fig.update_xaxes(title_text="condition", row=bar_row, col=col)
+    fig.update_yaxes(range=[0, 1.02], title_text="fraction", row=bar_row, col=1)
     fig.update_layout(barmode="group")
     return legend_once(fig)

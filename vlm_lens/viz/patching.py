@@ -1,6 +1,10 @@
 """Gate patching per layer: flip rate toward the source class and similarity to the clean
 source distribution, with the unpatched baselines.
 
+When no pair flips at any layer the flip-rate line lies on 0 with its baseline, and the
+similarity is often near 0 too: the panel then says "no flips" in words (`no_flips_note`), so
+that the result does not read as an empty chart.
+
 Example:
     >>> import numpy as np
     >>> from vlm_lens.analysis import PatchingSweepResult
@@ -19,10 +23,34 @@ import numpy as np
 import plotly.graph_objects as go
 
 from vlm_lens.analysis.patching_sweep import PatchingSweepResult
-from vlm_lens.viz._grid import as_mapping, layer_ticks, legend_once, model_grid
+from vlm_lens.viz._grid import as_mapping, layer_ticks, legend_once, model_grid, panel_note
 
 FLIP_COLOUR = "#d62728"
 SIMILARITY_COLOUR = "#1f77b4"
+
+
+def no_flips_note(result: PatchingSweepResult) -> str | None:
+    """The panel's note when the flip rate is exactly 0 at every layer, else None.
+
+    Example:
+        >>> res = PatchingSweepResult("residual", np.arange(2), np.zeros(2), np.array([0.01, 0.02]),
+        ...                           0.0, 0.01, np.ones(3), np.ones((2, 3)), np.ones((2, 3)))
+        >>> no_flips_note(res)[:50]
+        'no flips: patching the gate moved no prediction to'
+        >>> no_flips_note(res)[-48:]
+        '3 pairs); similarity to the source at most 0.020'
+    """
+    flips = np.asarray(result.flip_rate, dtype=np.float64)
+    if flips.size == 0 or not np.all(flips == 0.0):
+        return None
+    similarity = np.asarray(result.similarity, dtype=np.float64)
+    top = (
+        f"; similarity to the source at most {np.nanmax(similarity):.3f}" if similarity.size else ""
+    )
+    return (
+        "no flips: patching the gate moved no prediction to the source class at any layer "
+        f"(flip rate 0 over {result.n_pairs} pairs){top}"
+    )
 
 
 def patching_figure(
@@ -31,6 +59,8 @@ def patching_figure(
     title: str | None = None,
 ) -> go.Figure:
     """Flip rate and similarity per (start) layer, and their unpatched baselines (dotted).
+
+    A flip rate of 0 at every layer is written in the panel as "no flips" (`no_flips_note`).
 
     Args:
         results: one result, or ``{model name: result}`` for one column per model.
@@ -85,6 +115,9 @@ def patching_figure(
                 row=1,
                 col=col,
             )
+        note = no_flips_note(result)
+        if note is not None:
+            panel_note(fig, note, row=1, col=col, width=48)
         fig.update_xaxes(title_text=f"layer ({result.n_pairs} pairs)", row=1, col=col)
         layer_ticks(fig, len(layers), 1, col)
     fig.update_yaxes(title_text="fraction / Σ min(p, q)", range=[0, 1.02], row=1, col=1)
