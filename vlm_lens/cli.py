@@ -127,13 +127,17 @@ def _max_rows(value: str | int) -> int | Literal["auto"]:
 @click.option(
     "--n-images",
     type=click.IntRange(min=2),
-    default=32,
+    default=48,
     show_default=True,
     help="Most images to use.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
-    "--k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours for χ."
+    "--k",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    help="Neighbours for χ (keep it below the smallest class).",
 )
 @click.option(
     "--chi-average",

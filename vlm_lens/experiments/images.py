@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from vlm_lens.errors import ReportInputError
-from vlm_lens.world import Scene, world_split
+from vlm_lens.world import COLOURS, Scene, world_split
 
 EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 """Image file extensions read from a folder (case-insensitive)."""
@@ -57,14 +57,34 @@ class ImageSet:
 
 
 def world_images(n: int = 48, seed: int = 0) -> ImageSet:
-    """``n`` held-out single-object scenes of the synthetic world, labelled by colour."""
-    scenes = world_split("test", n, seed=seed, max_objects=1)
+    """``n`` held-out single-object scenes of the synthetic world, labelled by colour.
+
+    The colours are balanced: the scenes are taken a colour at a time, in `COLOURS` order and
+    each colour's test-split order, so every class has ``n // 6`` or ``n // 6 + 1`` members
+    (χ with ``k`` neighbours is informative only when ``k`` is below the smallest class).
+
+    Example:
+        >>> from collections import Counter
+        >>> sorted(Counter(world_images(12).labels).values())
+        [2, 2, 2, 2, 2, 2]
+    """
+    pool = world_split("test", max(4 * n, 64), seed=seed, max_objects=1)
+    by_colour: dict[str, list[Scene]] = defaultdict(list)
+    for scene in pool:
+        by_colour[scene.objects[0].colour].append(scene)
+    queues = [by_colour[c] for c in COLOURS if by_colour[c]]
+    picked: list[Scene] = []
+    for depth in range(len(pool)):  # colour by colour, a scene of each in turn
+        picked += [q[depth] for q in queues if depth < len(q)]
+        if len(picked) >= n:
+            break
+    scenes = sorted(picked[:n], key=lambda s: s.index)
     return ImageSet(
         images=tuple(s.image for s in scenes),
         labels=tuple(s.objects[0].colour for s in scenes),
         names=tuple(f"world test #{s.index}" for s in scenes),
         source=f"built-in synthetic world: {n} single-object test scenes (seed {seed}), "
-        "labelled by colour",
+        "labelled by colour, balanced",
         scenes=tuple(scenes),
     )
 

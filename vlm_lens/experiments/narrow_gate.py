@@ -89,7 +89,7 @@ class Settings:
     """
 
     batch_size: int = 32
-    k: int = 10
+    k: int = 7
     chi_average: Average = "class"
     n_pairs: int = 12
     patch_site: PatchSite = "residual"
