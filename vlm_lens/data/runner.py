@@ -9,6 +9,14 @@ same arguments skips the chunks already on disk, so a run killed halfway and res
 the same store as an uninterrupted one; a rerun with other arguments raises
 `vlm_lens.data.store.StoreConfigError` instead of mixing two runs.
 
+What counts as "the same run" is everything that changes the stored numbers: the model's
+identity (`vlm_lens.data.identity.model_identity`: every weight's bytes, the hooks active on
+the model, the attention implementation, dtype, device type, torch and transformers versions),
+the probes (callable position specs by content), the seed, padding side, logit tokens, batch
+size, and every example's prompt, label, id, metadata and image contents (image files by their
+bytes). Before resuming, every chunk on disk is checked (`ActivationStore.damaged_chunks`);
+damaged ones are deleted with a warning and recomputed.
+
 Example:
     >>> import tempfile
     >>> from vlm_lens import HookedVLM
@@ -28,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,7 +43,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vlm_lens.data.collect import Probe, check_probes, collect
-from vlm_lens.data.examples import Example, PromptSpec, build_prompt, examples_fingerprint
+from vlm_lens.data.examples import (
+    Example,
+    PromptSpec,
+    build_prompt,
+    digest_of_digests,
+    example_digests,
+)
+from vlm_lens.data.identity import model_identity
 from vlm_lens.data.store import ActivationStore
 from vlm_lens.engine.memory import auto_batch_size
 from vlm_lens.errors import StoreConfigError, VLMInputError
@@ -72,8 +86,9 @@ def run_dataset(
             resuming needs the same value.
         seed: seed of the ``"random"`` probes (draws depend on the seed and the example index
             only, not on the batching).
-        resume: continue a store of the same run, skipping its finished chunks. With
-            ``False`` a store that already has chunks is an error (unless `overwrite`).
+        resume: continue a store of the same run, skipping its finished chunks (each is
+            checked first; damaged ones are recomputed, with a warning). With ``False`` a
+            store that already has chunks is an error (unless `overwrite`).
         overwrite: delete whatever store is at `out_dir` and start over.
         progress: show a tqdm progress bar over examples.
         padding_side: ``"left"`` (default) or ``"right"``.
@@ -88,7 +103,11 @@ def run_dataset(
         VLMInputError: before any forward pass, for an example whose prompt does not have one
             image placeholder per image (naming the example); during the run, for a chunk the
             model rejects (naming its examples).
-        StoreConfigError: if `out_dir` holds a different run and `overwrite` is false.
+        StoreConfigError: if `out_dir` holds a different run and `overwrite` is false (naming
+            what differs: ``model.weights.<name>``, ``model.hooks``, ``examples`` with the
+            examples whose inputs changed...).
+        HookFingerprintError: for a hook active on the model whose state cannot be read by
+            content (see `vlm_lens.data.hook_state`).
         ValueError: for bad probes (unknown site or role, hook missing in the model).
 
     Example:
@@ -108,14 +127,15 @@ def run_dataset(
     for i, (example, text) in enumerate(zip(examples, prompts, strict=True)):
         _check_placeholders(i, example, text, placeholder)
 
+    digests = example_digests(examples, prompts)
     config = {
-        "model": _model_description(model),
-        "probes": [p.describe(model.cfg.n_layers) for p in probes],
+        "model": model_identity(model),
+        "probes": [p.describe(model.cfg.n_layers, model) for p in probes],
         "logit_tokens": None if logit_tokens is None else [int(t) for t in logit_tokens],
         "seed": seed,
         "padding_side": padding_side,
         "prompt": _describe_prompt(prompt),
-        "examples": examples_fingerprint(examples, prompts),
+        "examples": digest_of_digests(digests),
     }
     records = [ex.record() for ex in examples]
     chunk_size = (
@@ -124,7 +144,12 @@ def run_dataset(
         else _auto_batch_size(model, examples, prompts, out_dir, resume and not overwrite)
     )
     store = ActivationStore.create(
-        out_dir, config=config, records=records, chunk_size=chunk_size, overwrite=overwrite
+        out_dir,
+        config=config,
+        records=records,
+        chunk_size=chunk_size,
+        overwrite=overwrite,
+        example_digests=digests,
     )
     done = set(store.completed_chunks)
     if done and not resume:
@@ -132,6 +157,7 @@ def run_dataset(
             f"{out_dir} already has {len(done)} chunk(s) of this run; pass resume=True to "
             "continue it or overwrite=True to start over"
         )
+    done -= set(store.remove_damaged(sorted(done)))
     bar = tqdm(
         total=store.n_examples,
         initial=len(store),
@@ -219,28 +245,6 @@ def _check_placeholders(index: int, example: Example, prompt: str, placeholder: 
             f"placeholder(s) {placeholder!r} for {n_images} image(s); write {placeholder!r} "
             "once per image in the text, or pass prompt='... {image} ...' to run_dataset"
         )
-
-
-def _model_description(model: Any) -> dict[str, Any]:
-    config = getattr(model.hf_model, "config", None)
-    return {
-        "family": model.family,
-        "name_or_path": str(getattr(config, "_name_or_path", "")),
-        "n_layers": int(model.cfg.n_layers),
-        "d_model": int(model.cfg.d_model),
-        "dtype": str(model.dtype),
-        "weights": _weights_fingerprint(model),
-    }
-
-
-def _weights_fingerprint(model: Any) -> str:
-    """A cheap hash of the first few values of every parameter (tells checkpoints apart)."""
-    digest = hashlib.sha256()
-    for name, param in model.hf_model.named_parameters():
-        head = param.detach().flatten()[:8].to("cpu", dtype=param.dtype)
-        digest.update(f"{name}:{tuple(param.shape)}:".encode())
-        digest.update(head.float().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _describe_prompt(prompt: PromptSpec) -> str | None:
