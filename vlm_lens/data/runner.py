@@ -17,6 +17,10 @@ size, and every example's prompt, label, id, metadata and image contents (image 
 bytes). Before resuming, every chunk on disk is checked (`ActivationStore.damaged_chunks`);
 damaged ones are deleted with a warning and recomputed.
 
+Data parallel: launched by ``torchrun`` or ``accelerate launch`` (``RANK``/``WORLD_SIZE`` in the
+environment), the chunks are shared round robin over the processes, each writing its own chunk
+files into the one store; the store equals a one-process run's (`vlm_lens.data.distributed`).
+
 Example:
     >>> import tempfile
     >>> from vlm_lens import HookedVLM
@@ -38,10 +42,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from tqdm.auto import tqdm
 
+from vlm_lens.data import distributed
 from vlm_lens.data.collect import Probe, check_probes, collect
 from vlm_lens.data.examples import (
     Example,
@@ -94,7 +99,8 @@ def run_dataset(
         padding_side: ``"left"`` (default) or ``"right"``.
         prompt: how to build each prompt (see `vlm_lens.data.examples.build_prompt`).
         logit_tokens: also store the last-token logits of these token ids (``"logits"``).
-        on_chunk_written: called as ``f(chunk, store)`` after each chunk is on disk.
+        on_chunk_written: called as ``f(chunk, store)`` after each chunk is on disk (in a
+            multi-process run, on the rank that wrote it).
 
     Returns:
         The complete `ActivationStore`.
@@ -121,64 +127,103 @@ def run_dataset(
     if len(examples) == 0:
         raise ValueError("examples is empty")
     probes = list(probes)
-    check_probes(model, probes)
-    placeholder = model.image_placeholder
-    prompts = [build_prompt(ex, placeholder, prompt) for ex in examples]
-    for i, (example, text) in enumerate(zip(examples, prompts, strict=True)):
-        _check_placeholders(i, example, text, placeholder)
+    ranks = distributed.current()
 
-    digests = example_digests(examples, prompts)
-    config = {
-        "model": model_identity(model),
-        "probes": [p.describe(model.cfg.n_layers, model) for p in probes],
-        "logit_tokens": None if logit_tokens is None else [int(t) for t in logit_tokens],
-        "seed": seed,
-        "padding_side": padding_side,
-        "prompt": _describe_prompt(prompt),
-        "examples": digest_of_digests(digests),
-    }
-    records = [ex.record() for ex in examples]
-    chunk_size = (
-        batch_size
-        if isinstance(batch_size, int)
-        else _auto_batch_size(model, examples, prompts, out_dir, resume and not overwrite)
-    )
-    store = ActivationStore.create(
-        out_dir,
-        config=config,
-        records=records,
-        chunk_size=chunk_size,
-        overwrite=overwrite,
-        example_digests=digests,
-    )
-    done = set(store.completed_chunks)
-    if done and not resume:
-        raise StoreConfigError(
-            f"{out_dir} already has {len(done)} chunk(s) of this run; pass resume=True to "
-            "continue it or overwrite=True to start over"
+    def prepare() -> tuple[dict[str, Any], list[str], list[str], int]:
+        check_probes(model, probes)
+        placeholder = model.image_placeholder
+        prompts = [build_prompt(ex, placeholder, prompt) for ex in examples]
+        for i, (example, text) in enumerate(zip(examples, prompts, strict=True)):
+            _check_placeholders(i, example, text, placeholder)
+        digests = example_digests(examples, prompts)
+        config = {
+            "model": model_identity(model),
+            "probes": [p.describe(model.cfg.n_layers, model) for p in probes],
+            "logit_tokens": None if logit_tokens is None else [int(t) for t in logit_tokens],
+            "seed": seed,
+            "padding_side": padding_side,
+            "prompt": _describe_prompt(prompt),
+            "examples": digest_of_digests(digests),
+        }
+        size = (
+            batch_size
+            if isinstance(batch_size, int)
+            else _auto_batch_size(model, examples, prompts, out_dir, resume and not overwrite)
         )
-    done -= set(store.remove_damaged(sorted(done)))
-    bar = tqdm(
-        total=store.n_examples,
-        initial=len(store),
-        disable=not progress,
-        unit="ex",
-        desc=f"vlm_lens {model.family}",
-    )
-    try:
-        for chunk in range(store.n_chunks):
-            if chunk in done:
-                continue
-            start, stop = store.chunk_bounds(chunk)
-            _run_chunk(
-                model, examples, prompts, probes, store, chunk, seed, padding_side, logit_tokens
+        return config, prompts, digests, size
+
+    config, prompts, digests, chunk_size = ranks.together(prepare, "preparing the run")
+    chunk_size = ranks.gather(chunk_size)[0]  # "auto": every rank uses rank 0's size
+    records = [ex.record() for ex in examples]
+
+    def open_store(first: bool) -> ActivationStore | None:
+        """Rank 0 first (it creates, clears or rebuilds), then the others reopen."""
+        if (ranks.rank == 0) != first:
+            return None
+        store = ActivationStore.create(
+            out_dir,
+            config=config,
+            records=records,
+            chunk_size=chunk_size,
+            overwrite=overwrite and ranks.rank == 0,
+            example_digests=digests,
+            clean=ranks.rank == 0,  # another rank's temporary file may be in flight
+        )
+        done = store.completed_chunks
+        if done and not resume:
+            raise StoreConfigError(
+                f"{out_dir} already has {len(done)} chunk(s) of this run; pass resume=True to "
+                "continue it or overwrite=True to start over"
             )
-            bar.update(stop - start)
-            if on_chunk_written is not None:
-                on_chunk_written(chunk, store)
-    finally:
-        bar.close()
+        return store
+
+    created = ranks.together(lambda: open_store(True), "creating the store")
+    opened = ranks.together(lambda: open_store(False), "opening the store")
+    store = cast(ActivationStore, opened or created)
+    mine = [c for c in range(store.n_chunks) if ranks.owns(c)]
+    done = set(mine) & set(store.completed_chunks)
+    done -= set(store.remove_damaged(sorted(done)))
+
+    def run_mine() -> None:
+        bar = tqdm(
+            total=sum(stop - start for start, stop in map(store.chunk_bounds, mine)),
+            initial=sum(stop - start for start, stop in map(store.chunk_bounds, done)),
+            disable=not progress or ranks.rank != 0,
+            unit="ex",
+            desc=f"vlm_lens {model.family}"
+            + (f" (rank 0 of {ranks.world_size})" if ranks.active else ""),
+        )
+        try:
+            for chunk in mine:
+                if chunk in done:
+                    continue
+                start, stop = store.chunk_bounds(chunk)
+                _run_chunk(
+                    model, examples, prompts, probes, store, chunk, seed, padding_side, logit_tokens
+                )
+                bar.update(stop - start)
+                if on_chunk_written is not None:
+                    on_chunk_written(chunk, store)
+        finally:
+            bar.close()
+
+    ranks.together(run_mine, "collecting the chunks")
+    ranks.together(lambda: _check_all_written(store, ranks), "checking the store")
     return store
+
+
+def _check_all_written(store: ActivationStore, ranks: distributed.Ranks) -> None:
+    """On rank 0 of a multi-process run: every rank's chunks are on disk, of this run."""
+    if not ranks.active or ranks.rank != 0:
+        return
+    missing = [c for c in range(store.n_chunks) if not store.has_chunk(c)]
+    foreign = store.foreign_chunks()
+    if missing or foreign:
+        raise StoreConfigError(
+            f"after every rank finished, {store.path} lacks chunks {missing} and has chunks of "
+            f"another run {foreign}; the store folder must be one folder every rank sees (a "
+            "shared filesystem across nodes). Rerun the same command to complete it"
+        )
 
 
 def _run_chunk(

@@ -335,6 +335,15 @@ class ActivationStore:
             path.unlink(missing_ok=True)
         return damaged
 
+    def foreign_chunks(self) -> list[int]:
+        """Chunks on disk whose metadata carries another run's fingerprint (headers only, a
+        cheap check; `damaged_chunks` reads everything)."""
+        return [
+            c
+            for c in self.completed_chunks
+            if _header_fingerprint(self._chunk_path(c)) != self.fingerprint
+        ]
+
     # ------------------------------------------------------------------ reading
     @property
     def records(self) -> list[dict[str, Any]]:
