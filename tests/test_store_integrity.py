@@ -24,7 +24,7 @@ import xxhash
 from _runner_child import RUN_KWARGS, setup
 from safetensors.torch import save_file
 
-from vlm_lens import HookedVLM, hooks
+from vlm_lens import HookedVLM, VLMInputError, hooks
 from vlm_lens.data.collect import Probe
 from vlm_lens.data.digest import tensor_digest, weights_digests
 from vlm_lens.data.examples import Example, make_examples
@@ -32,7 +32,7 @@ from vlm_lens.data.hook_state import DECLARED, active_hooks, callable_digest
 from vlm_lens.data.runner import run_dataset
 from vlm_lens.data.store import MANIFEST, ActivationStore
 from vlm_lens.errors import HookFingerprintError, StoreConfigError, StoreDamagedError
-from vlm_lens.interventions import steer
+from vlm_lens.interventions import ablate_image_tokens, random_image_knockout, steer
 
 N = 7  # chunks of 3, 3, 1 examples
 KWARGS = {**RUN_KWARGS, "batch_size": 3}
@@ -206,6 +206,12 @@ def test_vlm_lens_interventions_fingerprint_by_content(
     assert same == digests(steer(batch, vector.clone(), layers=[0, 1], scale=2.0))
     assert same != digests(steer(batch, vector, layers=[0, 1], scale=2.5))
     assert same != digests(steer(batch, vector + 1, layers=[0, 1], scale=2.0))
+    draws = digests(random_image_knockout(batch, layers=[0], k=3, seed=1))
+    assert draws == digests(random_image_knockout(batch, layers=[0], k=3, seed=1))
+    assert draws != digests(random_image_knockout(batch, layers=[0], k=3, seed=2))
+    zero = digests(ablate_image_tokens(batch, value="zero"))
+    assert zero == digests(ablate_image_tokens(batch, value="zero"))
+    assert zero != digests(ablate_image_tokens(batch, value="mean"))
 
 
 def test_a_hook_that_cannot_be_fingerprinted_is_refused_or_declared(
@@ -297,6 +303,18 @@ def test_resuming_after_image_files_changed_is_refused_naming_the_examples(
     assert _resume(model, relocated, probes, out) == [1, 2]
     fresh = run_dataset(model, on_disk, probes, tmp_path / "fresh", **KWARGS)
     _assert_equal(ActivationStore(out), fresh)
+
+
+def test_an_unreadable_image_file_is_named_before_anything_runs(
+    llava: tuple[HookedVLM, list[Example], list[Probe]], tmp_path: Path
+) -> None:
+    model, examples, probes = llava
+    paths = [tmp_path / "a.png", tmp_path / "missing.png"]
+    examples[0].images.save(paths[0])  # type: ignore[union-attr]
+    bad = make_examples(paths, "Say?", ids=["a", "b"])
+    with pytest.raises(VLMInputError, match=r"example 1 \(id='b'\): cannot read .*missing\.png"):
+        run_dataset(model, bad, probes, tmp_path / "s", **KWARGS)
+    assert not (tmp_path / "s").exists()
 
 
 # ---------------------------------------------------------------------- damaged chunks
