@@ -84,3 +84,18 @@ def test_ranks_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(ValueError, match="RANK=2 and WORLD_SIZE=2 are inconsistent"):
         distributed.current()
+
+
+def test_shard_false_ignores_the_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call made on one rank only: with shard=False it never touches torch.distributed
+    (the variables below would make it wait for a second process) and runs every chunk."""
+    model, examples, probes = setup(4)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(distributed.dist, "init_process_group", _never)
+    store = run_dataset(model, examples, probes, tmp_path, shard=False, **RUN_KWARGS)
+    assert store.complete and store.completed_chunks == [0, 1]
+
+
+def _never(*args: object, **kwargs: object) -> None:
+    raise AssertionError("shard=False must not join a process group")

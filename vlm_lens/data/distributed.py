@@ -10,7 +10,8 @@ process, so the store is the same, array for array. Resuming works per rank: eac
 and skips its own finished chunks (after a restart with another world size too, since a chunk's
 contents do not depend on which rank computed it).
 
-Coordination uses `torch.distributed` (the process group the launcher's script already
+Every rank must call `run_dataset` with the same arguments (``shard=False`` opts a call made on
+one rank only out of all this). Coordination uses `torch.distributed` (the process group the launcher's script already
 initialised, or a ``gloo`` one that `current` initialises: it needs no GPU). Errors on any rank
 are gathered and raised on every rank, so no rank waits forever on one that failed.
 

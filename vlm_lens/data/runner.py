@@ -76,6 +76,7 @@ def run_dataset(
     prompt: PromptSpec = None,
     logit_tokens: Sequence[int] | None = None,
     on_chunk_written: Callable[[int, ActivationStore], None] | None = None,
+    shard: bool = True,
 ) -> ActivationStore:
     """Collect `probes` on every example into a store at `out_dir`.
 
@@ -101,6 +102,10 @@ def run_dataset(
         logit_tokens: also store the last-token logits of these token ids (``"logits"``).
         on_chunk_written: called as ``f(chunk, store)`` after each chunk is on disk (in a
             multi-process run, on the rank that wrote it).
+        shard: under ``torchrun``/``accelerate launch``, share the chunks with the other
+            processes, which must all call `run_dataset` with the same arguments. ``False``
+            runs every chunk in this process, as without a launcher (for a call made on one
+            rank only, which would otherwise wait for the others forever).
 
     Returns:
         The complete `ActivationStore`.
@@ -127,7 +132,7 @@ def run_dataset(
     if len(examples) == 0:
         raise ValueError("examples is empty")
     probes = list(probes)
-    ranks = distributed.current()
+    ranks = distributed.current() if shard else distributed.Ranks()
 
     def prepare() -> tuple[dict[str, Any], list[str], list[str], int]:
         check_probes(model, probes)
