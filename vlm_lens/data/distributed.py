@@ -11,9 +11,10 @@ and skips its own finished chunks (after a restart with another world size too, 
 contents do not depend on which rank computed it).
 
 Every rank must call `run_dataset` with the same arguments (``shard=False`` opts a call made on
-one rank only out of all this). Coordination uses `torch.distributed` (the process group the launcher's script already
-initialised, or a ``gloo`` one that `current` initialises: it needs no GPU). Errors on any rank
-are gathered and raised on every rank, so no rank waits forever on one that failed.
+one rank only out of all this). Coordination uses `torch.distributed` (the process group the
+launcher's script already initialised, or a ``gloo`` one that `current` initialises: it needs
+no GPU). Errors on any rank are gathered and raised on every rank, so no rank waits forever on
+one that failed.
 
 Example:
     >>> current().world_size  # a plain process
