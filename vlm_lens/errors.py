@@ -65,3 +65,21 @@ class UninformativeMetricWarning(UserWarning):
         ...         print(w)
         k too large
     """
+
+
+class StoreDamagedError(StoreConfigError):
+    """A store file that fails its checks: a chunk that is truncated, has flipped bytes (its
+    checksum differs), holds other examples than its name says, or was written by another run,
+    or a manifest that is not valid. The message names the file and the fix (rerun
+    `vlm_lens.data.run_dataset` with the same arguments: it recomputes damaged chunks).
+
+    Example:
+        >>> issubclass(StoreDamagedError, StoreConfigError)
+        True
+    """
+
+
+class HookFingerprintError(VLMLensError, ValueError):
+    """A hook active on the model whose state cannot be fingerprinted, so a dataset run could
+    not tell a resumed run with another hook from the same run (see
+    `vlm_lens.data.hook_state`)."""

@@ -49,6 +49,8 @@ from torch import Tensor
 
 from vlm_lens import hooks
 from vlm_lens.batch import Batch
+from vlm_lens.data.digest import tensor_digest
+from vlm_lens.data.hook_state import callable_digest
 from vlm_lens.errors import VLMInputError
 from vlm_lens.layout import ROLES
 from vlm_lens.positions import ALL, PositionSpec, describe, select
@@ -163,11 +165,22 @@ class Probe:
         make = (lambda layer: hooks.layer_hook(site, layer)) if isinstance(site, str) else site
         return [make(layer) for layer in self.resolve_layers(n_layers)]
 
-    def describe(self, n_layers: int) -> dict[str, Any]:
+    def describe(self, n_layers: int, model: Any = None) -> dict[str, Any]:
         """A JSON-able description (for a store's manifest and config fingerprint). A callable
-        site is described by its hook names, a callable position spec by its ``__name__``."""
+        site is described by its hook names; a callable or tensor position spec by its
+        ``__name__`` and a digest of its content (`vlm_lens.data.hook_state.callable_digest`:
+        code and captured values; `model`, if it captures it, by name).
+
+        Example:
+            >>> from vlm_lens.positions import image_token
+            >>> a, b = Probe("x", positions=image_token(0)), Probe("x", positions=image_token(1))
+            >>> a.describe(2)["positions"], b.describe(2)["positions"]
+            ('image_token_0', 'image_token_1')
+            >>> a.describe(2)["positions_digest"] != b.describe(2)["positions_digest"]
+            True
+        """
         site = self.site if isinstance(self.site, str) else getattr(self.site, "__name__", "site")
-        return {
+        out = {
             "name": self.name,
             "site": site,
             "hooks": self.hook_names(n_layers),
@@ -176,6 +189,11 @@ class Probe:
             "reduce": self.reduce,
             "draw": self.draw,
         }
+        if isinstance(self.positions, Tensor):
+            out["positions_digest"] = tensor_digest(self.positions)
+        elif callable(self.positions):
+            out["positions_digest"] = callable_digest(self.positions, model)
+        return out
 
 
 def check_probes(model: Any, probes: Sequence[Probe]) -> None:

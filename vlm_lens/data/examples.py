@@ -18,17 +18,16 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from vlm_lens.data.digest import file_digest, new_hasher
 from vlm_lens.errors import VLMInputError
 from vlm_lens.images import to_rgb
 
@@ -173,33 +172,75 @@ def load_image(image: ImageSource) -> Image.Image | np.ndarray:
 
 
 def examples_fingerprint(examples: Sequence[Example], prompts: Sequence[str]) -> str:
-    """A hash of the prompts, ids, labels, metadata and images (paths by name, in-memory images
-    by their pixels) of a dataset, so that a store never mixes two datasets.
+    """A hash of the prompts, ids, labels, metadata and image contents of a dataset (the
+    digest of its `example_digests`, in order), so that a store never mixes two datasets.
 
     Example:
-        >>> examples = make_examples(["a.png", "b.png"], "<image> Describe.", labels=[0, 1])
+        >>> examples = make_examples([np.zeros((2, 2, 3), np.uint8), np.ones((2, 2, 3), np.uint8)],
+        ...                          "<image> Describe.", labels=[0, 1])
         >>> prompts = [e.text for e in examples]
         >>> examples_fingerprint(examples, prompts) == examples_fingerprint(examples[::-1], prompts)
         False
     """
-    digest = hashlib.sha256()
-    for example, prompt in zip(examples, prompts, strict=True):
+    return digest_of_digests(example_digests(examples, prompts))
+
+
+def digest_of_digests(digests: Sequence[str]) -> str:
+    """One digest for a list of per-example digests (order matters)."""
+    hasher = new_hasher()
+    for digest in digests:
+        hasher.update(digest.encode() + b"\n")
+    return str(hasher.hexdigest())
+
+
+def example_digests(examples: Sequence[Example], prompts: Sequence[str]) -> list[str]:
+    """One digest per example of its prompt, id, label, metadata and images: an image file by
+    its bytes (read in blocks; the path's name does not count, so a moved dataset is the same
+    dataset), an in-memory image by its mode, size and pixels.
+
+    Raises:
+        VLMInputError: for an image path that cannot be read, or an image of another type,
+            naming the example.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.png")
+        >>> Image.new("RGB", (4, 4), "red").save(path)
+        >>> examples = [Example(path, "<image> Describe.")]
+        >>> before = example_digests(examples, ["<image> Describe."])
+        >>> Image.new("RGB", (4, 4), "blue").save(path)  # same path, other pixels
+        >>> example_digests(examples, ["<image> Describe."]) == before
+        False
+    """
+    out = []
+    for index, (example, prompt) in enumerate(zip(examples, prompts, strict=True)):
+        hasher = new_hasher()
         record = {**example.record(), "prompt": prompt}
-        digest.update(json.dumps(record, sort_keys=True, default=str).encode())
+        hasher.update(json.dumps(record, sort_keys=True, default=str).encode())
         for image in example.image_list:
-            digest.update(_image_key(image))
-    return digest.hexdigest()
+            hasher.update(_image_key(image, index, example))
+        out.append(str(hasher.hexdigest()))
+    return out
 
 
-def _image_key(image: ImageSource) -> bytes:
+def _image_key(image: ImageSource, index: int, example: Example) -> bytes:
     if isinstance(image, (str, os.PathLike)):
-        return f"path:{Path(image)}".encode()
+        try:
+            return f"file:{file_digest(image)};".encode()
+        except OSError as exc:
+            raise VLMInputError(
+                f"example {index} (id={example.id!r}): cannot read its image {str(image)!r} "
+                f"({exc.strerror or exc}); fix the path or the file"
+            ) from None
     if isinstance(image, Image.Image):
-        head = f"pil:{image.mode}:{image.size}:".encode()
-        return head + hashlib.sha1(image.tobytes()).digest()
+        hasher = new_hasher()
+        hasher.update(image.tobytes())
+        return f"pil:{image.mode}:{image.size}:{hasher.hexdigest()};".encode()
     if isinstance(image, np.ndarray):
-        head = f"array:{image.dtype}:{image.shape}:".encode()
-        return head + hashlib.sha1(np.ascontiguousarray(image).tobytes()).digest()
+        hasher = new_hasher()
+        hasher.update(np.ascontiguousarray(image).tobytes())
+        return f"array:{image.dtype.str}:{image.shape}:{hasher.hexdigest()};".encode()
     raise VLMInputError(
-        f"an example image must be a PIL image, a numpy array or a path, got {type(image).__name__}"
+        f"example {index} (id={example.id!r}): an image must be a PIL image, a numpy array or a "
+        f"path, got {type(image).__name__}"
     )

@@ -7,11 +7,19 @@ Layout of a store folder::
     chunk_000001.safetensors     the next chunk_size examples, ...
 
 Each chunk file holds one tensor per collected array (``[chunk, layers, ...]`` float32, e.g.
-``"gate"``, ``"gate.position"``, ``"logits"``) and ``"example_index"`` (int64), and carries the
-run's fingerprint in its metadata. A chunk is written to a hidden temporary name and renamed
-into place (`os.replace`), so a process killed mid-write leaves at most a ``.chunk_*.tmp``
-file, which is never counted and is removed by the next run. The manifest is written the same
-way. A chunk counts as done if and only if its final file exists.
+``"gate"``, ``"gate.position"``, ``"logits"``) and ``"example_index"`` (int64). Its metadata
+carries the run's fingerprint, its chunk number, its example range and a checksum (XXH3-128,
+`vlm_lens.data.digest`) of every tensor. Every read checks them: a chunk that is truncated, has
+changed bytes, was copied over another chunk (its example indices say so) or was written by
+another run raises `StoreDamagedError` naming the file and the fix, never returns wrong data;
+`run_dataset` checks every chunk on disk before it resumes and recomputes the damaged ones.
+
+A chunk is written to a hidden temporary name and renamed into place (`os.replace`), so a
+process killed mid-write leaves at most a ``.chunk_*.tmp`` file, which is never counted and is
+removed by the next run. The manifest is written the same way; a damaged manifest is an error
+that says how to rebuild it (`create`, which `run_dataset` calls, rebuilds it from the run's
+config when the chunks on disk carry that run's fingerprint). A chunk counts as done if its
+final file exists (`completed_chunks`); `damaged_chunks` checks them.
 
 Reading never needs more memory than its result plus one chunk: `load` fills a preallocated
 tensor chunk by chunk (each chunk file is memory-mapped by safetensors), and `iter_chunks`
@@ -26,8 +34,8 @@ Example:
     >>> store.complete, len(store), store.labels
     (False, 2, [0, 1])
     >>> store.write_chunk(1, {"gate": torch.zeros(1, 4, 8)})
-    >>> store.complete, store.load("gate").shape
-    (True, torch.Size([3, 4, 8]))
+    >>> store.complete, store.load("gate").shape, store.damaged_chunks()
+    (True, torch.Size([3, 4, 8]), {})
 """
 
 from __future__ import annotations
@@ -36,25 +44,32 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from vlm_lens.errors import StoreConfigError
+from vlm_lens.data.digest import tensor_digest
+from vlm_lens.errors import StoreConfigError, StoreDamagedError
 
 MANIFEST = "manifest.json"
 FORMAT = "vlm_lens.ActivationStore"
-VERSION = 1
+VERSION = 2
+"""Store format version: 2 added the per-chunk checksums and example ranges."""
 EXAMPLE_INDEX = "example_index"
 """Key of the int64 ``[chunk]`` dataset indices in every chunk file."""
 
 _CHUNK_RE = re.compile(r"^chunk_(\d{6})\.safetensors$")
 _TMP_RE = re.compile(r"^\..*\.tmp$")
+_FIX = (
+    "rerun run_dataset with the same arguments (resume=True): it checks every chunk and "
+    "recomputes the damaged ones; or delete the file and rerun"
+)
 
 
 def fingerprint(config: Mapping[str, Any]) -> str:
@@ -82,6 +97,11 @@ class ActivationStore:
         fingerprint: hash of `config`; every chunk file carries it.
         n_examples: number of examples of the run (done or not).
         chunk_size: examples per chunk (the last chunk may be shorter).
+        example_digests: one digest per example of its inputs (prompt, images), or ``None``.
+
+    Raises:
+        StoreConfigError: for a folder without a manifest, or one of another store version.
+        StoreDamagedError: for a manifest that is not valid (naming the problem and the fix).
 
     Example:
         >>> import tempfile
@@ -94,21 +114,14 @@ class ActivationStore:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        manifest_path = self.path / MANIFEST
-        if not manifest_path.is_file():
-            raise StoreConfigError(
-                f"{self.path} is not an activation store (no {MANIFEST}); create one with "
-                "vlm_lens.data.run_dataset or ActivationStore.create"
-            )
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise StoreConfigError(f"{manifest_path} is not a version-{VERSION} {FORMAT} manifest")
+        manifest = _read_manifest(self.path / MANIFEST)
         self._manifest = manifest
         self.config: dict[str, Any] = manifest["config"]
         self.fingerprint: str = manifest["fingerprint"]
         self.n_examples: int = manifest["n_examples"]
         self.chunk_size: int = manifest["chunk_size"]
         self._records: list[dict[str, Any]] = manifest["records"]
+        self.example_digests: list[str] | None = manifest.get("example_digests")
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -120,8 +133,13 @@ class ActivationStore:
         records: Sequence[Mapping[str, Any]],
         chunk_size: int,
         overwrite: bool = False,
+        example_digests: Sequence[str] | None = None,
+        clean: bool = True,
     ) -> ActivationStore:
         """Create the store of a run, or reopen it if it holds the same run.
+
+        A damaged (or missing) manifest next to chunk files of this same run (their
+        fingerprint says so) is rebuilt from `config`, with a warning; the chunks are kept.
 
         Args:
             path: the folder (created if missing).
@@ -129,30 +147,57 @@ class ActivationStore:
             records: one JSON-able dict per example (``"id"``, ``"label"``, ``"metadata"``).
             chunk_size: examples per chunk.
             overwrite: delete the store's files (manifest, chunks, temporary files) first.
+            example_digests: one digest per example of its inputs; a store of another run
+                then names the first examples whose inputs differ.
+            clean: remove temporary files left by a killed writer (``False`` when other
+                writers share the folder, `vlm_lens.data.distributed`).
 
         Raises:
             StoreConfigError: if `path` holds a store of another run (naming what differs),
-                or chunk files without a manifest, and `overwrite` is false.
+                or chunk files of another run without a valid manifest, and `overwrite` is
+                false.
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if example_digests is not None and len(example_digests) != len(records):
+            raise ValueError(f"{len(example_digests)} example digests for {len(records)} records")
         folder = Path(path)
         full = {**dict(config), "n_examples": len(records), "chunk_size": chunk_size}
+        full = json.loads(json.dumps(full, default=str))  # as it will read back
         digest = fingerprint(full)
         if overwrite:
             _clear(folder)
+        damage: StoreDamagedError | None = None
         if (folder / MANIFEST).is_file():
-            existing = cls(folder)
-            if existing.fingerprint != digest:
+            try:
+                existing = cls(folder)
+            except StoreDamagedError as exc:
+                damage = exc
+            else:
+                if existing.fingerprint != digest:
+                    what = _diff(existing.config, full)
+                    changed = _changed_examples(existing, example_digests)
+                    raise StoreConfigError(
+                        f"{folder} holds another run ({what}{changed}); resuming would mix two "
+                        "runs. Pass overwrite=True to replace it, or use another folder"
+                    )
+                if clean:
+                    existing.clean_temporary()
+                return existing
+        chunks = _chunk_files(folder)
+        if chunks:
+            foreign = [p.name for p in chunks if _header_fingerprint(p) not in (digest, None)]
+            if foreign:
+                state = "a damaged" if damage else "no"
                 raise StoreConfigError(
-                    f"{folder} holds another run ({_diff(existing.config, full)}); resuming "
-                    "would mix two runs. Pass overwrite=True to replace it, or use another folder"
+                    f"{folder} has chunk files of another run ({', '.join(foreign[:3])}"
+                    f"{'...' if len(foreign) > 3 else ''}) and {state} {MANIFEST}; pass "
+                    "overwrite=True to replace them, or use another folder"
                 )
-            existing.clean_temporary()
-            return existing
-        if folder.is_dir() and any(_CHUNK_RE.match(p.name) for p in folder.iterdir()):
-            raise StoreConfigError(
-                f"{folder} has chunk files but no {MANIFEST}; pass overwrite=True to replace them"
+            warnings.warn(
+                f"{folder}: {damage or f'no {MANIFEST}'}; rebuilt it from this run's config "
+                f"({len(chunks)} chunk file(s) of this run kept, each checked before resuming)",
+                stacklevel=2,
             )
         folder.mkdir(parents=True, exist_ok=True)
         manifest = {
@@ -162,15 +207,17 @@ class ActivationStore:
             "n_examples": len(records),
             "chunk_size": chunk_size,
             "config": full,
-            "records": [dict(r) for r in records],
+            "records": json.loads(json.dumps([dict(r) for r in records], default=str)),
+            "example_digests": None if example_digests is None else list(example_digests),
         }
-        _atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1, default=str))
+        _atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
         store = cls(folder)
-        store.clean_temporary()
+        if clean:
+            store.clean_temporary()
         return store
 
     def write_chunk(self, chunk: int, tensors: Mapping[str, Tensor]) -> None:
-        """Write chunk `chunk` atomically (temporary file, fsync, rename).
+        """Write chunk `chunk` atomically (temporary file, fsync, rename), with its checksums.
 
         Args:
             chunk: chunk number, ``0 .. n_chunks - 1``.
@@ -192,7 +239,12 @@ class ActivationStore:
         data[EXAMPLE_INDEX] = torch.arange(start, stop, dtype=torch.int64)
         final = self._chunk_path(chunk)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        metadata = {"fingerprint": self.fingerprint, "chunk": str(chunk)}
+        metadata = {
+            "fingerprint": self.fingerprint,
+            "chunk": str(chunk),
+            "examples": f"{start}:{stop}",
+            "checksums": json.dumps({k: tensor_digest(v) for k, v in sorted(data.items())}),
+        }
         save_file(data, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -219,12 +271,12 @@ class ActivationStore:
 
     @property
     def completed_chunks(self) -> list[int]:
-        """Chunk numbers whose file exists, in order."""
+        """Chunk numbers whose file exists, in order (`damaged_chunks` checks them)."""
         found = []
-        for p in self.path.iterdir():
-            match = _CHUNK_RE.match(p.name)
-            if match and int(match.group(1)) < self.n_chunks:
-                found.append(int(match.group(1)))
+        for p in _chunk_files(self.path):
+            number = int(p.name[6:12])
+            if number < self.n_chunks:
+                found.append(number)
         return sorted(found)
 
     def has_chunk(self, chunk: int) -> bool:
@@ -248,6 +300,50 @@ class ActivationStore:
         """Number of examples on disk."""
         return sum(stop - start for start, stop in map(self.chunk_bounds, self.completed_chunks))
 
+    # ------------------------------------------------------------------ checking
+    def chunk_problem(self, chunk: int) -> str | None:
+        """What is wrong with chunk `chunk`'s file (every tensor read and checked), or
+        ``None`` when it is sound. A missing file is a problem too."""
+        if not self.has_chunk(chunk):
+            return "the file is missing"
+        try:
+            self._read_chunk(chunk, None)
+        except StoreDamagedError as exc:
+            return exc.args[0].problem if isinstance(exc.args[0], _Problem) else str(exc)
+        return None
+
+    def damaged_chunks(self, chunks: Sequence[int] | None = None) -> dict[int, str]:
+        """``{chunk: problem}`` for the chunk files on disk (or `chunks` of them) that fail
+        their checks: unreadable or truncated, a checksum that differs, other example
+        indices than the chunk's, or another run's fingerprint. Reads every chunk once."""
+        chosen = self.completed_chunks if chunks is None else list(chunks)
+        out = {}
+        for chunk in chosen:
+            if self.has_chunk(chunk):
+                problem = self.chunk_problem(chunk)
+                if problem is not None:
+                    out[chunk] = problem
+        return out
+
+    def remove_damaged(self, chunks: Sequence[int] | None = None) -> dict[int, str]:
+        """Delete the damaged chunk files (`damaged_chunks`), warning for each, so that a
+        resumed run recomputes them; returns them."""
+        damaged = self.damaged_chunks(chunks)
+        for chunk, problem in damaged.items():
+            path = self._chunk_path(chunk)
+            warnings.warn(f"{path} is damaged ({problem}); recomputing it", stacklevel=2)
+            path.unlink(missing_ok=True)
+        return damaged
+
+    def foreign_chunks(self) -> list[int]:
+        """Chunks on disk whose metadata carries another run's fingerprint (headers only, a
+        cheap check; `damaged_chunks` reads everything)."""
+        return [
+            c
+            for c in self.completed_chunks
+            if _header_fingerprint(self._chunk_path(c)) != self.fingerprint
+        ]
+
     # ------------------------------------------------------------------ reading
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -270,7 +366,7 @@ class ActivationStore:
         chunks = self.completed_chunks
         if not chunks:
             return []
-        with safe_open(str(self._chunk_path(chunks[0])), framework="pt") as f:
+        with self._open(chunks[0]) as (f, _):
             present = list(f.keys())
         return sorted(k for k in present if k != EXAMPLE_INDEX)
 
@@ -279,25 +375,15 @@ class ActivationStore:
     ) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
         """Yield ``(example_indices, {name: [chunk, ...]})`` per chunk on disk, in order.
 
-        Only one chunk is in memory at a time.
+        Only one chunk is in memory at a time. Each tensor read is checked against its
+        checksum, and the chunk's example indices against its place in the store.
+
+        Raises:
+            StoreDamagedError: for a chunk that fails a check, naming it and the fix.
+            KeyError: for an unknown name.
         """
         for chunk in self.completed_chunks:
-            path = self._chunk_path(chunk)
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("fingerprint") != self.fingerprint:
-                    raise StoreConfigError(
-                        f"{path} was written by another run than {self.path / MANIFEST}; "
-                        "delete it or rerun with overwrite=True"
-                    )
-                present = list(f.keys())
-                keys = [k for k in present if k != EXAMPLE_INDEX] if names is None else names
-                missing = [k for k in keys if k not in present]
-                if missing:
-                    raise KeyError(f"no array {missing[0]!r} in the store; arrays: {self.names}")
-                tensors = {k: f.get_tensor(k) for k in keys}
-                indices = f.get_tensor(EXAMPLE_INDEX).tolist()
-            yield indices, tensors
+            yield self._read_chunk(chunk, names)
 
     def load(
         self, name: str, *, layers: Sequence[int] | None = None, allow_partial: bool = False
@@ -314,6 +400,7 @@ class ActivationStore:
 
         Raises:
             StoreConfigError: if the run is incomplete and `allow_partial` is false.
+            StoreDamagedError: for a chunk that fails its checks (see `iter_chunks`).
             KeyError: for an unknown name.
         """
         if not self.complete and not allow_partial:
@@ -342,8 +429,180 @@ class ActivationStore:
             f"{len(self.completed_chunks)}/{self.n_chunks} chunks)"
         )
 
+    # ------------------------------------------------------------------ internals
     def _chunk_path(self, chunk: int) -> Path:
         return self.path / f"chunk_{chunk:06d}.safetensors"
+
+    def _damaged(self, chunk: int, problem: str) -> StoreDamagedError:
+        return StoreDamagedError(_Problem(self._chunk_path(chunk), problem))
+
+    def _open(self, chunk: int) -> _Opened:
+        return _Opened(self, chunk)
+
+    def _read_chunk(
+        self, chunk: int, names: Sequence[str] | None
+    ) -> tuple[list[int], dict[str, Tensor]]:
+        start, stop = self.chunk_bounds(chunk)
+        with self._open(chunk) as (f, checksums):
+            present = [k for k in f.keys() if k != EXAMPLE_INDEX]  # noqa: SIM118 - not a dict
+            keys = present if names is None else list(names)
+            missing = [k for k in keys if k not in present]
+            if missing:
+                raise KeyError(f"no array {missing[0]!r} in the store; arrays: {sorted(present)}")
+            try:
+                tensors = {k: f.get_tensor(k) for k in [*keys, EXAMPLE_INDEX]}
+            except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+                raise self._damaged(chunk, f"it cannot be read ({exc})") from None
+        for key, tensor in tensors.items():
+            if tensor_digest(tensor) != checksums.get(key):
+                raise self._damaged(chunk, f"the checksum of {key!r} does not match its bytes")
+        indices = tensors.pop(EXAMPLE_INDEX)
+        if not torch.equal(indices, torch.arange(start, stop, dtype=torch.int64)):
+            raise self._damaged(
+                chunk, f"it holds examples {_span(indices)}, not {start}..{stop - 1}"
+            )
+        return indices.tolist(), tensors
+
+
+class _Problem(str):
+    """A damaged-chunk message that remembers its bare problem (for `chunk_problem`)."""
+
+    problem: str
+
+    def __new__(cls, path: Path, problem: str) -> _Problem:
+        out = super().__new__(cls, f"{path} is damaged: {problem}. To fix it, {_FIX}")
+        out.problem = problem
+        return out
+
+
+class _Opened:
+    """``with store._open(chunk) as (safe_open handle, checksums)``, with its metadata
+    checked (fingerprint, chunk number, example range, checksums present)."""
+
+    def __init__(self, store: ActivationStore, chunk: int):
+        self.store, self.chunk = store, chunk
+        self._context: Any = None
+
+    def __enter__(self) -> tuple[Any, dict[str, str]]:
+        store, chunk = self.store, self.chunk
+        try:
+            self._context = safe_open(str(store._chunk_path(chunk)), framework="pt")
+            handle = self._context.__enter__()
+            meta = handle.metadata() or {}
+            keys = list(handle.keys())
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise store._damaged(
+                chunk, f"it cannot be read, it is truncated or not a safetensors file ({exc})"
+            ) from None
+        start, stop = store.chunk_bounds(chunk)
+        if meta.get("fingerprint") != store.fingerprint:
+            self.__exit__(None, None, None)
+            raise store._damaged(
+                chunk, f"it was written by another run than {store.path / MANIFEST}"
+            )
+        if meta.get("chunk") != str(chunk) or meta.get("examples") != f"{start}:{stop}":
+            self.__exit__(None, None, None)
+            raise store._damaged(
+                chunk,
+                f"it is chunk {meta.get('chunk')} (examples {meta.get('examples')}), not chunk "
+                f"{chunk} (examples {start}:{stop}): it was copied or renamed",
+            )
+        try:
+            checksums = json.loads(meta.get("checksums", ""))
+        except ValueError:
+            checksums = None
+        if not isinstance(checksums, dict) or set(checksums) != set(keys):
+            self.__exit__(None, None, None)
+            raise store._damaged(chunk, "its checksums are missing or do not list its arrays")
+        return handle, checksums
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._context is not None:
+            self._context.__exit__(*exc)
+            self._context = None
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at `path`, checked, or a clear error."""
+    if not path.is_file():
+        raise StoreConfigError(
+            f"{path.parent} is not an activation store (no {MANIFEST}); create one with "
+            "vlm_lens.data.run_dataset or ActivationStore.create"
+        )
+    fix = (
+        "rerun run_dataset with the same arguments to rebuild it (chunks of that run are kept, "
+        "each checked), or pass overwrite=True to start over"
+    )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StoreDamagedError(f"{path} is damaged: it is not valid JSON ({exc}); {fix}") from None
+    if isinstance(manifest, dict) and manifest.get("format") == FORMAT:
+        version = manifest.get("version")
+        if version != VERSION:
+            raise StoreConfigError(
+                f"{path} is a version-{version} {FORMAT} manifest; this vlm_lens reads version "
+                f"{VERSION} (chunks with checksums). Rerun with overwrite=True to recompute it"
+            )
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise StoreDamagedError(f"{path} is damaged: {problem}; {fix}")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return f"it is not a {FORMAT} manifest"
+    kinds = {
+        "fingerprint": str,
+        "n_examples": int,
+        "chunk_size": int,
+        "config": dict,
+        "records": list,
+    }
+    for key, kind in kinds.items():
+        if not isinstance(manifest.get(key), kind):
+            return f"its {key!r} is missing or not a {kind.__name__}"
+    if manifest["n_examples"] < 1 or manifest["chunk_size"] < 1:
+        return "its n_examples and chunk_size must be >= 1"
+    if len(manifest["records"]) != manifest["n_examples"]:
+        return f"it has {len(manifest['records'])} records for {manifest['n_examples']} examples"
+    digests = manifest.get("example_digests")
+    if digests is not None and (
+        not isinstance(digests, list) or len(digests) != manifest["n_examples"]
+    ):
+        return "its example_digests do not match its examples"
+    config = manifest["config"]
+    if (
+        config.get("n_examples") != manifest["n_examples"]
+        or config.get("chunk_size") != manifest["chunk_size"]
+    ):
+        return "its config does not match its n_examples and chunk_size"
+    if fingerprint(config) != manifest["fingerprint"]:
+        return "its fingerprint is not that of its config (the file was edited or damaged)"
+    return None
+
+
+def _chunk_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _CHUNK_RE.match(p.name))
+
+
+def _header_fingerprint(path: Path) -> str | None:
+    """The fingerprint in a chunk file's metadata, or ``None`` if it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("fingerprint")
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
+def _span(indices: Tensor) -> str:
+    values = indices.tolist()
+    if not values:
+        return "none"
+    return f"{values[0]}..{values[-1]}" if len(values) > 1 else str(values[0])
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -363,14 +622,49 @@ def _clear(folder: Path) -> None:
             p.unlink()
 
 
-def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    parts = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
-            shown_a, shown_b = _short(a), _short(b)
-            parts.append(f"{key}: stored {shown_a}, now {shown_b}")
-    return "; ".join(parts) or "same settings, different fingerprint"
+def _diff(old: Any, new: Any, where: str = "", limit: int = 4) -> str:
+    """What differs between two configs, leaf by leaf (``model.weights.<name>: stored ...,
+    now ...``), the first `limit` differences and how many more."""
+    found: list[str] = []
+    _collect_diff(old, new, where, found)
+    if not found:
+        return "same settings, different fingerprint"
+    shown = "; ".join(found[:limit])
+    return shown + (f"; and {len(found) - limit} more" if len(found) > limit else "")
+
+
+def _collect_diff(old: Any, new: Any, where: str, found: list[str]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            _collect_diff(
+                old.get(key), new.get(key), f"{where}.{key}" if where else str(key), found
+            )
+        return
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            _collect_diff(a, b, f"{where}[{i}]", found)
+        return
+    if _canonical(old) != _canonical(new):
+        found.append(f"{where}: stored {_short(old)}, now {_short(new)}")
+
+
+def _changed_examples(store: ActivationStore, digests: Sequence[str] | None) -> str:
+    old = store.example_digests
+    if old is None or digests is None or len(old) != len(digests):
+        return ""
+    changed = [i for i, (a, b) in enumerate(zip(old, digests, strict=True)) if a != b]
+    if not changed:
+        return ""
+    shown = ", ".join(f"{i} (id={store._records[i].get('id')!r})" for i in changed[:3])
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    return (
+        f"; the inputs (prompt, label, id, metadata or image bytes) of {len(changed)} example(s) "
+        f"differ: {shown}{more}"
+    )
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _short(value: Any) -> str:

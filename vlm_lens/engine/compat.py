@@ -50,6 +50,14 @@ PRIVATE_NAMES: dict[str, tuple[str, str]] = {
     "torch.nn.Module._forward_pre_hooks": ("torch", "as _forward_hooks"),
     "torch.nn.Module._backward_hooks": ("torch", "as _forward_hooks"),
     "torch.nn.Module._backward_pre_hooks": ("torch", "as _forward_hooks"),
+    "torch.nn.modules.module._global_forward_hooks": (
+        "torch",
+        "hooks registered for every module (register_module_forward_hook), which a dataset "
+        "run's fingerprint must see; torch lists them nowhere public",
+    ),
+    "torch.nn.modules.module._global_forward_pre_hooks": ("torch", "as _global_forward_hooks"),
+    "torch.nn.modules.module._global_backward_hooks": ("torch", "as _global_forward_hooks"),
+    "torch.nn.modules.module._global_backward_pre_hooks": ("torch", "as _global_forward_hooks"),
     "transformer_lens.HookPoint.fwd_hooks[i].user_hook": (
         "transformer_lens",
         "the function a LensHandle wraps, to read a mask-only knockout's blocked edges",
@@ -108,6 +116,39 @@ def has_hooks(hook: nn.Module) -> bool:
     return any(bool(getattr(hook, name)) for name in _MODULE_HOOK_DICTS)
 
 
+def module_hooks(module: nn.Module) -> list[tuple[str, Any, bool]]:
+    """Every hook registered on `module` itself, in call order per kind, as
+    ``(kind, fn, through_lens)`` with kind ``"forward"``, ``"forward_pre"``, ``"backward"`` or
+    ``"backward_pre"``. For a hook added through TransformerLens (``add_hook``, ``hooks()``)
+    the function is the user's (``LensHandle.user_hook``), not TransformerLens' wrapper, and
+    `through_lens` is true."""
+    users: dict[int, Any] = {}
+    if isinstance(module, HookPoint):
+        for handle in [*module.fwd_hooks, *module.bwd_hooks]:
+            user = getattr(handle, "user_hook", None)
+            if user is not None:
+                users[handle.hook.id] = user
+    out = []
+    for attr in _MODULE_HOOK_DICTS:
+        kind = attr[1:-6]  # "_forward_pre_hooks" -> "forward_pre"
+        for key, fn in getattr(module, attr).items():
+            out.append((kind, users.get(key, fn), key in users))
+    return out
+
+
+def global_module_hooks() -> list[tuple[str, Any, bool]]:
+    """The hooks torch runs on every module (``register_module_forward_hook`` and its
+    siblings), as `module_hooks` gives them."""
+    from torch.nn.modules import module as torch_module
+
+    out = []
+    for attr in _MODULE_HOOK_DICTS:
+        kind = attr[1:-6]
+        for fn in getattr(torch_module, f"_global{attr}").values():
+            out.append((kind, fn, False))
+    return out
+
+
 def only_lens_forward_hooks(hook: HookPoint) -> list[Any] | None:
     """The functions of `hook`'s forward hooks when all were added through TransformerLens
     (``add_hook``, ``hooks()``, ``run_with_hooks``) and it has no other hook; else ``None``."""
@@ -148,6 +189,11 @@ def missing() -> list[str]:
     for name in _MODULE_HOOK_DICTS:
         if not isinstance(getattr(module, name, None), dict):
             gone.append(f"torch.nn.Module.{name} ({PINS['torch']})")
+    from torch.nn.modules import module as torch_module
+
+    for name in _MODULE_HOOK_DICTS:
+        if not isinstance(getattr(torch_module, f"_global{name}", None), dict):
+            gone.append(f"torch.nn.modules.module._global{name} ({PINS['torch']})")
     point = HookPoint()
     handle = point.add_hook(lambda tensor, hook: None)  # noqa: ARG005
     try:
