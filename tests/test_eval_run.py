@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -238,6 +239,27 @@ def test_a_log_of_another_run_is_refused(nonnative, vqa_folder, tmp_path):
         evaluate(
             nonnative, "vqav2", items, "baseline", out=tmp_path, progress=False, model_name="other"
         )
+    with torch.no_grad():  # the same name, other weights (a late value of one parameter)
+        param = next(p for p in nonnative.hf_model.parameters() if p.numel() > 8)
+        saved = param.detach().clone()
+        param.view(-1)[-1] += 1.0
+    try:
+        with pytest.raises(StoreConfigError, match="model_identity: stored"):
+            evaluate(nonnative, "vqav2", items, "baseline", out=tmp_path, progress=False)
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
+    moved = tmp_path / "images"  # the same ids and prompts, other pixels
+    moved.mkdir()
+    first = str(items[0].image)
+    repainted = tmp_path / "images" / "first.png"
+    from PIL import Image
+
+    Image.open(first).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(repainted)
+    other = [replace(items[0], image=str(repainted)), *items[1:]]
+    with pytest.raises(StoreConfigError, match="images: stored"):
+        evaluate(nonnative, "vqav2", other, "baseline", out=tmp_path, progress=False)
+    evaluate(nonnative, "vqav2", items, "baseline", out=tmp_path, progress=False)  # resumes
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "predictions.jsonl").write_text("not a log\n")
     with pytest.raises(StoreConfigError, match="not a vlm_lens predictions log"):

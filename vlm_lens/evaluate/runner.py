@@ -33,7 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from vlm_lens.batch import Batch
-from vlm_lens.data.examples import load_image
+from vlm_lens.data.examples import Example, digest_of_digests, example_digests, load_image
+from vlm_lens.data.identity import model_identity
+from vlm_lens.data.store import fingerprint
 from vlm_lens.errors import VLMInputError
 from vlm_lens.evaluate.conditions import (
     DEFAULT_CONDITIONS,
@@ -151,6 +153,9 @@ def evaluate(
         "n": len(items),
         "items": _digest(ids, prompts),
     }
+    if out is not None:  # what the name does not pin down: the weights, hooks, image bytes
+        config["model_identity"] = _identity(model)
+        config["images"] = _images_digest(items, prompts)
     log = _log(out, config)
     done = set(log.done) if log is not None else set()
     rows: list[dict[str, Any]] = list(log.rows) if log is not None else []
@@ -201,6 +206,22 @@ def _task(task: Task | str) -> Task:
 def _digest(ids: Sequence[str], prompts: Sequence[str]) -> str:
     text = json.dumps(list(zip(ids, prompts, strict=True)))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _identity(model: Any) -> dict[str, Any]:
+    """`model_identity` with the per-parameter digests folded into one (the log's header stays
+    small; a change still shows as ``model_identity``)."""
+    identity = model_identity(model)
+    identity["weights"] = fingerprint(identity["weights"])
+    return identity
+
+
+def _images_digest(items: Sequence[EvalItem], prompts: Sequence[str]) -> str:
+    """One digest of every item's image contents (files by their bytes, not their names)."""
+    examples = [
+        Example(item.image, prompt, id=item.id) for item, prompt in zip(items, prompts, strict=True)
+    ]
+    return digest_of_digests(example_digests(examples, prompts))
 
 
 def _log(out: str | os.PathLike[str] | None, config: Mapping[str, Any]) -> PredictionLog | None:
