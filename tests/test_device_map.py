@@ -9,6 +9,7 @@ stacked passes), all compared with ``torch.equal``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,71 @@ def test_offloaded_module_used_outside_forward_is_explained(tmp_path: Path) -> N
         hf.eval()(**batch.inputs)
     with torch.no_grad(), pytest.raises(VLMLensError, match=r"outside its own forward.*vqmodel"):
         model(batch)
+
+
+def test_cache_device_is_honoured_when_sharded(loaded: Sharded) -> None:
+    """``run_with_cache(device=...)`` moves every activation as it is recorded, also on a
+    model spread over several devices (TransformerLens' warning that it is ignored there is
+    wrong and silenced); "meta" is the one other device a CPU-only run can name."""
+    model = loaded.sharded
+    spread = model.cfg.n_devices
+    model.cfg.n_devices = 2  # as on two GPUs
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _, cache = model.run_with_cache(
+                loaded.batch(model), names_filter=hook_names.lm_filter("resid_post"), device="meta"
+            )
+    finally:
+        model.cfg.n_devices = spread
+    assert len(cache.keys()) == model.cfg.n_layers
+    assert all(value.device.type == "meta" for value in cache.values())
+
+
+_GPUS = torch.cuda.device_count()
+
+
+def gpu_map(model: nn.Module, gpus: int) -> dict[str, Any]:
+    """Two or more GPUs: decoder layer ``i`` on GPU ``i % gpus``, the rest on GPU 0. One GPU:
+    the layers alternate GPU 0 and ``"cpu"`` offload, the unembedding on ``"disk"``."""
+    out: dict[str, Any] = {}
+    for name in offload_map(model):
+        layer = name.rsplit(".", 1)[-1]
+        if layer.isdigit() and ".layers." in f".{name}":
+            out[name] = int(layer) % gpus if gpus > 1 else (0 if int(layer) % 2 == 0 else "cpu")
+        else:
+            out[name] = "disk" if gpus == 1 and "lm_head" in name else 0
+    return out
+
+
+@pytest.mark.skipif(_GPUS < 1, reason="needs a CUDA GPU (the device tool lends one at times)")
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_gpu_maps(tmp_path: Path, family: str) -> None:
+    """On GPUs: logits equal HF with the same map, on the input device; each layer's hooks see
+    its layer's device; every intervention equals the model on one GPU."""
+    tiny = build_tiny(family)
+    folder = save_tiny(tiny, tmp_path / "model")
+    device_map = gpu_map(tiny.model, min(_GPUS, 2))
+    kwargs: dict[str, Any] = {"device_map": device_map}
+    sharded = HookedVLM.from_pretrained(folder, offload_folder=tmp_path / "a", **kwargs)
+    hf = type(tiny.model).from_pretrained(folder, offload_folder=tmp_path / "b", **kwargs)
+    whole = HookedVLM.from_pretrained(folder, device="cuda:0")
+    loaded = Sharded(family, tiny, folder, device_map, sharded, whole)
+    batch = loaded.batch(sharded, n=2)
+    seen: dict[int, torch.device] = {}
+
+    def where(tensor: torch.Tensor, hook: Any) -> None:
+        seen[int(hook.name.split(".")[1])] = tensor.device
+
+    fwd = [(hook_names.resid_pre(i), where) for i in range(sharded.cfg.n_layers)]
+    with torch.no_grad():
+        ours = sharded.run_with_hooks(batch, fwd_hooks=fwd)
+        theirs = hf.eval()(**batch.inputs).logits
+    assert ours.device == sharded.device == torch.device("cuda", 0)
+    assert torch.equal(ours, theirs)
+    assert seen == {i: sharded.layer_device(i) for i in range(sharded.cfg.n_layers)}
+    if _GPUS > 1:
+        assert len(sharded.devices) == 2 and sharded.layer_device(1) == torch.device("cuda", 1)
+    mine, reference = _intervention_results(sharded, loaded), _intervention_results(whole, loaded)
+    for name in mine:
+        assert torch.allclose(mine[name].float(), reference[name].float(), atol=1e-5), name

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
@@ -257,6 +258,19 @@ class HookedVLM(TransformerLensHabits):
         if self._placement is not None and self._placement.dispatched:
             return self._placement.input_device
         return next(self.hf_model.parameters()).device
+
+    @property
+    def devices(self) -> tuple[torch.device, ...]:
+        """Every device the model runs on (one, unless dispatched over several).
+
+        Example:
+            >>> from vlm_lens.testing import build_tiny
+            >>> HookedVLM.from_hf(build_tiny("llava").model).devices
+            (device(type='cpu'),)
+        """
+        if self._placement is not None and self._placement.dispatched:
+            return self._placement.devices
+        return (self.device,)
 
     @property
     def hf_device_map(self) -> dict[str, Any] | None:
@@ -529,11 +543,16 @@ class HookedVLM(TransformerLensHabits):
             **kwargs: passed on (``stop_at_layer=``, ``device=`` to offload the cache...).
 
         Returns:
-            ``(logits, cache)``.
+            ``(logits, cache)``. Each cached activation stays on the device its hook ran on
+            (for a sharded model: its layer's, `layer_device`) unless ``device=`` names one;
+            each is then moved there as it is recorded, also for a sharded model.
         """
         batch = self._as_batch(batch)
         input_ids, model_kwargs = self._call_args(batch, kwargs)
-        with self._image_groups(batch):
+        with self._image_groups(batch), warnings.catch_warnings():
+            # TransformerLens warns that device= is ignored on a model spread over several
+            # devices, but its cache hook does move each activation there (tested).
+            warnings.filterwarnings("ignore", message=r"run_with_cache\(device=.*ignored")
             return self.bridge.run_with_cache(input_ids, names_filter=names_filter, **model_kwargs)
 
     def run_with_hooks(
