@@ -20,6 +20,7 @@ from torch import nn
 
 from vlm_lens import HookedVLM, VLMLensError
 from vlm_lens import hooks as hook_names
+from vlm_lens.engine.placement import Placement, align_layer_inputs
 from vlm_lens.engine.row_stack import stack_hooks, tile_batch
 from vlm_lens.engine.suffix_stack import run_suffixes
 from vlm_lens.interventions import (
@@ -33,7 +34,7 @@ from vlm_lens.interventions import (
 )
 from vlm_lens.testing import build_tiny, sample_image, save_tiny
 
-FAMILIES = ("llava", "chameleon", "qwen2_vl")
+FAMILIES = ("chameleon", "qwen2_vl")  # LLaVA: the tests below
 
 _DISK = ("embed", "lm_head", "visual", "vision")  # Chameleon's VQ model: see README
 
@@ -327,3 +328,42 @@ def test_gpu_maps(tmp_path: Path, family: str) -> None:
     mine, reference = _intervention_results(sharded, loaded), _intervention_results(whole, loaded)
     for name in mine:
         assert torch.allclose(mine[name].float(), reference[name].float(), atol=1e-5), name
+
+
+def test_residual_reaches_the_layer_device_before_its_first_hook() -> None:
+    """`align_layer_inputs` on a placement whose last layer runs elsewhere ("meta", the one
+    other device a CPU run has): the residual entering that layer is moved before
+    ``hook_resid_pre`` fires (stopped there, so nothing computes on meta); the layers
+    before it stay put, and removing the hooks restores the plain run."""
+    tiny = build_tiny("llava")
+    model = HookedVLM.from_hf(tiny.model, tiny.processor)
+    batch = model.prepare(images=sample_image(size=tiny.image_size), text=tiny.prompt)
+    layers = [block.original_component for block in model.bridge.blocks]
+    last = len(layers) - 1
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    by_module = {id(layer): (meta if i == last else cpu) for i, layer in enumerate(layers)}
+    placement = Placement(cpu, {"model": "cpu"}, by_module)
+    assert align_layer_inputs(model.bridge.blocks, Placement(cpu, None, {}), layers) == []
+    seen: dict[int, torch.device] = {}
+
+    def where(tensor: torch.Tensor, hook: Any) -> None:
+        seen[int(hook.name.split(".")[1])] = tensor.device
+
+    handles = align_layer_inputs(model.bridge.blocks, placement, layers)
+    try:
+        with torch.no_grad(), model.hooks([(hook_names.resid_pre(i), where) for i in range(last)]):
+            resid = model(batch, stop_at_layer=last)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(handles) == len(layers)
+    assert resid.device == meta and seen == dict.fromkeys(range(last), cpu)
+    with torch.no_grad():
+        assert torch.equal(model(batch), HookedVLM.from_hf(tiny.model, tiny.processor)(batch))
+
+
+def test_a_dispatched_model_is_not_moved(loaded: Sharded) -> None:
+    for move in (lambda m: m.to("cpu"), lambda m: m.cpu(), lambda m: m.cuda()):
+        with pytest.raises(ValueError, match="device_map"):
+            move(loaded.sharded)
+    assert loaded.whole.to("cpu") is loaded.whole

@@ -229,6 +229,36 @@ class HookedVLM(TransformerLensHabits):
         align_layer_inputs(bridge.blocks, placement, layers)
         return out
 
+    def to(self, *args: Any, **kwargs: Any) -> HookedVLM:
+        """``nn.Module.to``, refused for a model dispatched over a ``device_map``.
+
+        Raises:
+            ValueError: for a dispatched model (moving it would strand its offloaded weights and
+                its accelerate hooks); load it again with another ``device_map`` or ``device``.
+        """
+        self._refuse_move("to")
+        return super().to(*args, **kwargs)
+
+    def cuda(self, device: Any = None) -> HookedVLM:
+        """``nn.Module.cuda``, refused for a dispatched model (see `to`)."""
+        self._refuse_move("cuda")
+        return super().cuda(device)
+
+    def cpu(self) -> HookedVLM:
+        """``nn.Module.cpu``, refused for a dispatched model (see `to`)."""
+        self._refuse_move("cpu")
+        return super().cpu()
+
+    def _refuse_move(self, how: str) -> None:
+        placement = getattr(self, "_placement", None)
+        if placement is not None and placement.dispatched:
+            raise ValueError(
+                f"model.{how}(...) would move a model that accelerate dispatched over "
+                f"device_map {placement.device_map}, stranding its offloaded weights and "
+                "hooks; load it again with HookedVLM.from_pretrained(..., device_map=...) or "
+                "device=... instead"
+            )
+
     # ------------------------------------------------------------------ properties
     @property
     def hf_model(self) -> nn.Module:
