@@ -34,7 +34,7 @@ def test_site_builds_strict_with_executed_tutorials(
         assert "circuits-vis" in page, f"{path.stem}: the circuitsvis view did not export"
         if "adding_a_family" not in path.stem:
             assert "Plotly.newPlot" in page, f"{path.stem}: no plotly figure in the HTML"
-    for name in ("knockout", "patching", "steering", "attention_share", "datasets"):
+    for name in ("knockout", "patching", "steering", "attention_share", "datasets", "sharded"):
         assert (site / "patterns" / name / "index.html").exists()
     api = (site / "api" / "model" / "index.html").read_text()
     assert "run_with_cache" in api and "prepare" in api

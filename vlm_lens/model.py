@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
@@ -34,6 +35,13 @@ from vlm_lens.engine.image_features import (
     attach_deepstack_hooks,
     attach_image_hook,
     set_images_per_sequence,
+)
+from vlm_lens.engine.placement import (
+    Placement,
+    align_layer_inputs,
+    check_device_map,
+    check_dispatched,
+    explain_offload_errors,
 )
 from vlm_lens.engine.prefix import PrefixCache, check_upto, prefix_inputs, suffix_inputs
 from vlm_lens.engine.query_block import query_block
@@ -76,6 +84,7 @@ class HookedVLM(TransformerLensHabits):
 
     def __init__(self, bridge: TransformerBridge, adapter: VLMAdapter, processor: Any | None):
         super().__init__()
+        self._placement: Placement | None = None
         self.bridge = bridge
         self.adapter = adapter
         self.processor = processor
@@ -101,6 +110,9 @@ class HookedVLM(TransformerLensHabits):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         attn_implementation: str = "sdpa",
+        device_map: str | Mapping[str, Any] | None = None,
+        max_memory: Mapping[int | str, int | str] | None = None,
+        offload_folder: str | os.PathLike[str] | None = None,
         **hf_kwargs: Any,
     ) -> HookedVLM:
         """Load a supported VLM and its processor from a hub id or a local folder.
@@ -117,22 +129,48 @@ class HookedVLM(TransformerLensHabits):
             attn_implementation: Hugging Face attention implementation (``"sdpa"``, the
                 default, ``"eager"``, ``"flash_attention_2"``...). Layers with attention-score
                 or pattern hooks run eager whatever this is; see `set_attn_implementation`.
+            device_map: shard the model with accelerate's big-model loading, as transformers'
+                ``from_pretrained``: ``"auto"`` (fill the GPUs in order, then CPU, then disk),
+                ``"balanced"``, ``"sequential"``, or a dict of module name to a GPU index,
+                ``"cpu"`` or ``"disk"``. Not with `device`. ``"meta"`` is refused.
+            max_memory: the most each device may hold, e.g. ``{0: "40GiB", 1: "40GiB",
+                "cpu": "100GiB"}`` (with a string `device_map`).
+            offload_folder: where ``"disk"`` modules keep their weights.
             **hf_kwargs: passed to ``from_pretrained`` of the model and processor
                 (``revision=``, ``local_files_only=``, ``trust_remote_code=`` ...).
 
         Raises:
             UnsupportedModelError: before loading weights, if the architecture is not supported.
+            ValueError: for `device` with `device_map`, or a map with ``"meta"`` modules.
 
         Example:
             >>> model = HookedVLM.from_pretrained("llava-hf/llava-1.5-7b-hf")  # doctest: +SKIP
+            >>> model = HookedVLM.from_pretrained(  # doctest: +SKIP
+            ...     "facebook/chameleon-30b", device_map="auto", max_memory={0: "40GiB", 1: "40GiB"}
+            ... )
         """
         import transformers
 
+        check_device_map(device_map, device)
+        if device_map is None and (max_memory is not None or offload_folder is not None):
+            raise ValueError(
+                "max_memory= and offload_folder= take effect only with device_map=; pass "
+                "device_map='auto' (or a dict) as well"
+            )
         name_or_path = resolve_checkpoint(name_or_path)
         config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
         model_cls, adapter_cls = _model_class(config)
+        placement: dict[str, Any] = {}
+        if device_map is not None:
+            placement = {"device_map": device_map, "max_memory": max_memory}
+            if offload_folder is not None:
+                placement["offload_folder"] = offload_folder
         model: Any = model_cls.from_pretrained(  # type: ignore[attr-defined]  # a PreTrainedModel
-            name_or_path, dtype=dtype, attn_implementation=attn_implementation, **hf_kwargs
+            name_or_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            **placement,
+            **hf_kwargs,
         )
         if device is not None:
             model = model.to(device)
@@ -151,7 +189,10 @@ class HookedVLM(TransformerLensHabits):
         The bridge rewires the model it wraps in place (its submodules become bridge components
         that fire hooks). By default the model is deep-copied first, so `model` stays a plain
         Hugging Face model; pass ``copy_model=False`` to save memory, after which `model` belongs
-        to the `HookedVLM` (calling it directly fires the hooks). The model keeps the attention
+        to the `HookedVLM` (calling it directly fires the hooks). A model dispatched by
+        accelerate (loaded with ``device_map=``; ``hf_device_map`` set) keeps its placement:
+        pass ``copy_model=False`` for one on GPUs, since a copy duplicates every shard. The
+        model keeps the attention
         implementation it was built with (``model.config._attn_implementation``), which
         TransformerLens would otherwise force to eager.
 
@@ -172,15 +213,51 @@ class HookedVLM(TransformerLensHabits):
             'janus'
         """
         adapter_cls = adapter_class_for(model)
+        check_dispatched(model)
         if copy_model:
             model = copy.deepcopy(model)
         model.eval()
         adapter = adapter_cls(model, processor)
         chosen = _attn_implementations(model.config)
-        bridge = build_bridge(model, adapter.architecture)
+        placement = Placement.of(model)  # before the bridge replaces the modules it names
+        bridge = build_bridge(model, adapter.architecture, placement)
         if chosen != _attn_implementations(model.config):  # the TL adapter forced eager
             getattr(model, "set_attn_implementation")(chosen)  # noqa: B009 - a PreTrainedModel's
-        return cls(bridge, adapter, processor)
+        out = cls(bridge, adapter, processor)
+        out._placement = placement
+        layers = [block.original_component for block in bridge.blocks]
+        align_layer_inputs(bridge.blocks, placement, layers)
+        return out
+
+    def to(self, *args: Any, **kwargs: Any) -> HookedVLM:
+        """``nn.Module.to``, refused for a model dispatched over a ``device_map``.
+
+        Raises:
+            ValueError: for a dispatched model (moving it would strand its offloaded weights and
+                its accelerate hooks); load it again with another ``device_map`` or ``device``.
+        """
+        self._refuse_move("to")
+        return super().to(*args, **kwargs)
+
+    def cuda(self, device: Any = None) -> HookedVLM:
+        """``nn.Module.cuda``, refused for a dispatched model (see `to`)."""
+        self._refuse_move("cuda")
+        return super().cuda(device)
+
+    def cpu(self) -> HookedVLM:
+        """``nn.Module.cpu``, refused for a dispatched model (see `to`)."""
+        self._refuse_move("cpu")
+        return super().cpu()
+
+    def _refuse_move(self, how: str) -> None:
+        placement = getattr(self, "_placement", None)
+        if placement is not None and placement.dispatched:
+            raise ValueError(
+                f"model.{how}(...) would move a model that accelerate dispatched over "
+                f"device_map {placement.device_map}, stranding its offloaded weights and "
+                "hooks; load it again with HookedVLM.from_pretrained(..., device_map=...) or "
+                "device=... instead"
+            )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -205,8 +282,45 @@ class HookedVLM(TransformerLensHabits):
 
     @property
     def device(self) -> torch.device:
-        """Device of the model's parameters."""
+        """Where inputs go: the device of the model's parameters or, for a model dispatched
+        over a ``device_map``, the device its input embedding runs on (`prepare` puts batches
+        there; logits come back there)."""
+        if self._placement is not None and self._placement.dispatched:
+            return self._placement.input_device
         return next(self.hf_model.parameters()).device
+
+    @property
+    def devices(self) -> tuple[torch.device, ...]:
+        """Every device the model runs on (one, unless dispatched over several).
+
+        Example:
+            >>> from vlm_lens.testing import build_tiny
+            >>> HookedVLM.from_hf(build_tiny("llava").model).devices
+            (device(type='cpu'),)
+        """
+        if self._placement is not None and self._placement.dispatched:
+            return self._placement.devices
+        return (self.device,)
+
+    @property
+    def hf_device_map(self) -> dict[str, Any] | None:
+        """The accelerate ``device_map`` the model was dispatched with, or ``None``."""
+        placement = self._placement
+        return dict(placement.device_map) if placement and placement.device_map else None
+
+    def layer_device(self, layer: int) -> torch.device:
+        """The device decoder layer `layer` runs on; its hooks see tensors there.
+
+        Example:
+            >>> from vlm_lens.testing import build_tiny
+            >>> HookedVLM.from_hf(build_tiny("llava").model).layer_device(1)
+            device(type='cpu')
+        """
+        if not 0 <= layer < self.cfg.n_layers:
+            raise ValueError(f"layer {layer} is out of range; the model has {self.cfg.n_layers}")
+        if self._placement is None or not self._placement.dispatched:
+            return self.device
+        return self._placement.device_of(self.bridge.blocks[layer].original_component)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -459,11 +573,16 @@ class HookedVLM(TransformerLensHabits):
             **kwargs: passed on (``stop_at_layer=``, ``device=`` to offload the cache...).
 
         Returns:
-            ``(logits, cache)``.
+            ``(logits, cache)``. Each cached activation stays on the device its hook ran on
+            (for a sharded model: its layer's, `layer_device`) unless ``device=`` names one;
+            each is then moved there as it is recorded, also for a sharded model.
         """
         batch = self._as_batch(batch)
         input_ids, model_kwargs = self._call_args(batch, kwargs)
-        with self._image_groups(batch):
+        with self._image_groups(batch), warnings.catch_warnings():
+            # TransformerLens warns that device= is ignored on a model spread over several
+            # devices, but its cache hook does move each activation there (tested).
+            warnings.filterwarnings("ignore", message=r"run_with_cache\(device=.*ignored")
             return self.bridge.run_with_cache(input_ids, names_filter=names_filter, **model_kwargs)
 
     def run_with_hooks(
@@ -548,7 +667,7 @@ class HookedVLM(TransformerLensHabits):
         )
         input_ids = inputs.pop("input_ids")
         try:
-            with query_block(prefix.upto):
+            with query_block(prefix.upto), explain_offload_errors(self._placement):
                 return self.bridge.run_with_hooks(
                     input_ids,
                     fwd_hooks=checked_hooks(fwd_hooks),
@@ -790,9 +909,11 @@ class HookedVLM(TransformerLensHabits):
 
     @contextmanager
     def _image_groups(self, batch: Batch) -> Iterator[None]:
+        """Around every forward pass: the images' grouping, and offload errors explained."""
         set_images_per_sequence(self._feature_owner, self.adapter.feature_groups(batch.layout))
         try:
-            yield
+            with explain_offload_errors(self._placement):
+                yield
         finally:
             set_images_per_sequence(self._feature_owner, None)
 

@@ -8,6 +8,7 @@
 * `intervention`: `Intervention`, a ``fwd_hooks`` list that knows its earliest position.
 * `prefix`, `suffix_stack`, `sweep`: a clean prefix's KV cache, many conditions per suffix
   pass, `run_sweep`.
+* `placement`: where a model dispatched over a ``device_map`` runs (inputs, each layer).
 * `memory`: batch sizes from free memory. `attention_rows`: attention rows without the
   pattern.
 * `compat`: every private name of TransformerLens, transformers and torch the engine uses.

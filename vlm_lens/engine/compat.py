@@ -9,7 +9,8 @@ read here, through one function per name, and nowhere else; ``tests/test_compat.
 naming the pin to check, the day one of them disappears (`missing`), and checks that every
 behaviour vlm_lens copies from a dependency still matches it.
 
-The pins: ``transformer-lens>=4.3,<4.4``, ``transformers>=5.9,<5.24``, ``torch>=2.6,<2.14``.
+The pins: ``accelerate>=1.0,<2``, ``transformer-lens>=4.3,<4.4``, ``transformers>=5.9,<5.24``,
+``torch>=2.6,<2.14``.
 
 Example:
     >>> missing()
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge.generalized_components.normalization import (
@@ -27,6 +29,7 @@ from transformer_lens.model_bridge.generalized_components.normalization import (
 )
 
 PINS = {
+    "accelerate": "accelerate>=1.0,<2",
     "torch": "torch>=2.6,<2.14",
     "transformer_lens": "transformer-lens>=4.3,<4.4",
     "transformers": "transformers>=5.9,<5.24",
@@ -103,6 +106,12 @@ PRIVATE_NAMES: dict[str, tuple[str, str]] = {
         "not in the module's __all__; the LLaVA-Next adapter computes the tile grid of each "
         "image exactly as HF's forward does (vlm_lens.adapters.llava_next)",
     ),
+    "accelerate.hooks.ModelHook attached as module._hf_hook": (
+        "accelerate",
+        "the execution device accelerate's dispatch gave a module (AlignDevicesHook."
+        "execution_device; SequentialHook.hooks): offloaded weights read 'meta', and the "
+        "device_map's main device for 'cpu'/'disk' entries is chosen inside dispatch_model",
+    ),
     "transformers.models.llava_next.modeling_llava_next.unpad_image": (
         "transformers",
         "as get_anyres_image_grid_shape: the unpadded feature rows and columns of each image",
@@ -178,6 +187,16 @@ def attn_implementation(config: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def accelerate_execution_device(module: nn.Module) -> torch.device | None:
+    """The device accelerate runs `module` on (its ``_hf_hook``), or ``None`` without one."""
+    hook = getattr(module, "_hf_hook", None)
+    for one in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+        device = getattr(one, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return None
+
+
 def missing() -> list[str]:
     """The private names of `PRIVATE_NAMES` that the installed versions no longer have, each
     with the pin to check (empty when all are there)."""
@@ -217,6 +236,12 @@ def missing() -> list[str]:
         gone.append(f"TransformerBridge._register_aliases ({PINS['transformer_lens']})")
     if not isinstance(getattr(PretrainedConfig, "_attn_implementation", None), property):
         gone.append(f"PretrainedConfig._attn_implementation ({PINS['transformers']})")
+    from accelerate.hooks import AlignDevicesHook, SequentialHook, add_hook_to_module
+
+    probe = nn.Linear(1, 1)
+    add_hook_to_module(probe, SequentialHook(AlignDevicesHook(execution_device="cpu")))
+    if accelerate_execution_device(probe) != torch.device("cpu"):
+        gone.append(f"accelerate module._hf_hook.execution_device ({PINS['accelerate']})")
     import importlib
 
     for name, (owner, _) in PRIVATE_NAMES.items():

@@ -34,22 +34,32 @@ from transformer_lens.model_bridge.sources import build_bridge_from_module
 
 from vlm_lens.engine.attention import DispatchingAttention
 from vlm_lens.engine.norm import FAST_NORMS, fast_norm
+from vlm_lens.engine.placement import Placement
 
 
-def build_bridge(model: nn.Module, architecture: str) -> TransformerBridge:
+def build_bridge(
+    model: nn.Module, architecture: str, placement: Placement | None = None
+) -> TransformerBridge:
     """The TransformerBridge of `model` with vlm_lens' components, in eval mode.
+
+    ``cfg.device`` is where inputs go (the input embedding's execution device for a model
+    dispatched over a ``device_map``) and ``cfg.n_devices`` the number of execution devices,
+    as TransformerLens' own loader records them.
 
     Example:
         >>> bridge = build_bridge(tiny.model, "LlavaForConditionalGeneration")  # doctest: +SKIP
     """
-    return build_bridge_from_module(
+    placement = placement or Placement.of(model)
+    bridge = build_bridge_from_module(
         model,
         architecture,
         hf_config=copy.deepcopy(model.config),
         tokenizer=None,
-        device=_device_of(model),
+        device=str(placement.input_device),
         post_adapter_hook=use_vlm_lens_components,
     ).eval()
+    bridge.cfg.n_devices = max(1, len(placement.devices))
+    return bridge
 
 
 def use_vlm_lens_components(adapter: Any) -> None:
@@ -147,10 +157,3 @@ def _same(x: Any, y: Any) -> bool:
         return bool(x == y)
     except Exception:  # noqa: BLE001 - values without a boolean ==
         return False
-
-
-def _device_of(model: nn.Module) -> str:
-    try:
-        return str(next(model.parameters()).device)
-    except StopIteration:  # pragma: no cover
-        return "cpu"

@@ -1,6 +1,7 @@
 """Choosing how many prompts go into one forward pass from the memory that is free.
 
-`auto_batch_size` divides a share of the free memory of the model's device (CUDA:
+`auto_batch_size` divides a share of the free memory of the model's device (the least free of
+its devices for a sharded model; CUDA:
 ``torch.cuda.mem_get_info``; CPU: ``MemAvailable`` of ``/proc/meminfo``) by an estimate of what
 one sequence needs at the peak of a forward pass (`forward_bytes_per_sequence`): the live
 activations of one decoder layer on the fast attention path (residual, norm output, q/k/v,
@@ -43,6 +44,16 @@ def available_memory(device: torch.device | str) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
+def model_devices(model: Any) -> tuple[torch.device, ...]:
+    """The devices `model` runs on (``model.devices``, else ``(model.device,)``).
+
+    The budgets here take the least free memory among them: conservative for a model sharded
+    over several GPUs, where each holds only its layers' activations and keys and values.
+    """
+    devices = tuple(getattr(model, "devices", None) or ())
+    return devices or (torch.device(model.device),)
+
+
 def forward_bytes_per_sequence(model: Any, seq_len: int, *, kv_cache: bool = False) -> int:
     """Peak activation bytes one sequence of `seq_len` positions needs in a forward pass
     (plus its keys and values in every layer with `kv_cache`, as a sweep's prefix keeps)."""
@@ -72,6 +83,6 @@ def auto_batch_size(
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
-    budget = available_memory(model.device) * fraction
+    budget = min(available_memory(d) for d in model_devices(model)) * fraction
     need = forward_bytes_per_sequence(model, seq_len, kv_cache=kv_cache)
     return max(1, min(maximum, int(budget // need)))

@@ -47,7 +47,11 @@ from transformers.cache_utils import DynamicLayer
 from vlm_lens import hooks as hook_names
 from vlm_lens.batch import Batch
 from vlm_lens.engine.intervention import Intervention
-from vlm_lens.engine.memory import available_memory, forward_bytes_per_sequence
+from vlm_lens.engine.memory import (
+    available_memory,
+    forward_bytes_per_sequence,
+    model_devices,
+)
 from vlm_lens.engine.prefix import PrefixCache
 from vlm_lens.engine.suffix_stack import _along_batch, _repeat, _rows_hook
 from vlm_lens.errors import VLMInputError
@@ -212,7 +216,7 @@ def rows_per_call(
     kv = 2 * int(cfg.n_layers) * kv_heads * int(cfg.d_head) * total * size
     scores = 3 * int(cfg.n_heads) * length * total * 4  # fp32 softmax of an eager layer
     per_row = kv + scores + forward_bytes_per_sequence(model, length)
-    budget = available_memory(model.device) * fraction
+    budget = min(available_memory(d) for d in model_devices(model)) * fraction
     rows = int(budget // per_row)
     if torch.device(model.device).type == "cpu":
         q = length if queries is None else queries

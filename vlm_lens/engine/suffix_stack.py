@@ -50,7 +50,11 @@ from torch import Tensor, nn
 from transformers.cache_utils import Cache, DynamicLayer
 
 from vlm_lens import hooks as hook_names
-from vlm_lens.engine.memory import available_memory, forward_bytes_per_sequence
+from vlm_lens.engine.memory import (
+    available_memory,
+    forward_bytes_per_sequence,
+    model_devices,
+)
 from vlm_lens.engine.prefix import PrefixCache, suffix_inputs
 from vlm_lens.engine.query_block import query_block
 from vlm_lens.engine.score_mask import blocked_edges, mask_only
@@ -141,7 +145,7 @@ def conditions_per_pass(
     kv = 2 * kv_heads * int(cfg.d_head) * total * size
     scores = 3 * int(cfg.n_heads) * prefix.suffix_length * total * size  # a layer run eager
     per_condition = rows * (kv + scores + forward_bytes_per_sequence(model, prefix.suffix_length))
-    budget = available_memory(model.device) * fraction
+    budget = min(available_memory(d) for d in model_devices(model)) * fraction
     return max(1, min(maximum, int(budget // per_condition)))
 
 
