@@ -89,6 +89,13 @@ class PatchPair:
                     f"{name} must be a token id (int) or one per prompt (int tensor), got "
                     f"{value!r}; look class names up with model.tokenizer"
                 )
+            negative = value < 0 if isinstance(value, int) else bool((value < 0).any())
+            if negative:  # a negative index would read the vocabulary from its end
+                raise VLMInputError(
+                    f"PatchPair.{name} holds a negative token id ({value!r}); token ids count "
+                    "from 0. Look the class name up with "
+                    "model.tokenizer.encode(' cat', add_special_tokens=False)"
+                )
 
 
 @dataclass(frozen=True)
