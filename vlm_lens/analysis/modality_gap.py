@@ -25,8 +25,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -34,12 +34,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlm_lens.analysis.persist import register_result
+from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.metrics.clustering import NoiseHandling, cluster_homogeneity
 from vlm_lens.metrics.cosine import abs_cosine_quantiles
 
 __all__ = ["ModalityGapResult", "modality_gap"]
 
 
+@register_result
 @dataclass(frozen=True, eq=False)
 class ModalityGapResult:
     """Per-layer modality-gap metrics (every array is ``[layers]``).
@@ -54,6 +57,8 @@ class ModalityGapResult:
         method: the clustering method, or None when not clustered.
         n_text: text vectors per layer.
         n_image: image vectors per layer.
+        meta: what produced the result: model, inputs, settings (`vlm_lens.analysis.provenance`);
+            `save_result` keeps it.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -71,6 +76,7 @@ class ModalityGapResult:
     method: str | None
     n_text: int
     n_image: int
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per layer: ``layer, median_abs_cos, q1, q3, homogeneity, n_clusters``.
@@ -169,6 +175,18 @@ def modality_gap(
             f"and image {tuple(v.shape)} ([layers, n, d])."
         )
     layers, n, m = t.shape[0], t.shape[1], v.shape[1]
+    provenance = Provenance(
+        "modality_gap",
+        cluster=cluster,
+        method=method,
+        seed=seed,
+        max_cluster_points=max_cluster_points,
+        noise=noise,
+        min_cluster_size=min_cluster_size,
+        min_samples=min_samples,
+    )
+    provenance.add_array("text", t)
+    provenance.add_array("image", v)
     quartiles = np.empty((layers, 3), dtype=np.float64)
     homogeneity = np.full(layers, np.nan, dtype=np.float64)
     n_clusters = np.zeros(layers, dtype=np.int64)
@@ -205,4 +223,5 @@ def modality_gap(
         method=method if cluster else None,
         n_text=n,
         n_image=m,
+        meta=provenance.meta(),
     )

@@ -23,13 +23,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
+from vlm_lens.analysis.persist import register_result
+from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.metrics.neighbourhood import neighbourhood_overlap as _overlap
 from vlm_lens.metrics.neighbourhood import overlap_chance_level
 
@@ -42,6 +45,7 @@ Representations = Float[Tensor, "layers n d"] | np.ndarray
 """Activations of one position per sample at every layer: ``[layers, n, d]``."""
 
 
+@register_result
 @dataclass(frozen=True, eq=False)
 class OverlapResult:
     """χ per layer for each role, with the chance level.
@@ -51,6 +55,8 @@ class OverlapResult:
         chance: χ expected from random neighbours (`overlap_chance_level` of the labels).
         k: neighbours per sample.
         n: samples.
+        meta: what produced the result: model, inputs, settings (`vlm_lens.analysis.provenance`);
+            `save_result` keeps it.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -63,6 +69,7 @@ class OverlapResult:
     chance: float
     k: int
     n: int
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -155,4 +162,14 @@ def neighbourhood_overlap(
             [_overlap(x[layer], labels, k, chunk_size=chunk_size) for layer in range(x.shape[0])],
             dtype=np.float64,
         )
-    return OverlapResult(overlap=overlap, chance=overlap_chance_level(labels), k=k, n=n_labels)
+    provenance = Provenance("neighbourhood_overlap", k=k, role=role)
+    for name, x in reps.items():
+        provenance.add_array(f"representations[{name}]", x)
+    provenance.add_array("labels", np.asarray([str(label) for label in labels]))
+    return OverlapResult(
+        overlap=overlap,
+        chance=overlap_chance_level(labels),
+        k=k,
+        n=n_labels,
+        meta=provenance.meta(),
+    )

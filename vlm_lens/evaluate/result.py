@@ -24,11 +24,13 @@ from typing import Any
 
 import pandas as pd
 
+from vlm_lens.analysis.persist import register_result
 from vlm_lens.errors import VLMInputError
 
 __all__ = ["EvaluationResult", "load_tables", "tables_markdown"]
 
 
+@register_result
 @dataclass(frozen=True)
 class EvaluationResult:
     """Scores of one task under each condition.
