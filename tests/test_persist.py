@@ -294,3 +294,17 @@ def test_bad_files_and_values_are_refused(results: dict[str, Any], tmp_path: Pat
         load_result(tmp_path / "f.json")
     with pytest.raises(VLMInputError, match="cannot save a object"):
         save_result({"x": object()}, tmp_path / "o.json")
+
+
+def test_an_evaluation_keeps_what_produced_it(setup: dict[str, Any], tmp_path: Path) -> None:
+    from vlm_lens.evaluate import TASKS, evaluate
+    from vlm_lens.evaluate.fixtures import write_vqav2
+
+    items = TASKS["vqav2"].read(write_vqav2(tmp_path / "vqa", n_images=2))[:3]
+    result = evaluate(setup["model"], "vqav2", items, "baseline,gate", progress=False, seed=3)
+    loaded = roundtrip(result, tmp_path, ".json")
+    assert loaded.meta["model"]["family"] == "llava"
+    assert loaded.meta["model"] == attention_share(setup["model"], setup["batch"]).meta["model"]
+    assert loaded.meta["settings"]["seed"] == 3
+    assert loaded.meta["settings"]["n"] == len(items)
+    assert list(loaded.meta["settings"]["conditions"]) == ["baseline", "gate"]

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from vlm_lens.analysis.provenance import model_meta
 from vlm_lens.batch import Batch
 from vlm_lens.data.examples import load_image
 from vlm_lens.errors import VLMInputError
@@ -183,7 +185,15 @@ def evaluate(
         bar.close()
         if log is not None:
             log.close()
-    return _score(task, name, items, conds, rows, k)
+    meta = {"analysis": "evaluate", "model": _model_meta(model), "settings": {**config, "k": k}}
+    return dataclasses.replace(_score(task, name, items, conds, rows, k), meta=meta)
+
+
+def _model_meta(model: Any) -> dict[str, Any]:
+    try:
+        return model_meta(model)
+    except AttributeError:  # a stand-in without the HookedVLM attributes
+        return {"name_or_path": model_name_of(model)}
 
 
 def _task(task: Task | str) -> Task:
