@@ -23,6 +23,7 @@ SDPA (deep copies of one model), TransformerLens' bridge as vlm_lens used it bef
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,8 @@ def build(args: argparse.Namespace) -> Setup:
         config.max_position_embeddings = 8192
         if args.vocab:
             config.vocab_size = args.vocab
-        model = ChameleonForConditionalGeneration(config)
+        with on_device(args):  # built in place (a 7B model is never materialised on the CPU)
+            model = ChameleonForConditionalGeneration(config)
     elif args.shape in ("qwen2_vl", "llava_onevision"):
         text_sizes: dict[str, Any] = {
             "hidden_size": args.hidden,
@@ -178,6 +180,22 @@ def build(args: argparse.Namespace) -> Setup:
     return Setup(model, hf_sdpa, bridge, fast, batch, args)
 
 
+@contextlib.contextmanager
+def on_device(args: argparse.Namespace) -> Iterator[None]:
+    """Create tensors on ``args.device`` in ``args.dtype`` (for building random-weight models
+    there, without a CPU copy); a no-op on the CPU in float32."""
+    if args.device == "cpu" and args.dtype == "float32":
+        yield
+        return
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, args.dtype))
+    try:
+        with torch.device(args.device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def _prompt(model: HookedVLM, tiny: Any, args: argparse.Namespace, hf: Any) -> Batch:
     tok = tiny.tokenizer
     gen = torch.Generator().manual_seed(0)
@@ -215,8 +233,13 @@ def median_times(
     sync: Callable[[], None],
     *,
     warmup: bool = True,
+    deadline: float | None = None,
 ) -> dict[str, float]:
-    """Median seconds of each variant, interleaved round-robin (after one warm-up each)."""
+    """Median seconds of each variant, interleaved round-robin (after one warm-up each).
+
+    With `deadline` (a `time.perf_counter` value) no further round starts after it (at least
+    one round runs), so a caller with a time budget gets fewer repeats instead of overrunning.
+    """
 
     def once(fn: Callable[[], object]) -> float:
         sync()
@@ -230,7 +253,9 @@ def median_times(
         for fn in variants.values():
             once(fn)
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
+    for i in range(repeats):
+        if i and deadline is not None and time.perf_counter() > deadline:
+            break
         for name, fn in variants.items():
             times[name].append(once(fn))
     return {name: statistics.median(t) for name, t in times.items()}
@@ -257,7 +282,8 @@ def time_sweep(
     sweep: Callable[..., object],
     compare: Callable[[object, object], str],
     extra: dict[str, Callable[[], object]] | None = None,
-) -> None:
+    deadline: float | None = None,
+) -> dict[str, Any]:
     """Time a sweep side by side and print it in full-forward equivalents.
 
     `sweep(model, reuse_prefix=..., per_pass=...)` runs the sweep. Variants: the naive sweep
@@ -265,7 +291,9 @@ def time_sweep(
     conditions stacked (``per_pass="auto"``), and with ``--with-bridge`` the naive sweep on
     the eager bridge. The sweeps are long: one warm-up forward, no warm-up sweep.
     `compare(stacked, naive)` describes how the results agree (printed in the title); `extra`
-    adds variants timed alongside (a part of the sweep, say).
+    adds variants timed alongside (a part of the sweep, say); `deadline` caps the repeats (see
+    `median_times`). Returns the median seconds, the agreement and the full-forward
+    equivalents (each median over the vlm_lens forward's).
     """
     out: dict[str, object] = {}
 
@@ -289,12 +317,19 @@ def time_sweep(
         variants["naive sweep, TL bridge eager (before)"] = run(s.bridge, "bridge", False, 1)
     forwards = {k: v for k, v in variants.items() if k in ("HF sdpa", "vlm_lens forward (SDPA)")}
     median_times(forwards, 1, s.sync)  # warm-up of the forwards only
-    medians = median_times(variants, args.repeats, s.sync, warmup=False)
+    medians = median_times(variants, args.repeats, s.sync, warmup=False, deadline=deadline)
     reference = "single" if args.no_naive else "naive"
-    title = f"{s.describe()}; stacked vs {reference}: {compare(out['stacked'], out[reference])}"
+    agree = {f"stacked vs {reference}": compare(out["stacked"], out[reference])}
     if not args.no_naive:
-        title += f"; one per pass vs naive: {compare(out['single'], out['naive'])}"
+        agree["one per pass vs naive"] = compare(out["single"], out["naive"])
+    title = f"{s.describe()}; " + "; ".join(f"{k}: {v}" for k, v in agree.items())
     print_table(title, medians, "vlm_lens forward (SDPA)")
+    base = medians["vlm_lens forward (SDPA)"]
+    return {
+        "seconds": medians,
+        "agreement": agree,
+        "forward_equivalents": {k: v / base for k, v in medians.items()},
+    }
 
 
 def sweep_parser(description: str) -> argparse.ArgumentParser:
@@ -303,7 +338,22 @@ def sweep_parser(description: str) -> argparse.ArgumentParser:
     p = parser(description)
     p.add_argument("--with-bridge", action="store_true", help="also time the eager bridge")
     p.add_argument("--no-naive", action="store_true", help="skip the naive sweep (minutes)")
+    p.add_argument(
+        "--sweep-layers",
+        type=int,
+        default=None,
+        help="sweep this many conditions, evenly spaced over the layers (default: every layer)",
+    )
     return p
+
+
+def swept(args: argparse.Namespace) -> list[int]:
+    """The layers (patching) or window sizes minus one (knockout) a sweep covers:
+    ``--sweep-layers`` of ``0 .. --layers - 1``, evenly spaced (all by default)."""
+    n, k = args.layers, getattr(args, "sweep_layers", None)
+    if not k or k >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
 
 
 # ---------------------------------------------------------------------- peak memory

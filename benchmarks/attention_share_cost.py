@@ -12,9 +12,10 @@ are interleaved in one process; peak memory is measured per variant in a fresh p
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import torch
-from _common import build, child_peak, median_times, parser, peak_memory, print_table
+from _common import Setup, build, child_peak, median_times, parser, peak_memory, print_table
 
 from vlm_lens import hooks
 from vlm_lens.analysis import attention_share
@@ -48,8 +49,20 @@ def pattern_hook_share(model, batch) -> torch.Tensor:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     args = p.parse_args()
-    s = build(args)
-    inputs, batch = s.inputs, s.batch
+    measure(build(args), argv=sys.argv[1:])
+
+
+def measure(
+    s: Setup, argv: list[str] | None = None, deadline: float | None = None
+) -> dict[str, Any]:
+    """Time the variants on `s` and measure each one's peak memory growth; print and return.
+
+    Peak memory: with `argv` (this script's arguments) each variant runs in a fresh process
+    (`_common.peak_memory`); without, in this process after the timings (`_common.child_peak`:
+    exact on CUDA, where ``max_memory_allocated`` is reset per call; on the CPU RSS growth,
+    which freed memory still held by the allocator can hide).
+    """
+    args, inputs, batch = s.args, s.inputs, s.batch
     variants = {
         "HF eager": lambda: s.hf_eager(**inputs),
         "HF sdpa": lambda: s.hf_sdpa(**inputs),
@@ -58,13 +71,15 @@ def main() -> None:
     }
     if args.child:
         print(child_peak(variants[args.child], args.device))
-        return
+        return {}
     with torch.no_grad():
         new = attention_share(s.fast, batch).mass
         old = attention_share(s.bridge, batch).mass
-    medians = median_times(variants, args.repeats, s.sync)
-    argv = [a for a in sys.argv[1:]]
-    memory = {name: peak_memory(__file__, argv, name) for name in variants}
+    medians = median_times(variants, args.repeats, s.sync, deadline=deadline)
+    if argv is not None:
+        memory = {name: peak_memory(__file__, argv, name) for name in variants}
+    else:
+        memory = {name: child_peak(fn, args.device) for name, fn in variants.items()}
     print_table(
         f"{s.describe()}; max |share mass SDPA rows - eager rows| = {abs(new - old).max():.2e}",
         medians,
@@ -73,6 +88,11 @@ def main() -> None:
     print(f"{'peak memory growth of one call':52s} {'MiB':>10s} {'x HF sdpa':>11s}")
     for name, mib in memory.items():
         print(f"{name:52s} {mib:10.1f} {mib / memory['HF sdpa']:11.2f}")
+    return {
+        "seconds": medians,
+        "peak_memory_mib": memory,
+        "max_abs_mass_diff": float(abs(new - old).max()),
+    }
 
 
 if __name__ == "__main__":

@@ -12,14 +12,20 @@ ratios, and checks that vlm_lens' logits equal HF SDPA's.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from _common import build, median_times, parser, print_table
+from _common import Setup, build, median_times, parser, print_table
 
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    s = build(args)
-    inputs, batch = s.inputs, s.batch
+    measure(build(args))
+
+
+def measure(s: Setup, deadline: float | None = None) -> dict[str, Any]:
+    """Time the variants on `s` (repeats from ``s.args``); print and return the medians."""
+    args, inputs, batch = s.args, s.inputs, s.batch
     with torch.no_grad():
         same = torch.equal(s.fast(batch), s.hf_sdpa(**inputs).logits)
     variants = {
@@ -28,8 +34,9 @@ def main() -> None:
         "TL bridge forward (eager attention, before)": lambda: s.bridge(batch),
         "vlm_lens forward, hooks idle (SDPA)": lambda: s.fast(batch),
     }
-    medians = median_times(variants, args.repeats, s.sync)
+    medians = median_times(variants, args.repeats, s.sync, deadline=deadline)
     print_table(f"{s.describe()}; vlm_lens logits == HF sdpa: {same}", medians, "HF sdpa")
+    return {"seconds": medians, "logits_equal_hf_sdpa": same}
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ knocked-out layer). Costs in full-forward equivalents (over one vlm_lens SDPA fo
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from _common import build, sweep_parser, time_sweep
+from _common import Setup, build, sweep_parser, swept, time_sweep
 
 from vlm_lens.analysis import KnockoutSweepResult, knockout_sweep
 
@@ -28,8 +30,21 @@ def agreement(fast: KnockoutSweepResult, naive: KnockoutSweepResult) -> str:
 
 def main() -> None:
     args = sweep_parser(__doc__.splitlines()[0]).parse_args()
-    s = build(args)
-    time_sweep(args, s, lambda model, **kw: knockout_sweep(model, s.batch, **kw), agreement)
+    measure(build(args))
+
+
+def measure(s: Setup, deadline: float | None = None) -> dict[str, Any]:
+    """Time the sweep variants on `s` (``s.args``: repeats, ``--no-naive``, ``--sweep-layers``:
+    that many window sizes, evenly spaced over 1 .. n_layers); print and return them."""
+    windows = [w + 1 for w in swept(s.args)]
+    out = time_sweep(
+        s.args,
+        s,
+        lambda model, **kw: knockout_sweep(model, s.batch, windows=windows, **kw),
+        agreement,
+        deadline=deadline,
+    )
+    return {"windows": windows, **out}
 
 
 if __name__ == "__main__":

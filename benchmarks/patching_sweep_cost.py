@@ -15,10 +15,11 @@ Costs are printed in full-forward equivalents (the sweep's time over one vlm_len
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
-from _common import build, sweep_parser, time_sweep
+from _common import Setup, build, sweep_parser, swept, time_sweep
 
 from vlm_lens.analysis import PatchingSweepResult, PatchPair, patching_sweep
 from vlm_lens.interventions.patching import record, residual_site
@@ -50,15 +51,30 @@ def agreement(fast: PatchingSweepResult, naive: PatchingSweepResult) -> str:
 
 def main() -> None:
     args = sweep_parser(__doc__.splitlines()[0]).parse_args()
-    s = build(args)
+    measure(build(args))
+
+
+def measure(s: Setup, deadline: float | None = None) -> dict[str, Any]:
+    """Time the sweep variants on `s` (``s.args``: repeats, ``--no-naive``, ``--sweep-layers``);
+    print and return them (see `_common.time_sweep`)."""
+    args = s.args
     pair = PatchPair(other_prompt(s), s.batch, source_token=5, target_token=6)
-    sites = [residual_site(layer) for layer in range(args.layers)]
+    layers = swept(args)
+    sites = [residual_site(layer) for layer in layers]
     recording = {
         "of which: recording the source": lambda: record(
             s.fast, pair.source, sites=sites, positions="gate"
         )
     }
-    time_sweep(args, s, lambda model, **kw: patching_sweep(model, pair, **kw), agreement, recording)
+    out = time_sweep(
+        args,
+        s,
+        lambda model, **kw: patching_sweep(model, pair, layers=layers, **kw),
+        agreement,
+        recording,
+        deadline=deadline,
+    )
+    return {"layers": layers, **out}
 
 
 if __name__ == "__main__":

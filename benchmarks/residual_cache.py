@@ -8,16 +8,22 @@ before the fast path) and vlm_lens (SDPA) run ``run_with_cache`` with a residual
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from _common import build, median_times, parser, print_table
+from _common import Setup, build, median_times, parser, print_table
 
 from vlm_lens import hooks
 
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    s = build(args)
-    inputs, batch = s.inputs, s.batch
+    measure(build(args))
+
+
+def measure(s: Setup, deadline: float | None = None) -> dict[str, Any]:
+    """Time the variants on `s` (repeats from ``s.args``); print and return the medians."""
+    args, inputs, batch = s.args, s.inputs, s.batch
     resid = hooks.lm_filter("hook_resid_post")
     with torch.no_grad():
         _, cache = s.fast.run_with_cache(batch, names_filter=resid)
@@ -34,9 +40,10 @@ def main() -> None:
             batch, names_filter=resid
         ),
     }
-    medians = median_times(variants, args.repeats, s.sync)
+    medians = median_times(variants, args.repeats, s.sync, deadline=deadline)
     title = f"{s.describe()}; vlm_lens resid_post[0] == HF sdpa hidden_states[1]: {same}"
     print_table(title, medians, "HF sdpa")
+    return {"seconds": medians, "resid_post0_equal_hf_hidden1": same}
 
 
 if __name__ == "__main__":

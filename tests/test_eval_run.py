@@ -402,3 +402,19 @@ def test_multi_axis_positions_generate_on_the_whole_prompt(tmp_path):
     )
     assert shared.table() == plain.table()
     assert shared.predictions["prediction"].tolist() == plain.predictions["prediction"].tolist()
+
+
+def test_cli_stacking_options_change_the_calls_not_the_table(vqa_folder, tmp_path, capsys):
+    def run(name, *extra):
+        args = ["evaluate", "vqav2", "--data", str(vqa_folder), "--model", "organism:nonnative"]
+        args += ["--limit", "3", "--conditions", "baseline,random", "--quiet"]
+        assert main([*args, "--out", str(tmp_path / name), *extra]) == 0
+        return json.loads((tmp_path / name / "table.json").read_text())["scores"]
+
+    stacked = run("stacked", "--max-rows", "4")
+    plain = run("plain", "--no-stack-runs", "--no-reuse-prefix")
+    assert stacked == plain
+    capsys.readouterr()
+    bad = ["evaluate", "vqav2", "--data", str(vqa_folder), "--model", "organism:nonnative"]
+    assert main([*bad, "--max-rows", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--max-rows" in capsys.readouterr().err

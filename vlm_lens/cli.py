@@ -79,6 +79,19 @@ def _output_file(_ctx: click.Context, _param: click.Parameter, value: str | None
     return value
 
 
+def _max_rows(value: str | int) -> int | Literal["auto"]:
+    """``--max-rows``: a positive integer or ``auto``."""
+    if value == "auto":
+        return "auto"
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise click.BadParameter(f"{value!r} is neither a positive integer nor 'auto'")
+    return rows
+
+
 @app.command("narrow-gate")
 @click.option(
     "--model",
@@ -310,6 +323,27 @@ def _summary(run: ModelRun) -> str:
 @click.option(
     "--k", type=click.IntRange(min=1), default=30, show_default=True, help="Neighbours for χ."
 )
+@click.option(
+    "--reuse-prefix/--no-reuse-prefix",
+    default=True,
+    show_default=True,
+    help="Compute the clean prefix once per batch for every condition (same predictions).",
+)
+@click.option(
+    "--stack-runs/--no-stack-runs",
+    default=True,
+    show_default=True,
+    help="Run a batch's conditions and random draws stacked along the batch, in as few "
+    "calls as possible (same predictions; --no-stack-runs: one call per run).",
+)
+@click.option(
+    "--max-rows",
+    default="auto",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _max_rows(value),
+    metavar="N|auto",
+    help="Most rows (prompts x runs) of one stacked call; auto: from the free memory.",
+)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1... (default: cpu).")
 @click.option(
     "--threads",
@@ -330,6 +364,9 @@ def evaluate_command(
     batch_size: int,
     knockout_mode: str,
     k: int,
+    reuse_prefix: bool,
+    stack_runs: bool,
+    max_rows: int | Literal["auto"],
     device: str | None,
     threads: int | None,
     quiet: bool,
@@ -366,6 +403,9 @@ def evaluate_command(
         seed=seed,
         k=k,
         knockout_mode=mode,
+        reuse_prefix=reuse_prefix,
+        stack_runs=stack_runs,
+        max_rows=max_rows,
     )
     json_path, md_path = result.write(out)
     click.echo(result.markdown())

@@ -2,7 +2,8 @@
 
 Every figure function takes a result (or ``{model name: result}`` for a side-by-side of several
 models, one column each) and returns a ``plotly.graph_objects.Figure``; show it with
-``fig.show()`` or save it with ``fig.write_html(...)``.
+``fig.show()`` or save it with ``fig.write_html(...)``. In a notebook, call `notebook_setup()`
+once first, so that figures show in JupyterLab and in the notebook's HTML export.
 
 | function | input | the paper's figure |
 |---|---|---|
@@ -13,6 +14,7 @@ models, one column each) and returns a ``plotly.graph_objects.Figure``; show it 
 | `patching_figure` | `PatchingSweepResult` | flip rate and similarity per layer |
 | `image_attention_figure` | `AttentionShareResult` | text→image attention over the image |
 | `attention_heads_view` | a ``[head, q, k]`` pattern | circuitsvis, image span collapsed |
+| `notebook_setup` | (none) | plotly's renderer for notebooks and their HTML export |
 
 Example:
     >>> import numpy as np
@@ -28,6 +30,7 @@ from vlm_lens.viz.circuits import attention_heads_view, collapse_image_span
 from vlm_lens.viz.image_attention import image_attention_figure, patch_grid
 from vlm_lens.viz.knockout import knockout_figure, knockout_table
 from vlm_lens.viz.modality_gap import modality_gap_figure
+from vlm_lens.viz.notebook import notebook_setup
 from vlm_lens.viz.overlap import overlap_figure
 from vlm_lens.viz.patching import patching_figure
 
@@ -39,6 +42,7 @@ __all__ = [
     "knockout_figure",
     "knockout_table",
     "modality_gap_figure",
+    "notebook_setup",
     "overlap_figure",
     "patch_grid",
     "patching_figure",

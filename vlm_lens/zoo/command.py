@@ -114,13 +114,16 @@ def save_checkpoint(model: Any, processor: Any, out: Path) -> None:
     processor.save_pretrained(out)
 
 
-def held_out_accuracy(out: Path, scenes: Sequence[Any]) -> dict[str, Any]:
+def held_out_accuracy(
+    out: Path, scenes: Sequence[Any], device: str | None = None
+) -> dict[str, Any]:
     """Held-out accuracy per question kind of the saved folder, loaded back with
-    `HookedVLM.from_pretrained` (`vlm_lens.zoo.tasks.answer_accuracy`)."""
+    `HookedVLM.from_pretrained` (`vlm_lens.zoo.tasks.answer_accuracy`) on `device` (default
+    CPU)."""
     from vlm_lens.model import HookedVLM
     from vlm_lens.zoo import tasks
 
-    model = HookedVLM.from_pretrained(out)
+    model = HookedVLM.from_pretrained(out, device=device)
     result = tasks.answer_accuracy(model, scenes, progress=True)
     record: dict[str, Any] = {
         "accuracy": result.accuracy,

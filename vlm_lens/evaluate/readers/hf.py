@@ -199,9 +199,13 @@ def read_hf_dataset(
         limit: VQA and classes: that many rows drawn with `seed`; captions: the first `limit`
             rows; ``None``: every row.
         seed: the seed of the draw.
-        image_column, question_column, answers_column, captions_column, label_column,
-            id_column: column names (default: the first of `COLUMNS` present; the id defaults
-            to the row number when no id column is present).
+        image_column: the image column's name (default, for every column: the first of
+            `COLUMNS` present).
+        question_column: the question column's name.
+        answers_column: the answers column's name.
+        captions_column: the captions column's name.
+        label_column: the label column's name.
+        id_column: the id column's name (default: the row number when none is present).
         image_root: the folder relative image paths are in.
 
     Returns:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,18 +109,22 @@ class Checkpointer:
 
     def step(self, phase: str, step: int, total: int, loop: Callable[[], dict[str, Any]]) -> None:
         """Count one finished optimiser step (`step` of `total`, from 1); save every
-        ``checkpoint_every`` steps and at `stop_after`, then raise `StopTraining` there."""
+        ``checkpoint_every`` steps, and at `stop_after` steps or past the `deadline`, then raise
+        `StopTraining` there."""
         self.steps_this_run += 1
         stop = self.settings.stop_after and self.steps_this_run >= self.settings.stop_after
+        late = bool(self.settings.deadline) and time.time() >= self.settings.deadline
+        stop = stop or late
         every = self.settings.checkpoint_every
         if stop or (every and step % every == 0 and step < total):
             assert self.state is not None
             self.state.update(phase=phase, step=step, loop=loop())
             self._save()
         if stop:
+            why = f"at the deadline {self.settings.deadline:.0f}, " if late else ""
             raise StopTraining(
-                f"stopped after {self.steps_this_run} steps ({phase} step {step} of {total}); "
-                "rerun the same command to resume"
+                f"stopped {why}after {self.steps_this_run} steps ({phase} step {step} of "
+                f"{total}); rerun the same command to resume"
             )
 
     def finish(self, phase: str, record: dict[str, Any]) -> None:

@@ -48,8 +48,8 @@ from vlm_lens.zoo.native.build import (
     train_pool,
 )
 from vlm_lens.zoo.native.checkpointing import CHECKPOINT, Checkpointer, StopTraining
+from vlm_lens.zoo.native.datacache import DataCache, encoder_for
 from vlm_lens.zoo.native.decoder import held_out_losses, train_decoder, train_text
-from vlm_lens.zoo.native.rows import Encoder
 from vlm_lens.zoo.native.settings import CODEBOOK, GRID, Settings
 from vlm_lens.zoo.native.vq import (
     fresh_code_embeddings,
@@ -79,6 +79,8 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         RecipeMismatch: when ``out/checkpoint`` holds a run with other settings.
     """
     torch.set_num_threads(1)
+    if settings.device != "cpu":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on an accelerator
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     random.seed(settings.seed)
@@ -86,7 +88,8 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     tokenizer = build_tokenizer(task_words(settings))
     processor = build_processor(tokenizer)
     config = build_config(tokenizer, settings)
-    model = build_model(config, settings.seed)
+    model = build_model(config, settings.seed).to(settings.device)
+    data = DataCache(settings.data_cache)
     ckpt = Checkpointer(out, settings, model)
     resumed_from = ckpt.progress()
     ckpt.restore_model()
@@ -100,13 +103,22 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         "codebook": CODEBOOK,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": _device_name(settings.device),
         "resumed_from": resumed_from,
         "phases": {},
     }
     phases = record["phases"]
-    scenes, pixels = train_pool(settings, processor)
-    held_out = held_out_scenes(settings)
-    held_pixels = pixel_values(processor, [s.image for s in held_out])
+    scenes = data.scenes(settings, "train", settings.train_scenes)
+    pixels = data.pixels(settings, "train", settings.train_scenes)
+    shapes = data.shapes(settings, "train", settings.train_scenes)
+    if scenes is None or pixels is None:
+        scenes, pixels = train_pool(settings, processor)
+    if shapes is None:
+        shapes = shape_targets(scenes, pixels)
+    held_out = data.scenes(settings, "test", settings.eval_scenes) or held_out_scenes(settings)
+    held_pixels = data.pixels(settings, "test", settings.eval_scenes)
+    if held_pixels is None:
+        held_pixels = pixel_values(processor, [s.image for s in held_out])
     phases["data"] = clock.lap()
 
     def phase(name: str, train: Callable[[], dict[str, Any]]) -> None:
@@ -123,7 +135,7 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         lambda: train_vq(
             model.model.vqmodel,
             pixels,
-            shape_targets(scenes, pixels),
+            shapes,
             held_pixels,
             shape_targets(held_out, held_pixels),
             settings,
@@ -135,11 +147,8 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     model.model.vqmodel.eval()
     codes = image_codes(model, pixels)
     held_codes = image_codes(model, held_pixels)
-    encoder = Encoder(
-        processor,
-        settings.image_weight if settings.objective == "weighted" else 0.0,
-        per_token=settings.objective == "image+text",
-    )
+    encoder = encoder_for(processor, settings)
+    data.warm(encoder, settings)
     if settings.init == "text":
         phase("text", lambda: train_text(model, encoder, scenes, settings, ckpt, qas))
 
@@ -149,9 +158,16 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
                 init_code_embeddings(model, settings.seed)
             else:
                 fresh_code_embeddings(model, settings.seed)
-        val = task_scenes(settings, "val", settings.monitor_scenes)
-        val_codes = image_codes(model, pixel_values(processor, [s.image for s in val]))
-        return train_decoder(model, encoder, scenes, codes, settings, (val, val_codes), ckpt, qas)
+        val = data.scenes(settings, "val", settings.monitor_scenes)
+        val_pixels = data.pixels(settings, "val", settings.monitor_scenes)
+        if val is None or val_pixels is None:
+            val = task_scenes(settings, "val", settings.monitor_scenes)
+            val_pixels = pixel_values(processor, [s.image for s in val])
+        val_codes = image_codes(model, val_pixels)
+        tables = data.tables(settings, tokenizer.pad_token_id)
+        return train_decoder(
+            model, encoder, scenes, codes, settings, (val, val_codes), ckpt, qas, tables
+        )
 
     phase("decoder", multimodal)
     save_checkpoint(model, processor, out)
@@ -164,9 +180,29 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         ),
     }
     shutil.rmtree(out / CHECKPOINT.parent)
-    evaluate = lambda: held_out_accuracy(out, held_out)  # noqa: E731
+    evaluate = partial(_held_out_accuracy, out, held_out, settings.device)
     described = "single-object" if settings.task == "local" else "2-4 objects, relational questions"
     return finish_record(record, out, evaluate, clock, settings.eval_scenes, described)
+
+
+def _held_out_accuracy(out: Path, scenes: Sequence[world.Scene], device: str) -> dict[str, Any]:
+    """`held_out_accuracy` on `device`; on the CPU instead if it fails there (recorded)."""
+    try:
+        return held_out_accuracy(out, scenes, device)
+    except Exception as error:  # an accelerator problem must not lose a trained organism
+        if device == "cpu":
+            raise
+        logging.getLogger(__name__).exception("held-out evaluation failed on %s", device)
+        record = held_out_accuracy(out, scenes, "cpu")
+        record["device_fallback"] = f"cpu ({device} failed: {error!r})"
+        return record
+
+
+def _device_name(device: str) -> str:
+    """`device`, with the accelerator's name when it is not the CPU."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,14 +20,26 @@ from tqdm.auto import tqdm
 from vlm_lens import world
 from vlm_lens.zoo import tasks
 from vlm_lens.zoo.native.checkpointing import Checkpointer
-from vlm_lens.zoo.native.optim import schedule, set_lr, tail
-from vlm_lens.zoo.native.rows import Encoder, _Row, collate, row_losses
+from vlm_lens.zoo.native.optim import Budget, set_lr, tail
+from vlm_lens.zoo.native.rows import (
+    Encoder,
+    RowTable,
+    collate,
+    concat_packed,
+    finish,
+    pack,
+    row_losses,
+)
 from vlm_lens.zoo.native.settings import SPECIALS, Settings
 
 logger = logging.getLogger(__name__)
 
-Batcher = Callable[[], tuple[list[_Row], int]]
-"""Makes one step's rows; returns them and how many of them are image -> text rows (first)."""
+Packed = tuple[Tensor, Tensor, Tensor, Tensor]
+"""Packed rows (`vlm_lens.zoo.native.rows.pack`): ids, positions, segments, weights."""
+
+Batcher = Callable[[], tuple[Packed, int]]
+"""Makes one step's packed rows; returns them and how many of them are image -> text rows
+(first)."""
 
 
 def train_decoder(
@@ -39,6 +51,7 @@ def train_decoder(
     monitor: tuple[Sequence[world.Scene], Tensor] | None = None,
     checkpointer: Checkpointer | None = None,
     qas: Callable[[world.Scene], Sequence[world.QA]] = world.all_qa,
+    tables: tuple[RowTable, RowTable] | None = None,
 ) -> dict[str, Any]:
     """Phase 2: train the decoder (embeddings, layers, norm, ``lm_head``) on both directions.
 
@@ -55,6 +68,9 @@ def train_decoder(
             ``monitor_every`` steps (logged and returned, never used for training).
         checkpointer: saves progress and resumes from it.
         qas: the training questions of a scene.
+        tables: the image -> text and text -> image rows of every scene of `scenes`, packed
+            once (`RowTable`, built with `encoder`, `qas` and the draw weight of `settings`):
+            the same batches, without building rows in Python each step.
 
     Returns:
         Statistics: steps, rows, final losses, the monitor's curve.
@@ -64,17 +80,18 @@ def train_decoder(
     image_side = Cycle(range(half), rng)
     draw_side = Cycle(range(half, len(scenes)), rng)
     draws = 0 if settings.objective == "text" else settings.lm_draws
+    pad = encoder.tokenizer.pad_token_id
 
-    def batcher() -> tuple[list[_Row], int]:
-        rows = [
-            encoder.image_row(scenes[i], codes[i], qas(scenes[i]), True)
-            for i in image_side.take(settings.lm_scenes)
-        ]
-        rows += [
-            encoder.draw_row(scenes[i], codes[i], settings.draw_weight)
-            for i in draw_side.take(draws)
-        ]
-        return rows, settings.lm_scenes
+    def batcher() -> tuple[Packed, int]:
+        image_picks = image_side.take(settings.lm_scenes)
+        draw_picks = draw_side.take(draws)
+        if tables is not None:
+            parts = [tables[0].take(image_picks, codes)]
+            parts += [tables[1].take(draw_picks, codes)] if draw_picks else []
+            return concat_packed(parts, pad), settings.lm_scenes
+        rows = [encoder.image_row(scenes[i], codes[i], qas(scenes[i]), True) for i in image_picks]
+        rows += [encoder.draw_row(scenes[i], codes[i], settings.draw_weight) for i in draw_picks]
+        return pack(rows, pad), settings.lm_scenes
 
     def check(step: int) -> dict[str, float] | None:
         if monitor is None or step % settings.monitor_every:
@@ -82,12 +99,13 @@ def train_decoder(
         return answer_match(model, encoder, *monitor)
 
     stats = _train(
-        model, encoder, "decoder", settings.lm_steps, settings, batcher, rng,
-        (image_side, draw_side), checkpointer, check, "phase 2: decoder",
+        model, encoder, "decoder", (settings.lm_steps, settings.lm_seconds), settings, batcher,
+        rng, (image_side, draw_side), checkpointer, check, "phase 2: decoder",
     )  # fmt: skip
     hist = stats.pop("histories")
     return {
-        "steps": settings.lm_steps,
+        "steps": stats["steps"],
+        **stats["speed"],
         "rows_per_step": {"image_to_text": settings.lm_scenes, "text_to_image": draws},
         "final_train_loss": {
             "image_to_text": round(tail(hist["text"]), 4),
@@ -113,22 +131,24 @@ def train_text(
     """
     rng = random.Random(settings.seed + 4)
     cycle = Cycle(range(len(scenes)), rng)
+    pad = encoder.tokenizer.pad_token_id
 
-    def batcher() -> tuple[list[_Row], int]:
+    def batcher() -> tuple[Packed, int]:
         rows = [
             encoder.text_row(
                 [scenes[i].caption, *(f"{qa.question} {qa.answer}" for qa in qas(scenes[i]))]
             )
             for i in cycle.take(settings.lm_scenes)
         ]
-        return rows, len(rows)
+        return pack(rows, pad), len(rows)
 
     stats = _train(
-        model, encoder, "text", settings.text_steps, settings, batcher, rng, (cycle,),
-        checkpointer, lambda _step: None, "text phase: language model",
+        model, encoder, "text", (settings.text_steps, settings.text_seconds), settings, batcher,
+        rng, (cycle,), checkpointer, lambda _step: None, "text phase: language model",
     )  # fmt: skip
     return {
-        "steps": settings.text_steps,
+        "steps": stats["steps"],
+        **stats["speed"],
         "data": "captions and question + answer sentences of the train scenes",
         "final_train_loss": round(tail(stats["histories"]["text"]), 4),
     }
@@ -138,7 +158,7 @@ def _train(
     model: Any,
     encoder: Encoder,
     phase: str,
-    steps: int,
+    length: tuple[int, float],
     settings: Settings,
     batcher: Batcher,
     rng: random.Random,
@@ -148,7 +168,10 @@ def _train(
     desc: str,
 ) -> dict[str, Any]:
     """The AdamW loop of the decoder phases (resumable: optimiser, `rng`, `cycles`' orders,
-    histories and the monitor curve are the loop state)."""
+    histories and the monitor curve are the loop state); `length` is ``(steps, seconds)`` of
+    `Budget`. Runs on the model's device."""
+    steps, seconds = length
+    device = next(model.parameters()).device
     model.train()
     params = [p for n, p in model.named_parameters() if not n.startswith("model.vqmodel.")]
     for param in params:
@@ -161,9 +184,10 @@ def _train(
         betas=(0.9, 0.98),
     )
     pad = encoder.tokenizer.pad_token_id
-    hist: dict[str, list[float]] = {"text": [], "draw": []}
+    hist: dict[str, list[Tensor]] = {"text": [], "draw": []}  # on the device: no sync a step
     curve: dict[int, dict[str, float]] = {}
     start = 0
+    elapsed = 0.0
     resumed = checkpointer.resume(phase) if checkpointer else None
     if resumed is not None:
         start, loop = resumed
@@ -171,22 +195,30 @@ def _train(
         rng.setstate(loop["rng"])
         for cycle, order in zip(cycles, loop["orders"], strict=True):
             cycle.order = list(order)
-        hist, curve = loop["histories"], loop["curve"]
+        hist = {
+            k: [torch.tensor(x, device=device) for x in v] for k, v in loop["histories"].items()
+        }
+        curve = loop["curve"]
+        elapsed = loop.get("elapsed", 0.0)
+    budget = Budget(steps, seconds, 50, elapsed)
 
     def loop_state() -> dict[str, Any]:
         return {
             "optimiser": optimiser.state_dict(),
             "rng": rng.getstate(),
             "orders": [list(c.order) for c in cycles],
-            "histories": {k: list(v) for k, v in hist.items()},
+            "histories": {k: [float(x) for x in v] for k, v in hist.items()},
             "curve": dict(curve),
+            "elapsed": budget.elapsed(),
         }
 
     bar = tqdm(range(start, steps), desc=desc, unit="step", initial=start, total=steps)
+    done = start
     for step in bar:
-        set_lr(optimiser, settings.lm_lr * schedule(step, steps, 50))
-        rows, n_text = batcher()
-        batch = collate(rows, pad)
+        set_lr(optimiser, settings.lm_lr * budget.lr_factor(step))
+        packed, n_text = batcher()
+        batch = finish(*packed, pad, device)
+        n_rows = len(packed[0])
         losses = row_losses(model, batch) * batch["weights"]
         loss = losses.sum() / batch["weights"].sum()
         optimiser.zero_grad(set_to_none=True)
@@ -195,20 +227,28 @@ def _train(
         optimiser.step()
         with torch.no_grad():
             w = batch["weights"]
-            hist["text"].append((losses[:n_text].sum() / w[:n_text].sum()).item())
-            if n_text < len(rows):
-                hist["draw"].append((losses[n_text:].sum() / w[n_text:].sum()).item())
+            hist["text"].append(losses[:n_text].sum() / w[:n_text].sum())
+            if n_text < n_rows:
+                hist["draw"].append(losses[n_text:].sum() / w[n_text:].sum())
         if step % 10 == 0:
-            post = {k: f"{v[-1]:.3f}" for k, v in hist.items() if v}
+            post = {k: f"{float(v[-1]):.3f}" for k, v in hist.items() if v}
             bar.set_postfix(post)
         measured = check(step + 1)
         if measured is not None:
             curve[step + 1] = measured
             logger.info("step %d: validation answer match %s", step + 1, measured)
+        done = step + 1
         if checkpointer:
             checkpointer.step(phase, step + 1, steps, loop_state)
+        if budget.over(done):
+            break
     model.eval()
-    return {"histories": hist, "curve": curve}
+    histories = {k: [float(x) for x in v] for k, v in hist.items()}
+    rate = done / budget.elapsed() if budget.elapsed() > 0 else None
+    speed: dict[str, Any] = {"steps_per_second": None if rate is None else round(rate, 2)}
+    if seconds:
+        speed["seconds_budget"] = seconds
+    return {"histories": histories, "curve": curve, "steps": done, "speed": speed}
 
 
 @torch.no_grad()
@@ -222,18 +262,19 @@ def held_out_losses(
     """Mean target loss (nats per token) on held-out scenes: answers and captions (teacher
     forced), and the codes of text -> image drawing, with a unigram baseline for the codes."""
     model.eval()
+    device = next(model.parameters()).device
     pad = encoder.tokenizer.pad_token_id
     text_sum = text_n = draw_sum = draw_n = 0.0
     for start in range(0, len(scenes), 32):
         chunk = range(start, min(start + 32, len(scenes)))
         rows = [encoder.image_row(scenes[i], codes[i], qas(scenes[i]), True) for i in chunk]
         rows += [encoder.draw_row(scenes[i], codes[i], 1.0) for i in chunk]
-        batch = collate(rows, pad)
+        batch = collate(rows, pad, device)
         losses = row_losses(model, batch)
         targets = batch["weights"] > 0
         k = len(chunk)
         for b, row in enumerate(rows[:k]):  # the answers and captions, not the image codes
-            targets[b, : len(row.segments)] &= torch.tensor(row.segments) > 0
+            targets[b, : len(row.segments)] &= torch.tensor(row.segments, device=device) > 0
         text_sum += losses[:k][targets[:k]].sum().item()
         text_n += targets[:k].sum().item()
         # drawing: only the code targets (not BOI, EOI, </s>)
@@ -259,12 +300,13 @@ def answer_match(
     ``</s>``) on `scenes`' own questions: a cheap progress check during training."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     hits: dict[str, list[bool]] = {}
     pad = encoder.tokenizer.pad_token_id
     for start in range(0, len(scenes), 16):
         chunk = range(start, min(start + 16, len(scenes)))
         rows = [encoder.image_row(scenes[i], codes[i], scenes[i].qa) for i in chunk]
-        batch = collate(rows, pad)
+        batch = collate(rows, pad, device)
         hidden = model.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -273,7 +315,7 @@ def answer_match(
         ).last_hidden_state
         right = model.lm_head(hidden).argmax(-1) == batch["labels"]
         for b, (i, row) in enumerate(zip(chunk, rows, strict=True)):
-            segments = torch.tensor(row.segments)
+            segments = torch.tensor(row.segments, device=device)
             targets = batch["weights"][b, : len(row.ids)] > 0
             for k, qa in enumerate(scenes[i].qa, start=1):
                 where = targets & (segments == k)

@@ -157,9 +157,17 @@ class Encoder:
         return row
 
 
-def collate(rows: Sequence[_Row], pad_id: int) -> dict[str, Tensor]:
+def collate(
+    rows: Sequence[_Row], pad_id: int, device: str | torch.device | None = None
+) -> dict[str, Tensor]:
     """Right-padded ``input_ids``, ``position_ids``, a 4D additive attention mask (a token sees
-    earlier tokens of its own segment and of segment 0), next-token ``labels`` and ``weights``."""
+    earlier tokens of its own segment and of segment 0), next-token ``labels`` and ``weights``
+    (on `device`, default CPU; the mask is built there)."""
+    return finish(*pack(rows, pad_id), pad_id, device)
+
+
+def pack(rows: Sequence[_Row], pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(ids, positions, segments, weights)`` of `rows`, right-padded (``pad_id``, 0, -1, 0)."""
     width = max(len(r.ids) for r in rows)
     n = len(rows)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -172,12 +180,26 @@ def collate(rows: Sequence[_Row], pad_id: int) -> dict[str, Tensor]:
         positions[i, :k] = torch.tensor(row.positions)
         segments[i, :k] = torch.tensor(row.segments)
         weights[i, :k] = torch.tensor(row.weights)
-    labels = torch.cat([ids[:, 1:], torch.full((n, 1), pad_id)], dim=1)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    return ids, positions, segments, weights
+
+
+def finish(
+    ids: Tensor,
+    positions: Tensor,
+    segments: Tensor,
+    weights: Tensor,
+    pad_id: int,
+    device: str | torch.device | None = None,
+) -> dict[str, Tensor]:
+    """The batch of `collate` from packed rows (`pack`), moved to `device` first."""
+    ids, positions, segments, weights = (t.to(device) for t in (ids, positions, segments, weights))
+    n, width = ids.shape
+    labels = torch.cat([ids[:, 1:], torch.full((n, 1), pad_id, device=ids.device)], dim=1)
+    causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
     q_seg, k_seg = segments[:, :, None], segments[:, None, :]
     allowed = causal & (k_seg >= 0) & ((k_seg == 0) | (k_seg == q_seg))
-    allowed |= torch.eye(width, dtype=torch.bool)  # padding rows see themselves
-    mask = torch.zeros((n, 1, width, width))
+    allowed |= torch.eye(width, dtype=torch.bool, device=ids.device)  # padding rows see themselves
+    mask = torch.zeros((n, 1, width, width), device=ids.device)
     mask.masked_fill_(~allowed[:, None], torch.finfo(mask.dtype).min)
     return {
         "input_ids": ids,
@@ -186,6 +208,73 @@ def collate(rows: Sequence[_Row], pad_id: int) -> dict[str, Tensor]:
         "labels": labels,
         "weights": weights,
     }
+
+
+SLOTS = -1 - torch.arange(GRID * GRID)
+"""Placeholder codes of a `RowTable`'s rows: code ``k`` of the image is written ``-1 - k``."""
+
+
+class RowTable:
+    """The rows of many scenes packed once, with placeholder codes (`SLOTS`) that `take` fills
+    in: the rows a step needs without building them again in Python every step.
+
+    Args:
+        rows: one row per scene, built with ``codes=SLOTS`` (image rows or drawing rows).
+        pad_id: the padding id.
+
+    Example:
+        >>> from vlm_lens.zoo.native.build import build_processor, build_tokenizer
+        >>> encoder = Encoder(build_processor(build_tokenizer()))
+        >>> scenes = world.world_split("train", 3, max_objects=1)
+        >>> table = RowTable([encoder.draw_row(s, SLOTS, 2.0) for s in scenes], 2)
+        >>> codes = torch.randint(300, 400, (3, GRID * GRID))
+        >>> packed = table.take([2, 0], codes)
+        >>> rows = [encoder.draw_row(scenes[i], codes[i], 2.0) for i in (2, 0)]
+        >>> all(torch.equal(a, b) for a, b in zip(packed, pack(rows, 2)))
+        True
+    """
+
+    def __init__(self, rows: Sequence[_Row], pad_id: int):
+        self.pad_id = pad_id
+        self.ids, self.positions, self.segments, self.weights = pack(rows, pad_id)
+        self.lengths = (self.segments >= 0).sum(dim=1)
+
+    @classmethod
+    def from_packed(cls, packed: tuple[Tensor, Tensor, Tensor, Tensor], pad_id: int) -> RowTable:
+        """A table from rows already packed (`pack`, `concat_packed`, any integer dtype) with
+        placeholder codes."""
+        table = cls.__new__(cls)
+        table.pad_id = pad_id
+        table.ids, table.positions, table.segments, table.weights = packed
+        table.lengths = (table.segments >= 0).sum(dim=1)
+        return table
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def take(self, indices: Sequence[int], codes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The packed rows of scenes `indices` (as `pack` of those rows built with their codes,
+        ``codes[i]`` for scene ``i``), padded to the longest of them."""
+        pick = torch.tensor(list(indices), dtype=torch.long)
+        width = int(self.lengths[pick].max())
+        ids = self.ids[pick, :width].long()
+        slot = (-1 - ids).clamp(min=0, max=codes.shape[1] - 1)
+        ids = torch.where(ids < 0, torch.gather(codes[pick].long(), 1, slot), ids)
+        positions = self.positions[pick, :width].long()
+        return ids, positions, self.segments[pick, :width].long(), self.weights[pick, :width]
+
+
+def concat_packed(
+    parts: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]], pad_id: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Packed row groups one after another, right-padded to the widest (as `pack` of all rows)."""
+    width = max(p[0].shape[1] for p in parts)
+    fills = (pad_id, 0, -1, 0)
+    out = []
+    for k, fill in enumerate(fills):
+        pieces = [F.pad(p[k], (0, width - p[k].shape[1]), value=fill) for p in parts]
+        out.append(torch.cat(pieces))
+    return out[0], out[1], out[2], out[3]
 
 
 def row_losses(model: Any, batch: dict[str, Tensor]) -> Tensor:

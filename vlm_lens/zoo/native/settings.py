@@ -107,6 +107,20 @@ class Settings:
         eval_scenes: held-out test scenes of the final evaluation (each asked every kind).
         monitor_scenes: validation scenes of the progress check during phase 2.
         monitor_every: steps between progress checks.
+        vq_seconds: when > 0, phase 1 runs for this many wall seconds (at most `vq_steps`
+            steps) and its learning-rate schedule follows the elapsed fraction of them, not of
+            the steps (a fixed-time recipe for a machine of unknown speed; not bit-reproducible).
+        text_seconds: the same for the text-only phase (at most `text_steps`).
+        lm_seconds: the same for phase 2 (at most `lm_steps`).
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"``...): where the model trains. The data
+            order and every random draw come from CPU generators on any device. Not part of
+            the recipe.
+        deadline: wall-clock time (``time.time()``, seconds) at which the run saves a
+            checkpoint and stops (exit code 3) after the step in progress (0: never). Not part
+            of the recipe.
+        data_cache: a file written by `vlm_lens.zoo.native.datacache.write_cache` holding the
+            scenes, pixel values, prompt tokens and row tables this run needs, precomputed once
+            for many runs ("": build them here). The rows are the same; not part of the recipe.
     """
 
     seed: int = 0
@@ -141,6 +155,12 @@ class Settings:
     eval_scenes: int = 500
     monitor_scenes: int = 64
     monitor_every: int = 100
+    vq_seconds: float = 0.0
+    text_seconds: float = 0.0
+    lm_seconds: float = 0.0
+    device: str = "cpu"
+    deadline: float = 0.0
+    data_cache: str = ""
 
     def __post_init__(self) -> None:
         for name, levels in FACTOR_LEVELS.items():
@@ -161,8 +181,15 @@ class Settings:
         return ("local",) if self.task == "local" else ("local", "relational")
 
     def recipe(self) -> dict[str, Any]:
-        """Every field that determines the trained weights (not `RUNTIME_FIELDS`)."""
-        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
+        """Every field that determines the trained weights (not `RUNTIME_FIELDS`; the
+        `OPTIONAL_FIELDS` only when they differ from their defaults, so that checkpoints written
+        before they existed still resume)."""
+        defaults = asdict(Settings())
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in RUNTIME_FIELDS and not (k in OPTIONAL_FIELDS and v == defaults[k])
+        }
 
 
 FACTOR_LEVELS: dict[str, tuple[Any, ...]] = {
@@ -173,5 +200,15 @@ FACTOR_LEVELS: dict[str, tuple[Any, ...]] = {
 }
 """The levels of each categorical factor (`Settings.layers` is the fifth, numeric, factor)."""
 
-RUNTIME_FIELDS: tuple[str, ...] = ("checkpoint_every", "stop_after")
-"""Settings that change how a run is driven, not what it trains."""
+RUNTIME_FIELDS: tuple[str, ...] = (
+    "checkpoint_every",
+    "stop_after",
+    "device",
+    "deadline",
+    "data_cache",
+)
+"""Settings that change how a run is driven, not what it trains (the device changes the
+floating-point rounding, not the recipe)."""
+
+OPTIONAL_FIELDS: tuple[str, ...] = ("vq_seconds", "text_seconds", "lm_seconds")
+"""Recipe fields added after the first checkpoints: in the recipe only when not the default."""

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from vlm_lens import world
 from vlm_lens.zoo.native.checkpointing import Checkpointer
-from vlm_lens.zoo.native.optim import schedule, set_lr, tail
+from vlm_lens.zoo.native.optim import Budget, set_lr, tail
 from vlm_lens.zoo.native.settings import CODEBOOK, CODEBOOK_LR_SCALE, VQ_LEVELS, Settings
 
 
@@ -112,8 +112,11 @@ def train_vq(
     for module in vq.modules():  # HF draws conv weights from N(0, 0.02): far too small here
         if isinstance(module, nn.Conv2d):
             module.reset_parameters()
-    decoder = PixelDecoder(settings.vq_latent, VQ_LEVELS - 1)
-    shape_head = nn.Linear(settings.vq_dim, len(world.SHAPES))
+    device = vq.quantize.embedding.weight.device
+    decoder = PixelDecoder(settings.vq_latent, VQ_LEVELS - 1).to(device)
+    shape_head = nn.Linear(settings.vq_dim, len(world.SHAPES)).to(device)
+    pixels, shapes = pixels.to(device), shapes.to(device)
+    held_out, held_out_shapes = held_out.to(device), held_out_shapes.to(device)
     vq.train()
     codebook = vq.quantize.embedding.weight
     trained = [*vq.parameters(), *decoder.parameters(), *shape_head.parameters()]
@@ -126,14 +129,15 @@ def train_vq(
         lr=settings.vq_lr,
     )
     with torch.no_grad():  # codebook starts at encoder outputs
-        first = pixels[torch.randperm(len(pixels), generator=generator)[:256]]
+        first = pixels[torch.randperm(len(pixels), generator=generator)[:256].to(device)]
         z = vq.quant_conv(vq.encoder(first)).permute(0, 2, 3, 1).reshape(-1, settings.vq_dim)
         pick = torch.randperm(len(z), generator=generator)[:CODEBOOK]
-        vq.quantize.embedding.weight.copy_(z[pick])
-    usage = torch.zeros(CODEBOOK)
+        vq.quantize.embedding.weight.copy_(z[pick.to(device)])
+    usage = torch.zeros(CODEBOOK, device=device)
     restarted = 0
-    history: list[float] = []
+    history: list[Tensor] = []  # per-step losses, kept on the device (one sync at the end)
     start = 0
+    elapsed = 0.0
     resumed = checkpointer.resume("vq") if checkpointer else None
     if resumed is not None:
         start, loop = resumed
@@ -143,7 +147,10 @@ def train_vq(
         shape_head.load_state_dict(loop["shape_head"])
         optimiser.load_state_dict(loop["optimiser"])
         generator.set_state(loop["generator"])
-        usage, restarted, history = loop["usage"], loop["restarted"], loop["history"]
+        usage, restarted = loop["usage"].to(device), loop["restarted"]
+        history = [torch.tensor(v, device=device) for v in loop["history"]]
+        elapsed = loop.get("elapsed", 0.0)
+    budget = Budget(settings.vq_steps, settings.vq_seconds, 30, elapsed)
 
     def loop_state() -> dict[str, Any]:
         return {
@@ -153,7 +160,8 @@ def train_vq(
             "generator": generator.get_state(),
             "usage": usage.clone(),
             "restarted": restarted,
-            "history": list(history),
+            "history": [float(v) for v in history],
+            "elapsed": budget.elapsed(),
         }
 
     bar = tqdm(
@@ -163,9 +171,10 @@ def train_vq(
         initial=start,
         total=settings.vq_steps,
     )
+    done = start
     for step in bar:
-        set_lr(optimiser, settings.vq_lr * schedule(step, settings.vq_steps, 30))
-        pick = torch.randint(len(pixels), (settings.vq_batch,), generator=generator)
+        set_lr(optimiser, settings.vq_lr * budget.lr_factor(step))
+        pick = torch.randint(len(pixels), (settings.vq_batch,), generator=generator).to(device)
         batch = pixels[pick]
         recon, codebook, commitment, indices, flat, straight = _vq_forward(vq, decoder, batch)
         rec = _reconstruction_loss(recon, batch, settings.vq_object_weight)
@@ -177,16 +186,20 @@ def train_vq(
         loss.backward()
         optimiser.step()
         usage += torch.bincount(indices, minlength=CODEBOOK).float()
-        if (step + 1) % 25 == 0 and step < settings.vq_steps * 0.8:
+        if (step + 1) % 25 == 0 and budget.before(step, 0.8):
             restarted += _restart_dead_codes(vq, usage, flat, generator)
             usage.zero_()
-        history.append(rec.item())
+        history.append(rec.detach())
         if step % 10 == 0:
             bar.set_postfix(
                 rec=f"{rec.item():.4f}", cb=f"{codebook.item():.4f}", shape=f"{shape.item():.3f}"
             )
+        done = step + 1
         if checkpointer:
             checkpointer.step("vq", step + 1, settings.vq_steps, loop_state)
+        if budget.over(done):
+            break
+    seconds = budget.elapsed()
     vq.eval()
     for param in vq.parameters():
         param.requires_grad_(False)
@@ -203,8 +216,9 @@ def train_vq(
         chromatic = (held_out.amax(dim=1) - held_out.amin(dim=1)) > 1e-3
         object_error = (recon - held_out).square().mean(dim=1)[chromatic].mean().item()
     return {
-        "steps": settings.vq_steps,
-        "final_train_reconstruction_mse": round(tail(history), 5),
+        "steps": done,
+        **_speed(done, seconds, settings.vq_seconds),
+        "final_train_reconstruction_mse": round(tail([float(v) for v in history]), 5),
         "test_reconstruction_mse": round(error, 5),
         "test_reconstruction_rmse_0_255": round(math.sqrt(error) / 0.0078, 2),
         "test_object_pixel_mse": round(object_error, 5),
@@ -215,6 +229,16 @@ def train_vq(
         "dead_code_restarts": restarted,
         "test_object_code_shape_accuracy": round(code_shape_accuracy, 4),
     }
+
+
+def _speed(steps: int, seconds: float, budget: float) -> dict[str, Any]:
+    """The phase's measured speed (its steps over its wall seconds, over every resumed part)
+    and its time budget, for calibration."""
+    rate = steps / seconds if seconds > 0 else None
+    out: dict[str, Any] = {"steps_per_second": None if rate is None else round(rate, 2)}
+    if budget:
+        out["seconds_budget"] = budget
+    return out
 
 
 def _reconstruction_loss(recon: Tensor, pixels: Tensor, object_weight: float) -> Tensor:
@@ -238,7 +262,7 @@ def _restart_dead_codes(vq: Any, usage: Tensor, flat: Tensor, generator: torch.G
     dead = (usage == 0).nonzero().flatten()
     if len(dead) == 0:
         return 0
-    pick = torch.randint(len(flat), (len(dead),), generator=generator)
+    pick = torch.randint(len(flat), (len(dead),), generator=generator).to(flat.device)
     with torch.no_grad():
         vq.quantize.embedding.weight[dead] = flat[pick]
     return len(dead)
@@ -258,11 +282,11 @@ def init_code_embeddings(model: Any, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed + 3)
     gaussian = torch.randn(table.shape[1], codebook.shape[1], generator=generator)
     projection, _ = torch.linalg.qr(gaussian)  # [hidden, vq_dim], orthonormal columns
-    mapped = (codebook - codebook.mean(dim=0)) @ projection.T
+    mapped = (codebook - codebook.mean(dim=0)) @ projection.T.to(codebook.device)
     mapped *= table.std() / mapped.std()
     mapping = model.model.vocabulary_mapping
     ids = torch.tensor([mapping.img2bpe[i] for i in range(codebook.shape[0])])
-    table[ids] = mapped
+    table[ids.to(table.device)] = mapped
 
 
 @torch.no_grad()
@@ -275,12 +299,17 @@ def fresh_code_embeddings(model: Any, seed: int) -> None:
     mapping = model.model.vocabulary_mapping
     ids = torch.tensor([mapping.img2bpe[i] for i in range(CODEBOOK)])
     std = model.config.initializer_range
-    table[ids] = torch.randn(len(ids), table.shape[1], generator=generator) * std
+    fresh = torch.randn(len(ids), table.shape[1], generator=generator) * std
+    table[ids.to(table.device)] = fresh.to(table.device)
 
 
 @torch.no_grad()
 def image_codes(model: Any, pixels: Tensor) -> Tensor:
     """``[n, 64]`` code-token ids of `pixels`, by the model's own ``get_image_tokens``."""
+    device = model.model.vqmodel.quantize.embedding.weight.device
     return torch.cat(
-        [model.model.get_image_tokens(pixels[i : i + 512]) for i in range(0, len(pixels), 512)]
+        [
+            model.model.get_image_tokens(pixels[i : i + 512].to(device)).cpu()
+            for i in range(0, len(pixels), 512)
+        ]
     ).long()
