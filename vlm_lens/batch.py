@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -11,6 +13,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from vlm_lens.attention_structure import AttentionStructure
+from vlm_lens.errors import VLMInputError
 from vlm_lens.layout import TokenLayout
 
 
@@ -28,6 +31,9 @@ class Batch:
         texts: the prompts as given (before placeholder expansion), when known.
         attention: which positions attend to which (`AttentionStructure`, from the family
             adapter); ``None`` is plain causal attention.
+        origin: the `processor_fingerprint` of the processor that made the batch
+            (`HookedVLM.prepare` sets it; a model refuses a batch of another processor), or
+            ``None`` for inputs built by hand.
 
     Example:
         >>> from vlm_lens import HookedVLM
@@ -44,6 +50,7 @@ class Batch:
     images_per_sequence: tuple[int, ...]
     texts: tuple[str, ...] | None = None
     attention: AttentionStructure | None = None
+    origin: str | None = field(default=None, compare=False)
 
     @property
     def input_ids(self) -> Int[Tensor, "batch pos"]:
@@ -86,3 +93,46 @@ def attention_of(batch: Batch | TokenLayout) -> AttentionStructure:
     if isinstance(batch, Batch) and batch.attention is not None:
         return batch.attention
     return AttentionStructure.causal(*layout_of(batch).shape)
+
+
+def processor_fingerprint(processor: Any) -> str | None:
+    """What identifies a processor's batches: its classes, vocabulary and image settings.
+
+    Two processors with the same tokenizer vocabulary (added tokens included) and the same
+    image processor settings make the same batches and have the same fingerprint, wherever
+    they were loaded from; ``None`` for no processor.
+
+    Example:
+        >>> from vlm_lens.testing import build_tiny
+        >>> llava, chameleon = build_tiny("llava"), build_tiny("chameleon")
+        >>> processor_fingerprint(llava.processor).split(" (")[0]
+        'LlavaProcessor/TokenizersBackend'
+        >>> processor_fingerprint(llava.processor) == processor_fingerprint(chameleon.processor)
+        False
+    """
+    if processor is None:
+        return None
+    tokenizer = getattr(processor, "tokenizer", processor)
+    digest = hashlib.sha256()
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    digest.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None and hasattr(image_processor, "to_dict"):
+        settings = json.dumps(image_processor.to_dict(), sort_keys=True, default=str)
+        digest.update(settings.encode())
+    names = f"{type(processor).__name__}/{type(tokenizer).__name__}"
+    return f"{names} ({len(vocab)} tokens, {digest.hexdigest()[:12]})"
+
+
+def check_origin(batch: Batch, fingerprint: str | None) -> None:
+    """Raise `VLMInputError` when `batch` was made by a processor other than `fingerprint`'s.
+
+    Batches without an origin (built by hand) and models without a processor pass.
+    """
+    if batch.origin is None or fingerprint is None or batch.origin == fingerprint:
+        return
+    raise VLMInputError(
+        f"this batch was made by another model's processor ({batch.origin}), not this "
+        f"model's ({fingerprint}); its token ids and pixels mean something else here. Rebuild "
+        "it with this model: model.prepare(images=..., text=batch.texts)"
+    )

@@ -7,6 +7,7 @@ inputs of its `Batch`; nothing can silently run text-only.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 import warnings
@@ -25,7 +26,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from vlm_lens import hooks as hook_names
 from vlm_lens.adapters import VLMAdapter, adapter_class_for
-from vlm_lens.batch import Batch, move_inputs
+from vlm_lens.adapters.processor_loading import load_processor
+from vlm_lens.batch import Batch, check_origin, move_inputs, processor_fingerprint
 from vlm_lens.checkpoints import resolve_checkpoint
 from vlm_lens.engine import attention
 from vlm_lens.engine.compat import attn_implementation, register_aliases
@@ -142,6 +144,7 @@ class HookedVLM(TransformerLensHabits):
         Raises:
             UnsupportedModelError: before loading weights, if the architecture is not supported.
             ValueError: for `device` with `device_map`, or a map with ``"meta"`` modules.
+            VLMInputError: when a local folder's processor files are broken (names the file).
 
         Example:
             >>> model = HookedVLM.from_pretrained("llava-hf/llava-1.5-7b-hf")  # doctest: +SKIP
@@ -174,10 +177,7 @@ class HookedVLM(TransformerLensHabits):
         )
         if device is not None:
             model = model.to(device)
-        try:
-            processor = adapter_cls.load_processor(name_or_path, **hf_kwargs)
-        except (OSError, ValueError, TypeError, KeyError):
-            processor = None
+        processor = load_processor(adapter_cls, name_or_path, **hf_kwargs)
         return cls.from_hf(model, processor, copy_model=False)
 
     @classmethod
@@ -468,7 +468,9 @@ class HookedVLM(TransformerLensHabits):
         )
         layout = self.layout(inputs["input_ids"], inputs.get("attention_mask"), image_inputs=inputs)
         attention = self.adapter.attention_structure(layout, inputs)
-        batch = Batch(inputs, layout, tuple(len(g) for g in groups), tuple(texts), attention)
+        batch = Batch(
+            inputs, layout, tuple(len(g) for g in groups), tuple(texts), attention, self._origin
+        )
         self._check(batch)
         return batch
 
@@ -861,7 +863,13 @@ class HookedVLM(TransformerLensHabits):
             "{'input_ids': ids})"
         )
 
+    @functools.cached_property
+    def _origin(self) -> str | None:
+        """`processor_fingerprint` of the processor: the origin of this model's batches."""
+        return processor_fingerprint(self.processor)
+
     def _check(self, batch: Batch) -> None:
+        check_origin(batch, self._origin)
         inputs = batch.inputs
         ids = inputs["input_ids"]
         if tuple(batch.layout.shape) != tuple(ids.shape):
@@ -881,6 +889,7 @@ class HookedVLM(TransformerLensHabits):
                 f"spans found in input_ids {batch.layout.n_images}; give each prompt one "
                 f"{self.image_placeholder!r} per image"
             )
+        self.adapter.check_token_ids(inputs, batch.layout)
         self.adapter.check_inputs(inputs, batch.layout)
         expected = self.adapter.attention_structure(batch.layout, inputs)
         given = batch.attention

@@ -89,6 +89,8 @@ class VLMAdapter(ABC):
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", None)
         self.token_spec: TokenSpec = self.build_token_spec(model)
+        embed = getattr(model, "get_input_embeddings", None)
+        self.n_embeddings: int | None = getattr(embed() if embed else None, "num_embeddings", None)
 
     # ------------------------------------------------------------------ what families define
     @abstractmethod
@@ -343,6 +345,32 @@ class VLMAdapter(ABC):
         del inputs
         return layout
 
+    def check_token_ids(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
+        """Raise `VLMInputError` when `input_ids` hold ids the model has no embedding for.
+
+        Such ids come from another model's tokenizer (the embedding lookup would fail with a
+        bare ``index out of range in self``). Image-side positions and the placeholder id are
+        exempt (Gemma 3 replaces a placeholder id past its vocabulary before the lookup), and
+        so is padding.
+        """
+        if self.n_embeddings is None:
+            return
+        ids = inputs["input_ids"]
+        outside = (ids < 0) | (ids >= self.n_embeddings)
+        outside &= ids != self.placeholder_token_id
+        outside &= layout.image_index < 0
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            outside &= mask.to(ids.device).bool()
+        if bool(outside.any()):
+            bad = sorted(set(ids[outside].tolist()))
+            raise VLMInputError(
+                f"input_ids hold token id(s) {bad[:5]} outside this model's {self.n_embeddings} "
+                f"embeddings: the batch was made by another model's tokenizer. Rebuild it with "
+                "this model: model.prepare(images=..., text=...) (or model.batch_from_inputs on "
+                "ids from model.tokenizer)."
+            )
+
     def check_inputs(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
         """Raise `VLMInputError` unless the image inputs match the image spans of `input_ids`.
 
@@ -367,9 +395,10 @@ class VLMAdapter(ABC):
         if n_images and not n_placeholder_spans:
             raise VLMInputError(
                 f"{n_images} {self.pixel_rows}(s) were given but the input_ids hold no image "
-                "placeholder "
-                f"({self.image_placeholder!r}). Put {self.image_placeholder!r} in the prompt where "
-                "each image goes and build inputs with model.prepare(images=..., text=...)."
+                f"placeholder ({self.image_placeholder!r}, token id {self.placeholder_token_id}). "
+                f"If the prompt has no {self.image_placeholder!r}, put one where each image goes; "
+                "if it has one, the input_ids were made by another model's tokenizer. Either way "
+                "build the inputs with this model: model.prepare(images=..., text=...)."
             )
         if n_images != n_placeholder_spans:
             raise VLMInputError(

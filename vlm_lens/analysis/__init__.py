@@ -8,7 +8,8 @@ knockout per layer window), `logit_lens`, `find_sinks`, and
 `neighbourhood_overlap` (χ per layer) and `modality_gap` (median |cos| and cluster homogeneity)
 take representations, from `representations` or from a `vlm_lens.data.ActivationStore`.
 `run_sweep` runs many interventions on one batch, sharing the clean prefix they cannot change
-(the sweeps use it).
+(the sweeps use it). `save_result` / `load_result` write every result to JSON or safetensors and
+read it back exactly, with its ``meta`` (what model, inputs and settings produced it).
 """
 
 from vlm_lens.analysis.attention_share import (
@@ -23,6 +24,7 @@ from vlm_lens.analysis.logit_lens import LogitLensResult, logit_lens
 from vlm_lens.analysis.modality_gap import ModalityGapResult, modality_gap
 from vlm_lens.analysis.neighbourhood_overlap import OverlapResult, neighbourhood_overlap
 from vlm_lens.analysis.patching_sweep import PatchingSweepResult, PatchPair, patching_sweep
+from vlm_lens.analysis.persist import load_meta, load_result, register_result, save_result
 from vlm_lens.analysis.representations import representations
 from vlm_lens.analysis.sinks import SinkResult, find_sinks
 from vlm_lens.engine.sweep import SweepResult, run_sweep
@@ -44,10 +46,14 @@ __all__ = [
     "group_masks",
     "knockout_effect",
     "knockout_sweep",
+    "load_meta",
+    "load_result",
     "logit_lens",
     "modality_gap",
     "neighbourhood_overlap",
     "patching_sweep",
+    "register_result",
     "representations",
     "run_sweep",
+    "save_result",
 ]

@@ -24,7 +24,8 @@ normalised to 1), and the default queries are the text after the *last* gate.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,8 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from vlm_lens.analysis._common import iter_batches, resolve_layers, run
+from vlm_lens.analysis.persist import register_result
+from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.batch import Batch, attention_of
 from vlm_lens.engine.attention_rows import image_side, key_attention_hooks, query_rows
 from vlm_lens.layout import TokenLayout
@@ -52,6 +55,7 @@ DEFAULT_GROUPS: dict[str, PositionSpec] = {
 """Groups before the user's and before ``"image"``, in claiming order."""
 
 
+@register_result
 @dataclass(frozen=True)
 class AttentionShareResult:
     """Share of text→image attention per layer and position group.
@@ -69,6 +73,8 @@ class AttentionShareResult:
             and normalised like `share`; ``None`` when prompts differ in their number of image
             tokens.
         n_prompts: number of prompts averaged.
+        meta: what produced the result: model, inputs, settings (`vlm_lens.analysis.provenance`);
+            `save_result` keeps it.
 
     Example:
         >>> res = attention_share(model, batch, groups={"32nd": image_token(31)})  # doctest: +SKIP
@@ -83,6 +89,7 @@ class AttentionShareResult:
     per_prompt: np.ndarray
     per_token: np.ndarray | None
     n_prompts: int
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per (layer, group) with columns ``layer, group, share``."""
@@ -145,9 +152,13 @@ def attention_share(
     layer_ids = resolve_layers(model, layers)
     named = _group_specs(groups)
     names = (*named, REMAINDER)
+    provenance = Provenance(
+        "attention_share", model, layers=layer_ids, queries=queries, groups=named
+    )
     masses: list[np.ndarray] = []  # per prompt [layers, groups]
     tokens: list[np.ndarray] = []  # per prompt [layers, n_image_tokens]
     for batch in iter_batches(batches, progress=progress, desc="attention_share"):
+        provenance.add(batch)
         rows = query_rows(queries, batch.layout, what="attention_share")
         store: dict[int, Tensor] = {}
         fwd_hooks = key_attention_hooks(
@@ -174,6 +185,7 @@ def attention_share(
         per_prompt=mass_per_prompt / mass_per_prompt.sum(axis=2, keepdims=True),
         per_token=per_token,
         n_prompts=len(masses),
+        meta=provenance.meta(),
     )
 
 

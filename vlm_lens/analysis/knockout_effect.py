@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,8 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlm_lens.analysis.persist import register_result
+from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.analysis.token_ids import check_token_ids, vocabulary_size
 from vlm_lens.batch import Batch
 from vlm_lens.engine.intervention import Intervention
@@ -72,6 +74,7 @@ gate; text after the image reads no image token (the gate stays readable); no po
 random image tokens."""
 
 
+@register_result
 @dataclass(frozen=True, eq=False)
 class KnockoutResult:
     """Effect of each knockout condition on the next token at the last position.
@@ -84,6 +87,8 @@ class KnockoutResult:
         accuracy_label: what `accuracy` measures (e.g. ``"top-1 = target token"``).
         top1: ``[conditions, n_prompts]`` top-1 token id per prompt.
         n_prompts: prompts measured.
+        meta: what produced the result: model, inputs, settings (`vlm_lens.analysis.provenance`);
+            `save_result` keeps it.
 
     Example:
         >>> r = KnockoutResult(("baseline", "gate"), np.ones(2), np.ones(2), None, "",
@@ -99,6 +104,7 @@ class KnockoutResult:
     accuracy_label: str
     top1: np.ndarray
     n_prompts: int
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per condition: ``condition, agreement, similarity, accuracy, n_prompts``."""
@@ -178,9 +184,11 @@ def knockout_effect(
         raise VLMInputError("knockout_effect needs at least one batch")
     if targets is not None:
         check_token_ids(targets, vocabulary_size(model), "targets")
+    provenance = Provenance("knockout_effect", model, conditions=named, targets=targets)
     top1: list[list[Tensor]] = [[] for _ in names]
     sims: list[list[Tensor]] = [[] for _ in names]
     for batch in tqdm(batch_list, desc="knockout", disable=not progress):
+        provenance.add(batch)
         # keyed by index: a condition may be called anything, "clean" included
         built = {str(i): _hooks(build, batch) for i, build in enumerate(named.values())}
         runs = run_sweep(model, batch, built)
@@ -210,4 +218,5 @@ def knockout_effect(
         accuracy_label=label,
         top1=ids.numpy(),
         n_prompts=n,
+        meta=provenance.meta(),
     )

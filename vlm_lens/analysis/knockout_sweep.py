@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +30,8 @@ import pandas as pd
 import torch
 
 from vlm_lens.analysis._common import iter_batches
+from vlm_lens.analysis.persist import register_result
+from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.batch import Batch
 from vlm_lens.engine.intervention import Intervention
 from vlm_lens.engine.sweep import CLEAN, run_sweep
@@ -39,6 +41,7 @@ from vlm_lens.model import HookedVLM
 Knockout = Callable[..., Intervention]
 
 
+@register_result
 @dataclass(frozen=True)
 class KnockoutSweepResult:
     """Per-window effect of a knockout on the last-token prediction.
@@ -50,6 +53,8 @@ class KnockoutSweepResult:
         clean_token_logprob: ``[windows, n]`` log-probability of the clean top token under the
             knockout (the clean run's own is ``clean_logprob``).
         clean_logprob: ``[n]`` log-probability of the clean top token in the clean run.
+        meta: what produced the result: model, inputs, settings (`vlm_lens.analysis.provenance`);
+            `save_result` keeps it.
 
     Example:
         >>> result.changed_rate  # fraction of prompts whose top token changed  # doctest: +SKIP
@@ -60,6 +65,7 @@ class KnockoutSweepResult:
     tokens: np.ndarray
     clean_token_logprob: np.ndarray
     clean_logprob: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def changed_rate(self) -> np.ndarray:
@@ -112,8 +118,12 @@ def knockout_sweep(
         tuple(last_layers(n_layers, w)) if isinstance(w, int) else tuple(int(x) for x in w)
         for w in specs
     )
+    provenance = Provenance(
+        "knockout_sweep", model, knockout=knockout, windows=window_layers, **knockout_kwargs
+    )
     clean_tokens, tokens, logprob, clean_logprob = [], [], [], []
     for batch in iter_batches(batches, progress=progress, desc="knockout_sweep"):
+        provenance.add(batch)
         conditions = {
             str(i): knockout(batch, layers=list(layers), **knockout_kwargs)
             for i, layers in enumerate(window_layers)
@@ -132,4 +142,5 @@ def knockout_sweep(
         tokens=torch.cat(tokens, dim=1).numpy(),
         clean_token_logprob=torch.cat(logprob, dim=1).numpy(),
         clean_logprob=torch.cat(clean_logprob).numpy(),
+        meta=provenance.meta(),
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,11 +28,14 @@ from torch import Tensor
 
 from vlm_lens import hooks
 from vlm_lens.analysis._common import resolve_layers, run
+from vlm_lens.analysis.persist import register_result
+from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.batch import Batch
 from vlm_lens.model import HookedVLM
 from vlm_lens.positions import PositionSpec, describe, select
 
 
+@register_result
 @dataclass(frozen=True)
 class LogitLensResult:
     """Top-k predictions of the logit lens for each (layer, selected position).
@@ -52,6 +55,8 @@ class LogitLensResult:
         entropy: ``[layers, rows]`` entropy (nats) of the lens distribution.
         tokens: the tracked token ids, or ``None``.
         token_logprobs: ``[layers, rows, len(tokens)]`` log-probabilities of `tokens`, or ``None``.
+        meta: what produced the result: model, inputs, settings (`vlm_lens.analysis.provenance`);
+            `save_result` keeps it.
 
     Example:
         >>> lens = logit_lens(model, batch, positions="image", top_k=3)  # doctest: +SKIP
@@ -70,6 +75,7 @@ class LogitLensResult:
     entropy: np.ndarray
     tokens: tuple[int, ...] | None
     token_logprobs: np.ndarray | None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def max_prob(self) -> np.ndarray:
@@ -215,6 +221,10 @@ def logit_lens(
             if track is not None:
                 logprobs.append(torch.log_softmax(logits, dim=-1)[:, track].cpu())
     ids = torch.stack(top_ids).numpy()
+    provenance = Provenance(
+        "logit_lens", model, positions=positions, layers=layer_ids, top_k=top_k, tokens=track
+    )
+    provenance.add(batch)
     roles = [batch.layout.primary_roles(b) for b in range(len(batch))]
     return LogitLensResult(
         layers=layer_ids,
@@ -227,6 +237,7 @@ def logit_lens(
         entropy=torch.stack(entropy).numpy(),
         tokens=None if track is None else tuple(track),
         token_logprobs=None if track is None else torch.stack(logprobs).numpy(),
+        meta=provenance.meta(),
     )
 
 

@@ -32,8 +32,8 @@ Example:
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlm_lens.analysis.persist import register_result
+from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.errors import UninformativeMetricWarning
 from vlm_lens.metrics.clustering import NoiseHandling, cluster_homogeneity, clustering_caveat
 from vlm_lens.metrics.cosine import abs_cosine_quantiles
@@ -48,6 +50,7 @@ from vlm_lens.metrics.cosine import abs_cosine_quantiles
 __all__ = ["ModalityGapResult", "modality_gap"]
 
 
+@register_result
 @dataclass(frozen=True, eq=False)
 class ModalityGapResult:
     """Per-layer modality-gap metrics (every array is ``[layers]``).
@@ -67,6 +70,8 @@ class ModalityGapResult:
             None where it is defined; None when not clustered.
         warning: why clustering these inputs is uninformative
             (`vlm_lens.metrics.clustering.clustering_caveat`), or None.
+        meta: what produced the result: model, inputs, settings (`vlm_lens.analysis.provenance`);
+            `save_result` keeps it.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -86,6 +91,7 @@ class ModalityGapResult:
     n_image: int
     reasons: tuple[str | None, ...] | None = None
     warning: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per layer: ``layer, median_abs_cos, q1, q3, homogeneity, n_clusters,
@@ -198,6 +204,18 @@ def modality_gap(
             f"and image {tuple(v.shape)} ([layers, n, d])."
         )
     layers, n, m = t.shape[0], t.shape[1], v.shape[1]
+    provenance = Provenance(
+        "modality_gap",
+        cluster=cluster,
+        method=method,
+        seed=seed,
+        max_cluster_points=max_cluster_points,
+        noise=noise,
+        min_cluster_size=min_cluster_size,
+        min_samples=min_samples,
+    )
+    provenance.add_array("text", t)
+    provenance.add_array("image", v)
     quartiles = np.empty((layers, 3), dtype=np.float64)
     homogeneity = np.full(layers, np.nan, dtype=np.float64)
     n_clusters = np.zeros(layers, dtype=np.int64)
@@ -250,4 +268,5 @@ def modality_gap(
         n_image=m,
         reasons=tuple(reasons) if cluster else None,
         warning=caveat,
+        meta=provenance.meta(),
     )

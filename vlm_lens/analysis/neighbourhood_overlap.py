@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
+from vlm_lens.analysis.persist import register_result
+from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.errors import UninformativeMetricWarning
 from vlm_lens.metrics.neighbourhood import Average, overlap_caveat, overlap_chance_level
 from vlm_lens.metrics.neighbourhood import neighbourhood_overlap as _overlap
@@ -48,6 +51,7 @@ Representations = Float[Tensor, "layers n d"] | np.ndarray
 """Activations of one position per sample at every layer: ``[layers, n, d]``."""
 
 
+@register_result
 @dataclass(frozen=True, eq=False)
 class OverlapResult:
     """χ per layer for each role, with the chance level.
@@ -61,6 +65,8 @@ class OverlapResult:
         average: ``"class"`` (mean of the class means, the paper's) or ``"sample"``.
         warning: why χ is uninformative for these labels and k
             (`vlm_lens.metrics.neighbourhood.overlap_caveat`), or None.
+        meta: what produced the result: model, inputs, settings (`vlm_lens.analysis.provenance`);
+            `save_result` keeps it.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -75,6 +81,7 @@ class OverlapResult:
     n: int
     average: str = "class"
     warning: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -181,4 +188,16 @@ def neighbourhood_overlap(
     reason = overlap_caveat(labels, k)
     if reason is not None:
         warnings.warn(f"χ is uninformative: {reason}", UninformativeMetricWarning, stacklevel=2)
-    return OverlapResult(overlap, chance, k, n_labels, average, reason)
+    provenance = Provenance("neighbourhood_overlap", k=k, role=role, average=average)
+    for name, x in reps.items():
+        provenance.add_array(f"representations[{name}]", x)
+    provenance.add_array("labels", np.asarray([str(label) for label in labels]))
+    return OverlapResult(
+        overlap=overlap,
+        chance=chance,
+        k=k,
+        n=n_labels,
+        average=average,
+        warning=reason,
+        meta=provenance.meta(),
+    )

@@ -31,8 +31,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,8 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlm_lens.analysis.persist import register_result
+from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.analysis.token_ids import check_token_ids, vocabulary_size
 from vlm_lens.batch import Batch
 from vlm_lens.engine.sweep import CLEAN, run_sweep
@@ -89,8 +91,16 @@ class PatchPair:
                     f"{name} must be a token id (int) or one per prompt (int tensor), got "
                     f"{value!r}; look class names up with model.tokenizer"
                 )
+            negative = value < 0 if isinstance(value, int) else bool((value < 0).any())
+            if negative:  # a negative index would read the vocabulary from its end
+                raise VLMInputError(
+                    f"PatchPair.{name} holds a negative token id ({value!r}); token ids count "
+                    "from 0. Look the class name up with "
+                    "model.tokenizer.encode(' cat', add_special_tokens=False)"
+                )
 
 
+@register_result
 @dataclass(frozen=True)
 class PatchingSweepResult:
     """Per-layer patching metrics.
@@ -105,6 +115,8 @@ class PatchingSweepResult:
         d_clean: ``[n_pairs]`` logit difference (target minus source class) unpatched.
         d_patched: ``[n_layers, n_pairs]`` the same, patched.
         similarity_per_pair: ``[n_layers, n_pairs]``.
+        meta: what produced the result: model, inputs, settings (`vlm_lens.analysis.provenance`);
+            `save_result` keeps it.
 
     Example:
         >>> result = patching_sweep(model, pair, site="attention", layers=[0, 1])  # doctest: +SKIP
@@ -121,6 +133,7 @@ class PatchingSweepResult:
     d_clean: np.ndarray
     d_patched: np.ndarray
     similarity_per_pair: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_pairs(self) -> int:
@@ -189,8 +202,19 @@ def patching_sweep(
         check_token_ids(pair.source_token, vocab, "PatchPair.source_token")
         check_token_ids(pair.target_token, vocab, "PatchPair.target_token")
     sites = _sites(site, layer_list, n_layers)
+    provenance = Provenance(
+        "patching_sweep",
+        model,
+        site=site,
+        layers=layer_list,
+        positions=positions,
+        source_tokens=[p.source_token for p in pair_list],
+        target_tokens=[p.target_token for p in pair_list],
+    )
     d_clean, d_patched, sims, base_sims = [], [], [], []
     for pair in tqdm(pair_list, desc="patching", disable=not progress):
+        provenance.add(pair.source)
+        provenance.add(pair.target)
         if len(pair.source) != len(pair.target):
             raise VLMInputError(
                 f"a PatchPair has {len(pair.source)} source and {len(pair.target)} target "
@@ -234,6 +258,7 @@ def patching_sweep(
         d_clean=d_clean_all.numpy(),
         d_patched=d_patched_all.numpy(),
         similarity_per_pair=sims_all.numpy(),
+        meta=provenance.meta(),
     )
 
 

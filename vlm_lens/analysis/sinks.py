@@ -22,7 +22,7 @@ closing specials of every image (BOI and Emu3's size header excluded).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,8 @@ from torch import Tensor
 
 from vlm_lens import hooks
 from vlm_lens.analysis._common import iter_batches, resolve_layers, run
+from vlm_lens.analysis.persist import register_result
+from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.batch import Batch, attention_of
 from vlm_lens.engine.attention_rows import image_side, key_attention_hooks, query_rows
 from vlm_lens.model import HookedVLM
@@ -41,6 +43,7 @@ from vlm_lens.positions import PositionSpec, after
 COLUMNS = ("sequence", "position", "role", "layer", "ratio", "dim", "attention", "is_sink")
 
 
+@register_result
 @dataclass(frozen=True)
 class SinkResult:
     """One row per (prompt, layer, image-side position), ordered by prompt, layer, position.
@@ -58,6 +61,8 @@ class SinkResult:
         is_sink: ``[rows]`` ``ratio > threshold``.
         dims: per row, every dimension whose |activation| exceeds ``threshold`` times the mean,
             largest first (empty unless a sink).
+        meta: what produced the result: model, inputs, settings (`vlm_lens.analysis.provenance`);
+            `save_result` keeps it.
 
     Example:
         >>> result = find_sinks(model, batches, threshold=50.0)  # doctest: +SKIP
@@ -75,6 +80,7 @@ class SinkResult:
     attention: np.ndarray
     is_sink: np.ndarray
     dims: tuple[tuple[int, ...], ...]
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """Columns ``sequence, position, role, layer, ratio, dim, attention, is_sink``."""
@@ -139,8 +145,12 @@ def find_sinks(
     """
     layer_ids = resolve_layers(model, layers)
     rows: dict[str, list[Any]] = {name: [] for name in (*COLUMNS, "dims")}
+    provenance = Provenance(
+        "find_sinks", model, layers=layer_ids, threshold=threshold, queries=queries
+    )
     offset = 0
     for batch in iter_batches(batches, progress=progress, desc="find_sinks"):
+        provenance.add(batch)
         layout = batch.layout
         queries_b = query_rows(queries, layout, what="find_sinks")
         side = image_side(layout)
@@ -187,6 +197,7 @@ def find_sinks(
         attention=np.concatenate(rows["attention"]),
         is_sink=np.concatenate(rows["is_sink"]),
         dims=tuple(rows["dims"]),
+        meta=provenance.meta(),
     )
 
 

@@ -24,11 +24,13 @@ from typing import Any
 
 import pandas as pd
 
+from vlm_lens.analysis.persist import register_result
 from vlm_lens.errors import VLMInputError
 
 __all__ = ["EvaluationResult", "load_tables", "tables_markdown"]
 
 
+@register_result
 @dataclass(frozen=True)
 class EvaluationResult:
     """Scores of one task under each condition.
@@ -42,6 +44,9 @@ class EvaluationResult:
         draws: condition -> score of each draw (conditions with several draws only).
         descriptions: condition -> what it does.
         predictions: one row per (item, run): ``id, condition, draw, prediction``.
+        meta: what produced the scores: ``model`` (`vlm_lens.analysis.provenance.model_meta`)
+            and ``settings`` (task, conditions, seed, a digest of the items and prompts...);
+            `vlm_lens.analysis.save_result` keeps it.
     """
 
     task: str
@@ -52,6 +57,7 @@ class EvaluationResult:
     draws: dict[str, list[float]] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
     predictions: pd.DataFrame | None = field(default=None, compare=False, repr=False)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def table(self) -> dict[str, Any]:
         """The ``table.json`` dict."""

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from vlm_lens.analysis.provenance import model_meta
 from vlm_lens.batch import Batch
 from vlm_lens.data.examples import Example, digest_of_digests, example_digests, load_image
 from vlm_lens.data.identity import model_identity
@@ -192,7 +194,16 @@ def evaluate(
         bar.close()
         if log is not None:
             log.close()
-    return _score(task, name, items, conds, rows, k, chi_average)
+    settings = {**config, "k": k, "chi_average": chi_average}
+    meta = {"analysis": "evaluate", "model": _model_meta(model), "settings": settings}
+    return dataclasses.replace(_score(task, name, items, conds, rows, k, chi_average), meta=meta)
+
+
+def _model_meta(model: Any) -> dict[str, Any]:
+    try:
+        return model_meta(model)
+    except AttributeError:  # a stand-in without the HookedVLM attributes
+        return {"name_or_path": model_name_of(model)}
 
 
 def _task(task: Task | str) -> Task:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from vlm_lens.analysis import attention_share
+from vlm_lens.analysis.persist import register_result
 from vlm_lens.batch import Batch
 from vlm_lens.errors import VLMInputError
 from vlm_lens.experiments.factorial_report import write_factorial
@@ -92,6 +93,7 @@ THRESHOLDS: dict[str, float] = {"knockout": 0.5, "share": 0.2, "patching": 0.5}
 attention, 50% of the answers)."""
 
 
+@register_result
 @dataclass(frozen=True)
 class Criterion:
     """One "has a gate" criterion.
@@ -119,6 +121,7 @@ class Criterion:
         return dataclasses.asdict(self)
 
 
+@register_result
 @dataclass(frozen=True)
 class GateMeasurement:
     """Every "has a gate" number of one organism; the criteria are derived from them.

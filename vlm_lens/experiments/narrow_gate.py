@@ -53,6 +53,7 @@ from vlm_lens.analysis import (
 )
 from vlm_lens.analysis.knockout_effect import DEFAULT_CONDITIONS
 from vlm_lens.analysis.patching_sweep import PatchSite
+from vlm_lens.analysis.persist import register_result
 from vlm_lens.batch import Batch
 from vlm_lens.data.collect import Probe, collect
 from vlm_lens.errors import AnalysisSkipped, ReportInputError, VLMInputError, VLMLensError
@@ -99,6 +100,7 @@ class Settings:
     seed: int = 0
 
 
+@register_result
 @dataclass
 class ModelRun:
     """Every result of one model (``None`` where an analysis was skipped; see `skipped`)."""
