@@ -30,7 +30,7 @@ from vlm_lens.adapters.processor_loading import load_processor
 from vlm_lens.batch import Batch, check_origin, move_inputs, processor_fingerprint
 from vlm_lens.checkpoints import resolve_checkpoint
 from vlm_lens.engine import attention
-from vlm_lens.engine.compat import attn_implementation, register_aliases
+from vlm_lens.engine.compat import attention_implementations, attn_implementation, register_aliases
 from vlm_lens.engine.components import build_bridge
 from vlm_lens.engine.hook_checks import checked_hooks
 from vlm_lens.engine.image_features import (
@@ -218,10 +218,10 @@ class HookedVLM(TransformerLensHabits):
             model = copy.deepcopy(model)
         model.eval()
         adapter = adapter_cls(model, processor)
-        chosen = _attn_implementations(model.config)
+        chosen = attention_implementations(model.config)
         placement = Placement.of(model)  # before the bridge replaces the modules it names
         bridge = build_bridge(model, adapter.architecture, placement)
-        if chosen != _attn_implementations(model.config):  # the TL adapter forced eager
+        if chosen != attention_implementations(model.config):  # the TL adapter forced eager
             getattr(model, "set_attn_implementation")(chosen)  # noqa: B009 - a PreTrainedModel's
         out = cls(bridge, adapter, processor)
         out._placement = placement
@@ -359,7 +359,7 @@ class HookedVLM(TransformerLensHabits):
                 f"one of {sorted(known)}"
             )
         hf: Any = self.hf_model
-        before = _attn_implementations(hf.config)
+        before = attention_implementations(hf.config)
         try:
             hf.set_attn_implementation(implementation)
         except ValueError:  # HF refused one sub-model (Gemma 2: no SDPA): leave none switched
@@ -941,16 +941,6 @@ def _model_class(config: Any) -> tuple[type[nn.Module], type[VLMAdapter]]:
         f"{', '.join(supported_architectures())}. To add a family, subclass "
         "vlm_lens.adapters.VLMAdapter and register it (CONTRIBUTING.md)."
     )
-
-
-def _attn_implementations(config: Any) -> dict[str, Any]:
-    """``{"": impl, sub_config: {...}}``: the nested form ``set_attn_implementation`` takes."""
-    out: dict[str, Any] = {"": attn_implementation(config)}
-    for key in getattr(config, "sub_configs", {}) or {}:
-        sub = getattr(config, key, None)
-        if sub is not None:
-            out[key] = _attn_implementations(sub)
-    return out
 
 
 def _group_images(images: Any, n_prompts: int) -> list[list[ImageLike]]:

@@ -36,7 +36,7 @@ import transformers
 
 from vlm_lens.data.digest import weights_digests
 from vlm_lens.data.hook_state import active_hooks
-from vlm_lens.engine.compat import attn_implementation
+from vlm_lens.engine.compat import attention_implementations
 
 
 def model_identity(model: Any) -> dict[str, Any]:
@@ -63,22 +63,3 @@ def model_identity(model: Any) -> dict[str, Any]:
         "hooks": active_hooks(model),
         "weights": weights_digests(hf),
     }
-
-
-def attention_implementations(config: Any) -> dict[str, Any]:
-    """``{"": implementation, sub_config: {...}}`` of a Hugging Face config (``{}`` without
-    one).
-
-    Example:
-        >>> from transformers import LlamaConfig
-        >>> attention_implementations(LlamaConfig(attn_implementation="sdpa"))
-        {'': 'sdpa'}
-    """
-    if config is None:
-        return {}
-    out: dict[str, Any] = {"": attn_implementation(config)}
-    for key in getattr(config, "sub_configs", {}) or {}:
-        sub = getattr(config, key, None)
-        if sub is not None:
-            out[key] = attention_implementations(sub)
-    return out

@@ -187,6 +187,25 @@ def attn_implementation(config: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def attention_implementations(config: Any) -> dict[str, Any]:
+    """``{"": implementation, sub_config: {...}}`` of a Hugging Face config (``{}`` without
+    one): the nested form ``set_attn_implementation`` takes.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> attention_implementations(LlamaConfig(attn_implementation="sdpa"))
+        {'': 'sdpa'}
+    """
+    if config is None:
+        return {}
+    out: dict[str, Any] = {"": attn_implementation(config)}
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None:
+            out[key] = attention_implementations(sub)
+    return out
+
+
 def accelerate_execution_device(module: nn.Module) -> torch.device | None:
     """The device accelerate runs `module` on (its ``_hf_hook``), or ``None`` without one."""
     hook = getattr(module, "_hf_hook", None)
