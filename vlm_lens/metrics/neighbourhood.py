@@ -25,7 +25,7 @@ always does this with two or more classes), and with a single class χ is 1 triv
 `vlm_lens.errors.UninformativeMetricWarning` and still returns the value.
 
 Distances are computed in row chunks with torch, so at most ``chunk_size × n`` distances exist at
-once (the default keeps that under 2**24 values, about 64 MiB in float32 for any n), on the
+once (the default keeps that under 2**20 values, 4 MiB in float32 for any n), on the
 device of the input tensor.
 
 Example:
@@ -62,7 +62,7 @@ __all__ = [
     "overlap_chance_level_per_sample",
 ]
 
-DEFAULT_CHUNK_ELEMENTS = 2**24
+DEFAULT_CHUNK_ELEMENTS = 2**20
 """Upper bound on the number of distances held at once when ``chunk_size`` is not given."""
 
 LabelsLike = Sequence[object] | np.ndarray | Tensor
@@ -172,7 +172,7 @@ def neighbourhood_overlap_per_sample(
         labels: one label per sample (ints, strings, ...), ``[n]``.
         k: number of neighbours; ``1 <= k < n``.
         chunk_size: rows of the distance matrix computed at once; default
-            ``2**24 // n`` (bounded memory for any n).
+            ``2**20 // n`` (4 MiB of float32 distances for any n).
 
     Returns:
         ``[n]`` float64 array with values in ``{0, 1/k, ..., 1}``.
