@@ -1,14 +1,18 @@
 """χ's two averages (class-first as the paper's dadapy call, plain mean) and its warning.
 
 The expectations are recomputed here from the definitions with a full numpy distance matrix
-and plain Python loops; where dadapy is installed (the ``adp`` extra), its own
-``Data.return_label_overlap`` is run on the same input.
+and plain Python loops; dadapy's own ``Data.return_label_overlap`` outputs, written by
+``tests/golden/make_dadapy_label_overlap.py`` in an environment where dadapy installs, are
+compared on their stored inputs, and where dadapy is installed (the ``adp`` extra) it is also
+run here on the same input.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +135,22 @@ def test_matches_dadapy_return_label_overlap() -> None:
     assert abs(weighted - plain) > 0.01
     assert neighbourhood_overlap(x, LABELS, k=K) == pytest.approx(weighted, abs=1e-12)
     assert neighbourhood_overlap(x, LABELS, k=K, average="sample") == pytest.approx(plain)
+
+
+GOLDEN = Path(__file__).parent / "golden" / "dadapy_label_overlap.json"
+
+
+@pytest.mark.parametrize("case", sorted(json.loads(GOLDEN.read_text())["cases"]))
+def test_matches_what_dadapy_wrote(case: str) -> None:
+    """dadapy cannot live in this environment (it pins numpy<2 and imports jax), so its own
+    outputs were written by `tests/golden/make_dadapy_label_overlap.py` in one where it can;
+    vlm_lens must give them on the same stored inputs."""
+    stored = json.loads(GOLDEN.read_text())["cases"][case]
+    x, labels, k = np.asarray(stored["x"]), stored["labels"], stored["k"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UninformativeMetricWarning)
+        ours = neighbourhood_overlap(x, labels, k=k)
+        plain = neighbourhood_overlap(x, labels, k=k, average="sample")
+    assert abs(stored["class_weighted"] - stored["plain"]) > 0.01  # the case tells them apart
+    assert ours == pytest.approx(stored["class_weighted"], abs=1e-12)
+    assert plain == pytest.approx(stored["plain"], abs=1e-12)
