@@ -124,6 +124,30 @@ def test_collect_stopping_early_gives_the_same_values(wrapped: Wrapped) -> None:
         assert torch.equal(out["i"][b, 0], cache[hooks.attn_out(0)][b, image].mean(dim=0))
 
 
+def test_mean_probes_read_the_same_values_by_slice_and_by_gather(wrapped: Wrapped) -> None:
+    """`collect` reads a mean over one run of positions as a slice view (one for the whole batch
+    when every row has the same run) and gathers otherwise; each equals the cache's own mean."""
+    model = wrapped.model
+    every_other = lambda layout: layout.mask("image") & (  # noqa: E731 - gaps: the gather path
+        torch.arange(layout.shape[1]) % 2 == 0
+    )
+    probes = [
+        Probe("run", site="resid_post", positions="image", reduce="mean", layers=[0, -1]),
+        Probe("gaps", site="resid_post", positions=every_other, reduce="mean", layers=[0, -1]),
+    ]
+    for batch in (wrapped.batch(2), wrapped.batch(3, padding_side="left")):
+        out = collect(model, batch, probes)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch, names_filter=SITES)
+        gaps = every_other(batch.layout)
+        for b in range(batch.layout.shape[0]):
+            image = batch.layout.positions("image")[b]
+            for i, layer in enumerate((0, model.cfg.n_layers - 1)):
+                resid = cache[hooks.resid_post(layer)][b]
+                assert torch.equal(out["run"][b, i], resid[image].mean(dim=0))
+                assert torch.equal(out["gaps"][b, i], resid[gaps[b].nonzero().flatten()].mean(0))
+
+
 # ---------------------------------------------------------------------- seeded draws
 def test_random_draw_depends_on_seed_and_index_not_on_batching(
     llava: tuple[HookedVLM, list[Example], list[Probe]], tmp_path: Path

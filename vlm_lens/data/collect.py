@@ -355,6 +355,11 @@ def _reducer(
     probe: Probe,
     shape: tuple[int, int],
 ) -> Callable[..., None]:
+    # Means over runs of consecutive positions (an image span) read slice views instead of
+    # gathered copies: the same values in the same summation order, without the copy.
+    spans = _consecutive_runs(rows) if probe.reduce == "mean" else None
+    same_span = spans[0][1] if spans and len({span for _, span in spans}) == 1 else None
+
     def hook(activation: Float[Tensor, "batch pos ..."], hook: Any) -> None:
         if tuple(activation.shape[:2]) != shape:
             raise ValueError(
@@ -362,7 +367,11 @@ def _reducer(
                 f"{tuple(activation.shape)}, not [batch, pos, ...] = {shape}"
             )
         device = activation.device
-        if probe.reduce == "mean":
+        if probe.reduce == "mean" and same_span is not None:  # one slice view, no gather
+            value = activation[:, same_span[0] : same_span[1]].float().mean(dim=1)
+        elif probe.reduce == "mean" and spans is not None:  # a slice view per sequence
+            value = torch.stack([activation[b, s:e].float().mean(dim=0) for b, (s, e) in spans])
+        elif probe.reduce == "mean":
             parts = [
                 activation[b, idx.to(device)].float().mean(dim=0) for b, idx in enumerate(rows)
             ]
@@ -373,3 +382,14 @@ def _reducer(
         slots[key] = value.to("cpu")
 
     return hook
+
+
+def _consecutive_runs(rows: list[Tensor]) -> list[tuple[int, tuple[int, int]]] | None:
+    """``[(b, (start, end))]`` when every row's positions are one run ``start..end-1``."""
+    runs = []
+    for b, idx in enumerate(rows):
+        start, stop = int(idx[0]), int(idx[-1]) + 1
+        if stop - start != len(idx) or not bool((idx.diff() == 1).all()):
+            return None
+        runs.append((b, (start, stop)))
+    return runs
