@@ -225,6 +225,35 @@ def test_labelled_folder_run(labelled: Path, tmp_path: Path, capsys) -> None:
     assert "id='view'" not in out.read_text()
 
 
+HOSTILE_LABEL = "<img src=x onerror=alert(1)>"
+HOSTILE_FILE = "<svg onload=alert(2)>'\"&.png"
+HOSTILE_PROMPT = "<image></script><script>alert(3)</script> what colour?"
+
+
+def test_hostile_labels_file_names_and_prompt_stay_text(tmp_path: Path, capsys) -> None:
+    """Label folders, file names and the prompt are user strings: the page shows them as text
+    (escaped for HTML, attributes and inside script elements) and runs none of them."""
+    root = tmp_path / "images"
+    for i, scene in enumerate(world_split("test", 6, seed=1, max_objects=1)):
+        folder = root / (HOSTILE_LABEL if i % 2 else "plain")
+        folder.mkdir(parents=True, exist_ok=True)
+        scene.image.save(folder / (HOSTILE_FILE if i < 2 else f"{scene.index}.png"))
+    out = tmp_path / "r.html"
+    args = ["narrow-gate", "--model", ORGANISM, "--images", str(root), "--out", str(out)]
+    args += ["--n-images", "6", "--n-pairs", "2", "--prompt", HOSTILE_PROMPT, "-q"]
+    code, _, err = _run(args, capsys)
+    assert code == 0, err
+    page = out.read_text(encoding="utf-8")
+    for evil in (HOSTILE_LABEL, HOSTILE_FILE, "<script>alert(3)</script>", "<svg onload"):
+        assert evil not in page
+    assert "alert(1)" in page and "alert(3)" in page  # the label and the prompt, as text
+    parser = _Balance()
+    parser.feed(page)
+    assert parser.errors == [] and parser.stack == []
+    scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", page, flags=re.S)
+    assert not any("<img" in body or "<svg" in body for body in scripts)  # not inside scripts
+
+
 def test_info_lists_family_roles_and_hooks(capsys) -> None:
     code, out, _ = _run(["info", ORGANISM], capsys)
     assert code == 0
