@@ -250,8 +250,6 @@ def test_hostile_labels_file_names_and_prompt_stay_text(tmp_path: Path, capsys) 
     parser = _Balance()
     parser.feed(page)
     assert parser.errors == [] and parser.stack == []
-    scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", page, flags=re.S)
-    assert not any("<img" in body or "<svg" in body for body in scripts)  # not inside scripts
 
 
 def test_info_lists_family_roles_and_hooks(capsys) -> None:
