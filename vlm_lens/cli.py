@@ -6,7 +6,9 @@
   it runs the built-in organisms; without ``--images``, the built-in synthetic world. Offline.
 * ``vlm-lens evaluate TASK --data DIR --model NAME_OR_PATH [--conditions ...] [--limit N]
   [--out DIR]``: the paper's Table 1 for one task and model (`vlm_lens.evaluate`), resumable;
-  writes ``predictions.jsonl``, ``table.json`` and ``table.md``.
+  writes ``predictions.jsonl``, ``table.json`` and ``table.md``; under torchrun or accelerate
+  launch the ranks share the batches (``predictions.rank{r}.jsonl`` each) and rank 0 writes the
+  table.
 * ``vlm-lens info NAME_OR_PATH``: the family, the token roles of a sample prompt, the hook names.
 
 Bad arguments print one line, ``vlm-lens: error: ...``, and exit with status 2 (1 for a failure
