@@ -6,7 +6,9 @@
   it runs the built-in organisms; without ``--images``, the built-in synthetic world. Offline.
 * ``vlm-lens evaluate TASK --data DIR --model NAME_OR_PATH [--conditions ...] [--limit N]
   [--out DIR]``: the paper's Table 1 for one task and model (`vlm_lens.evaluate`), resumable;
-  writes ``predictions.jsonl``, ``table.json`` and ``table.md``.
+  writes ``predictions.jsonl``, ``table.json`` and ``table.md``; under torchrun or accelerate
+  launch the ranks share the batches (``predictions.rank{r}.jsonl`` each) and rank 0 writes the
+  table.
 * ``vlm-lens info NAME_OR_PATH``: the family, the token roles of a sample prompt, the hook names.
 
 Bad arguments print one line, ``vlm-lens: error: ...``, and exit with status 2 (1 for a failure
@@ -217,7 +219,19 @@ def narrow_gate(
     quiet: bool,
     debug: bool,  # noqa: ARG001 - read by main()
 ) -> None:
-    """Run the paper's analyses and write one self-contained HTML report."""
+    """Run the paper's analyses and write one self-contained HTML report (one process: for
+    several GPUs, shard the Table 1 part with torchrun ... -m vlm_lens evaluate)."""
+    from vlm_lens.data import distributed
+
+    ranks = distributed.detect()
+    if ranks.active:  # each rank would run the whole report and write the same file
+        raise click.UsageError(
+            f"narrow-gate runs in one process, but this is rank {ranks.rank} of a "
+            f"{ranks.world_size}-process launch (torchrun or accelerate launch) whose ranks "
+            "would each run every analysis and write the same report; run it without the "
+            "launcher (vlm-lens narrow-gate --device cuda:0 ...), and launch vlm-lens evaluate "
+            "(then --evaluation DIR) to use several GPUs"
+        )
     _quiet_libraries()
     import torch
 
@@ -396,10 +410,13 @@ def evaluate_command(
     debug: bool,  # noqa: ARG001 - read by main()
 ) -> None:
     """Score TASK (vqav2, coco-captions, flickr30k, imagenet-chi) under each condition: the
-    paper's Table 1 for one model. Rerun the same command to resume."""
+    paper's Table 1 for one model. Rerun the same command to resume. Under torchrun or
+    accelerate launch the batches are shared by the processes (--device cuda: cuda:LOCAL_RANK
+    each) and rank 0 writes the table."""
     _quiet_libraries()
     import torch
 
+    from vlm_lens.data import distributed
     from vlm_lens.evaluate import TASKS, evaluate, parse_conditions
     from vlm_lens.report import load_model
     from vlm_lens.zoo.registry import model_defaults
@@ -413,6 +430,9 @@ def evaluate_command(
         threads = model_defaults(model_name).threads
     if threads is not None:
         torch.set_num_threads(threads)
+    ranks = distributed.current()
+    if ranks.active and device == "cuda":
+        device = f"cuda:{ranks.local_rank}"
     model = load_model(model_name, device=device)
     result = evaluate(
         model,
@@ -431,9 +451,12 @@ def evaluate_command(
         stack_runs=stack_runs,
         max_rows=max_rows,
     )
+    if ranks.rank != 0:  # every rank has the same result; rank 0 writes it
+        return
     json_path, md_path = result.write(out)
     click.echo(result.markdown())
-    click.echo(f"wrote {json_path}, {md_path} and {json_path.parent / 'predictions.jsonl'}")
+    logs = "predictions.rank*.jsonl" if ranks.active else "predictions.jsonl"
+    click.echo(f"wrote {json_path}, {md_path} and {json_path.parent / logs}")
 
 
 @app.command("info")

@@ -90,6 +90,19 @@ def current() -> Ranks:
     Raises:
         ValueError: for inconsistent variables, naming them.
     """
+    ranks = detect()
+    if ranks.active and not dist.is_initialized():
+        dist.init_process_group(backend="gloo", rank=ranks.rank, world_size=ranks.world_size)
+    return ranks
+
+
+def detect() -> Ranks:
+    """The ranks of this process from the environment, as `current`, without initialising
+    `torch.distributed` (for a command that only needs to know whether it was launched).
+
+    Raises:
+        ValueError: for inconsistent variables, naming them.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
@@ -98,6 +111,4 @@ def current() -> Ranks:
             f"RANK={rank} and WORLD_SIZE={world} are inconsistent; launch with torchrun or "
             "accelerate launch, or unset them for one process"
         )
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="gloo", rank=rank, world_size=world)
     return Ranks(rank=rank, world_size=world, local_rank=local)

@@ -7,6 +7,11 @@ is written. Reopening a log of the same run returns the rows done so far (a line
 kill is dropped and the file truncated before it), so a restarted run skips them; a log of
 another run is refused, naming what differs, so two runs never mix.
 
+In a multi-process run (`vlm_lens.data.distributed`) each rank appends to its own
+``predictions.rank{r}.jsonl`` (`log_name`), with the same header; `read_rows` reads another
+rank's log without touching it (a row still being written is left out), and `log_paths` lists
+every log of an out folder, so a run resumes from all of them whatever the number of processes.
+
 Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "predictions.jsonl"
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -28,7 +34,7 @@ from typing import IO, Any
 from vlm_lens.data.store import fingerprint
 from vlm_lens.errors import StoreConfigError
 
-__all__ = ["FORMAT", "PredictionLog"]
+__all__ = ["FORMAT", "PredictionLog", "log_name", "log_paths", "read_rows"]
 
 FORMAT = "vlm_lens.predictions/1"
 """The header's format tag."""
@@ -67,7 +73,7 @@ class PredictionLog:
                 naming what differs, unless `overwrite`.
         """
         file = Path(path)
-        plain: dict[str, Any] = json.loads(json.dumps(dict(config), sort_keys=True, default=str))
+        plain = _plain(config)
         digest = fingerprint(plain)
         if overwrite and file.exists():
             file.unlink()
@@ -77,14 +83,7 @@ class PredictionLog:
             with file.open("w", encoding="utf-8") as out:
                 out.write(json.dumps(first, sort_keys=True) + "\n")
             return cls(file, plain, [])
-        header, rows, good_bytes = _read(file)
-        stored: dict[str, Any] = header.get("config") or {}
-        if header.get("fingerprint") != digest:
-            raise StoreConfigError(
-                f"{file} holds another run ({_diff(stored, plain)}); "
-                "resuming would mix two runs. Use another --out folder, or delete the file "
-                "(overwrite=True) to start again"
-            )
+        rows, good_bytes = _read_run(file, plain)
         if good_bytes < file.stat().st_size:  # a row cut off by a kill
             with file.open("r+b") as out:
                 out.truncate(good_bytes)
@@ -105,6 +104,58 @@ class PredictionLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def log_name(rank: int = 0, world_size: int = 1) -> str:
+    """The log file of `rank`: ``predictions.jsonl`` for one process, else
+    ``predictions.rank{rank}.jsonl``.
+
+    Example:
+        >>> log_name(), log_name(1, 2)
+        ('predictions.jsonl', 'predictions.rank1.jsonl')
+    """
+    return "predictions.jsonl" if world_size == 1 else f"predictions.rank{rank}.jsonl"
+
+
+def log_paths(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every predictions log in `folder` (one process's and each rank's), sorted."""
+    out = Path(folder)
+    return sorted(
+        p
+        for p in out.glob("predictions*.jsonl")
+        if p.name == "predictions.jsonl" or _RANK_LOG.fullmatch(p.name)
+    )
+
+
+def read_rows(path: str | os.PathLike[str], config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The complete rows of the log at `path` of the run `config`, read only (a last row
+    without its newline, being written or cut off by a kill, is left out).
+
+    Raises:
+        StoreConfigError: if `path` holds another run's log (or a file that is not a log).
+    """
+    return _read_run(Path(path), _plain(config))[0]
+
+
+_RANK_LOG = re.compile(r"predictions\.rank\d+\.jsonl")
+
+
+def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+    plain: dict[str, Any] = json.loads(json.dumps(dict(config), sort_keys=True, default=str))
+    return plain
+
+
+def _read_run(file: Path, plain: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """Rows and good byte length of `file`, checked to be the log of the run `plain`."""
+    header, rows, good_bytes = _read(file)
+    stored: dict[str, Any] = header.get("config") or {}
+    if header.get("fingerprint") != fingerprint(dict(plain)):
+        raise StoreConfigError(
+            f"{file} holds another run ({_diff(stored, plain)}); "
+            "resuming would mix two runs. Use another --out folder, or delete the file "
+            "(overwrite=True) to start again"
+        )
+    return rows, good_bytes
 
 
 def _read(file: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:

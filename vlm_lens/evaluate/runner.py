@@ -11,6 +11,14 @@ with the same config skips the rows done and ends with the same table, and a dif
 is refused.
 A batch is always formed the same way, so its numbers do not depend on where a run stopped.
 
+Under ``torchrun`` or ``accelerate launch`` (detected from the environment,
+`vlm_lens.data.distributed`), batch ``b`` goes to rank ``b % world_size``: each rank generates
+its own batches and appends their rows to its own ``out/predictions.rank{r}.jsonl`` (the same
+header as one process's log), then the ranks exchange their rows (``all_gather_object``) and
+every rank scores all of them, so every rank returns the table of one process, exactly. A
+restarted run reads every log in `out` (each rank's, or one process's) and skips the rows
+done, with any number of processes. With ``out=None`` the rows are exchanged in memory only.
+
 Example:
     >>> from vlm_lens.evaluate import TASKS, evaluate
     >>> items = TASKS["vqav2"].read("data/vqav2", limit=100)  # doctest: +SKIP
@@ -35,6 +43,7 @@ from tqdm.auto import tqdm
 
 from vlm_lens.analysis.provenance import model_meta
 from vlm_lens.batch import Batch
+from vlm_lens.data import distributed
 from vlm_lens.data.examples import Example, digest_of_digests, example_digests, load_image
 from vlm_lens.data.identity import model_identity
 from vlm_lens.data.store import fingerprint
@@ -49,7 +58,7 @@ from vlm_lens.evaluate.conditions import (
 )
 from vlm_lens.evaluate.generation import decode_answers, generate_runs, last_residuals
 from vlm_lens.evaluate.items import EvalItem
-from vlm_lens.evaluate.predictions import PredictionLog
+from vlm_lens.evaluate.predictions import PredictionLog, log_name, log_paths, read_rows
 from vlm_lens.evaluate.prompts import item_prompt
 from vlm_lens.evaluate.result import EvaluationResult
 from vlm_lens.evaluate.tasks import CHI_K, TASKS, Task
@@ -91,6 +100,7 @@ def evaluate(
     max_rows: int | Literal["auto"] = "auto",
     knockout_mode: KnockoutMode = KNOCKOUT_MODE,
     on_row: Callable[[Mapping[str, Any]], None] | None = None,
+    shard: bool = True,
 ) -> EvaluationResult:
     """Run `task` on `items` under every condition and score it.
 
@@ -119,7 +129,12 @@ def evaluate(
         knockout_mode: how the named knockouts block an edge: ``"zero"`` (default, the
             paper's: post-softmax weights set to 0, not renormalised) or ``"mask"``
             (pre-softmax, renormalised; SDPA layers stay fused).
-        on_row: called with each new row after it is written.
+        on_row: called with each new row after it is written (in a multi-process run, on
+            the rank that computed it).
+        shard: under ``torchrun``/``accelerate launch``, share the batches with the other
+            processes, which must all call `evaluate` with the same arguments; every rank
+            returns the same result. ``False`` runs every batch in this process, as without a
+            launcher (for a call made on one rank only).
 
     Returns:
         An `EvaluationResult`.
@@ -128,6 +143,7 @@ def evaluate(
         VLMInputError: for an unknown task or condition, no items, repeated ids, an item the
             task cannot use, or an image that does not open.
         StoreConfigError: if `out` holds the predictions of another run.
+        RuntimeError: in a multi-process run, when another rank failed (naming it).
     """
     task = _task(task)
     conds = as_conditions(conditions, knockout_mode)
@@ -140,6 +156,7 @@ def evaluate(
     if batch_size < 1:
         raise VLMInputError(f"batch_size must be at least 1, got {batch_size}")
     name = model_name or model_name_of(model)
+    ranks = distributed.current() if shard else distributed.Ranks()
     prompts = [item_prompt(model, name, task, item) for item in items]
     metric = task.metric
     runs = [(c, d, run) for c in conds for d, run in enumerate(c.run_names(task))]
@@ -158,42 +175,70 @@ def evaluate(
     if out is not None:  # what the name does not pin down: the weights, hooks, image bytes
         config["model_identity"] = _identity(model)
         config["images"] = _images_digest(items, prompts)
-    log = _log(out, config)
-    done = set(log.done) if log is not None else set()
-    rows: list[dict[str, Any]] = list(log.rows) if log is not None else []
     batches = _batches(model, prompts, batch_size)
-    context = ConditionContext(int(model.cfg.n_layers))
-    bar = tqdm(total=len(items) * len(runs), desc=f"{task.name} {name}", disable=not progress)
-    bar.update(sum(1 for i in ids for _, _, r in runs if (i, r) in done))
+    mine = [chunk for b, chunk in enumerate(batches) if ranks.owns(b)]
+    rank_log = log_name(ranks.rank, ranks.world_size)
+    if ranks.active:  # every rank must be running the same evaluation
+        ranks.together(lambda: _same_run(ranks, config), "checking the ranks agree")
+    log = ranks.together(lambda: _log(out, rank_log, config), "opening the predictions log")
     try:
-        for chunk in batches:
-            todo = [(c, d, r) for c, d, r in runs if any((ids[i], r) not in done for i in chunk)]
-            if not todo:
-                continue
-            batch = _prepare(model, [items[i] for i in chunk], [prompts[i] for i in chunk])
-            hooks: dict[str, HookList] = {}
-            for cond, draw, run in todo:
-                seeds = tuple(item_seed(seed, draw, ids[i]) for i in chunk)
-                ctx = ConditionContext(context.n_layers, draw, seeds)
-                hooks[run] = cond.build(batch, ctx)
-            values = _run(model, task, batch, hooks, reuse_prefix, stack_runs, max_rows)
-            for cond, draw, run in todo:
-                for slot, i in enumerate(chunk):
-                    if (ids[i], run) in done:
+        # every log of the folder (each rank's, one process's), read after all were opened
+        prior = ranks.together(lambda: _prior_rows(out, rank_log, config, log), "reading logs")
+        known: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in prior:
+            known.setdefault((str(row["id"]), str(row["run"])), row)
+        rows: list[dict[str, Any]] = list(known.values())
+        done = set(known)
+        context = ConditionContext(int(model.cfg.n_layers))
+
+        def run_mine() -> None:
+            total = sum(len(chunk) for chunk in mine) * len(runs)
+            bar = tqdm(
+                total=total,
+                desc=f"{task.name} {name}"
+                + (f" (rank 0 of {ranks.world_size})" if ranks.active else ""),
+                disable=not progress or ranks.rank != 0,
+            )
+            bar.update(sum(1 for c in mine for i in c for _, _, r in runs if (ids[i], r) in done))
+            try:
+                for chunk in mine:
+                    todo = [
+                        (c, d, r) for c, d, r in runs if any((ids[i], r) not in done for i in chunk)
+                    ]
+                    if not todo:
                         continue
-                    row = {"id": ids[i], "run": run, "condition": cond.name, "draw": draw}
-                    row.update(values[run][slot])
-                    if log is not None:
-                        log.write(row)
-                    rows.append(row)
-                    done.add((ids[i], run))
-                    bar.update(1)
-                    if on_row is not None:
-                        on_row(row)
+                    batch = _prepare(model, [items[i] for i in chunk], [prompts[i] for i in chunk])
+                    hooks: dict[str, HookList] = {}
+                    for cond, draw, run in todo:
+                        seeds = tuple(item_seed(seed, draw, ids[i]) for i in chunk)
+                        ctx = ConditionContext(context.n_layers, draw, seeds)
+                        hooks[run] = cond.build(batch, ctx)
+                    values = _run(model, task, batch, hooks, reuse_prefix, stack_runs, max_rows)
+                    for cond, draw, run in todo:
+                        for slot, i in enumerate(chunk):
+                            if (ids[i], run) in done:
+                                continue
+                            row = {"id": ids[i], "run": run, "condition": cond.name, "draw": draw}
+                            row.update(values[run][slot])
+                            if log is not None:
+                                log.write(row)
+                            rows.append(row)
+                            known[(ids[i], run)] = row
+                            done.add((ids[i], run))
+                            bar.update(1)
+                            if on_row is not None:
+                                on_row(row)
+            finally:
+                bar.close()
+
+        ranks.together(run_mine, "evaluating the batches")
     finally:
-        bar.close()
         if log is not None:
             log.close()
+    if ranks.active:  # every rank's rows of its own batches, in the order of one process
+        shares = ranks.gather([known[(ids[i], r)] for c in mine for _, _, r in runs for i in c])
+        merged = {(str(r["id"]), str(r["run"])): r for share in shares for r in share}
+        rows = [merged[(ids[i], r)] for chunk in batches for _, _, r in runs for i in chunk]
     settings = {**config, "k": k, "chi_average": chi_average}
     meta = {"analysis": "evaluate", "model": _model_meta(model), "settings": settings}
     return dataclasses.replace(_score(task, name, items, conds, rows, k, chi_average), meta=meta)
@@ -235,10 +280,41 @@ def _images_digest(items: Sequence[EvalItem], prompts: Sequence[str]) -> str:
     return digest_of_digests(example_digests(examples, prompts))
 
 
-def _log(out: str | os.PathLike[str] | None, config: Mapping[str, Any]) -> PredictionLog | None:
+def _log(
+    out: str | os.PathLike[str] | None, name: str, config: Mapping[str, Any]
+) -> PredictionLog | None:
     if out is None:
         return None
-    return PredictionLog.open(Path(out) / "predictions.jsonl", config)
+    return PredictionLog.open(Path(out) / name, config)
+
+
+def _prior_rows(
+    out: str | os.PathLike[str] | None,
+    name: str,
+    config: Mapping[str, Any],
+    log: PredictionLog | None,
+) -> list[dict[str, Any]]:
+    """This rank's logged rows, then those of the folder's other logs (other ranks', or one
+    process's), so that a run resumes whatever the number of processes that started it."""
+    if out is None or log is None:
+        return []
+    rows = list(log.rows)
+    for path in log_paths(out):
+        if path.name != name:
+            rows.extend(read_rows(path, config))
+    return rows
+
+
+def _same_run(ranks: distributed.Ranks, config: Mapping[str, Any]) -> None:
+    """Raise unless every rank has the config of rank 0 (same items, model, conditions...)."""
+    digests = ranks.gather(fingerprint(json.loads(json.dumps(config, default=str))))
+    others = [r for r, d in enumerate(digests) if d != digests[0]]
+    if others:
+        raise VLMInputError(
+            f"ranks {others} evaluate another run than rank 0 (other items, model, conditions "
+            "or settings); every rank of a torchrun/accelerate launch must call evaluate with "
+            "the same arguments and data"
+        )
 
 
 def _batches(model: Any, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
