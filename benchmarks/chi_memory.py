@@ -14,7 +14,8 @@ peak RSS growth over the RSS when the stage began (sampled every 1 ms) and trace
 (Python objects only: lists, records, manifests; torch's tensors are not traced), plus the
 process's peak RSS (``VmHWM``, model included). Stages: ``run`` (run_dataset), ``chi`` (χ and
 χ_out with the library's default distance chunking: up to 2**20 distances since 2026-12-04,
-``max(1, 2**20 // n)`` rows; it was 2**24, so the block grew as n² up to 64 MiB at n = 4,096) and ``chi_bounded`` (the same numbers with blocks of at most ``--chunk-elements``
+``max(1, 2**20 // n)`` rows; it was 2**24, so the block grew as n² up to 64 MiB at
+n = 4,096) and ``chi_bounded`` (the same numbers with blocks of at most ``--chunk-elements``
 distances, ``max(1, chunk_elements // n)`` rows: 2**20 = 4 MiB by default, so the block is the
 same size for every n >= 1,024; χ_out's class average computed from
 `neighbourhood_overlap_per_sample`, which takes the chunk size). The results must agree.
