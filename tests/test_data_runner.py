@@ -128,6 +128,7 @@ def test_mean_probes_read_the_same_values_by_slice_and_by_gather(wrapped: Wrappe
     """`collect` reads a mean over one run of positions as a slice view (one for the whole batch
     when every row has the same run) and gathers otherwise; each equals the cache's own mean."""
     model = wrapped.model
+
     def every_other(layout: Any) -> torch.Tensor:  # image positions with gaps: the gather path
         return layout.mask("image") & (torch.arange(layout.shape[1]) % 2 == 0)
 
