@@ -483,20 +483,33 @@ def to_markdown(summary: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## VQ: does shape survive? (linear probes on the frozen VQ; chance 1/6)",
+        "## VQ: do shape and colour survive? (linear probes on the frozen VQ, "
+        "`vlm_lens.zoo.native.probes`; chance 1/6)",
         "",
-        "| organism | VQ rmse 0-255 | head shape acc (training) | object-code probe | majority | "
-        "grid-codes probe | grid-pixels probe |",
+        "Head: the training-only shape head (untrained, so meaningless, for the pixel VQ). Probes:"
+        " from one object code (relational scenes) and from the whole code grid of a one-object "
+        "scene, next to the same probe on the raw pixels; shape / colour.",
+        "",
+        "| organism | VQ rmse 0-255 | head shape acc (training) | object code | majority | "
+        "grid codes | grid pixels |",
         "|---|---|---|---|---|---|---|",
     ]
+
+    def pair(p: dict[str, Any], key: str) -> str:
+        colour = key.replace("object_code", "object_code_colour", 1)
+        if key.startswith("grid_"):
+            colour = f"{key}_colour"
+        return f"{p.get(key, '')} / {p.get(colour, '')}"
+
     for name, e in summary["organisms"].items():
         vq = e.get("training", {}).get("phases", {}).get("vq", {})
         p = e.get("shape_probes", {})
+        pixel = e.get("training", {}).get("settings", {}).get("tokenizer") == "pixel"
+        head = "untrained" if pixel else vq.get("test_object_code_shape_accuracy", "")
         lines.append(
-            f"| {name} | {vq.get('test_reconstruction_rmse_0_255', '')} | "
-            f"{vq.get('test_object_code_shape_accuracy', '')} | {p.get('object_code', '')} | "
-            f"{p.get('object_code_majority', '')} | {p.get('grid_codes', '')} | "
-            f"{p.get('grid_pixels', '')} |"
+            f"| {name} | {vq.get('test_reconstruction_rmse_0_255', '')} | {head} | "
+            f"{pair(p, 'object_code')} | {pair(p, 'object_code_majority')} | "
+            f"{pair(p, 'grid_codes')} | {pair(p, 'grid_pixels')} |"
         )
     lines += ["", "## Accuracy per kind (no intervention) vs chance, and the criteria", ""]
     for name, e in summary["organisms"].items():
