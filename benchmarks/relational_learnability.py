@@ -463,19 +463,25 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str)
             "Linear probes on the frozen VQ (`vlm_lens.zoo.native.probes`; held-out accuracy, "
             f"{p0['train_scenes']} train / {p0['test_scenes']} test scenes, {p0['steps']} steps; "
             f"chance {p0['chance']}): the attribute of the object a code covers from that one "
-            "code (relational scenes), and of a single-object scene's object from the whole code "
-            "grid, next to the same probe on the raw pixels.",
+            "code (relational scenes), next to the same probe on that code's own 2 x 2 pixel "
+            "patch (12 values), and of a single-object scene's object from the whole code grid, "
+            "next to the same probe on the raw pixels. Majority: the train labels' most common "
+            "class on the test labels (codes of large shapes outnumber the rest).",
             "",
-            "| VQ | attribute | one object code | majority | whole grid | raw pixels | majority |",
-            "|---|---|---|---|---|---|---|",
+            "| VQ | attribute | one object code | its patch's pixels | majority | whole grid | "
+            "raw pixels | majority |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in probed:
             p = r["probes"]
             for attribute, suffix in (("shape", ""), ("colour", "_colour")):
+                patch = p.get(f"object_patch_pixels{suffix}")
                 lines.append(
                     f"| {r['run']} | {attribute} | {p[f'object_code{suffix}']:.3f} | "
-                    f"{p[f'object_code{suffix}_majority']:.3f} | {p[f'grid_codes{suffix}']:.3f} | "
-                    f"{p[f'grid_pixels{suffix}']:.3f} | {p[f'grid{suffix}_majority']:.3f} |"
+                    + ("" if patch is None else f"{patch:.3f}")
+                    + f" | {p[f'object_code{suffix}_majority']:.3f} | "
+                    f"{p[f'grid_codes{suffix}']:.3f} | {p[f'grid_pixels{suffix}']:.3f} | "
+                    f"{p[f'grid{suffix}_majority']:.3f} |"
                 )
     lines += ["", "VQ and reader statistics:", ""]
     for r in results:

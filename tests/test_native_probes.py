@@ -14,6 +14,7 @@ from vlm_lens.zoo import native
 from vlm_lens.zoo.native.build import shape_targets
 from vlm_lens.zoo.native.probes import (
     ATTRIBUTES,
+    code_patches,
     code_targets,
     linear_probe,
     majority_rate,
@@ -97,6 +98,16 @@ def test_code_targets_colour_is_the_colour_in_the_patch() -> None:
                 assert (patch == rgb[c]).all(axis=1).any()
 
 
+def test_code_patches_are_the_pixels_under_each_code() -> None:
+    pixels = torch.randn(2, 3, native.IMAGE_SIZE, native.IMAGE_SIZE)
+    side = native.IMAGE_SIZE // native.GRID
+    patches = code_patches(pixels)
+    for code in (0, 17, native.GRID * native.GRID - 1):
+        r, c = divmod(code, native.GRID)
+        expected = pixels[:, :, r * side : (r + 1) * side, c * side : (c + 1) * side]
+        torch.testing.assert_close(patches[:, code], expected.reshape(2, -1))
+
+
 def test_scene_targets_rejects_several_objects() -> None:
     scenes = world.task_split("relational", "train", 2, seed=0)
     with pytest.raises(ValueError, match="single-object"):
@@ -131,9 +142,10 @@ def test_vq_probes_report_every_probe() -> None:
     vq, processor = _tiny_vq()
     out = vq_probes(vq, processor, n_train=12, n_test=6, steps=3)
     for suffix in ("", "_colour"):
-        for key in ("object_code", "object_code_majority", "grid_codes", "grid_pixels"):
+        keys = ("object_code", "object_code_majority", "object_patch_pixels", "grid_codes")
+        for key in (*keys, "grid_pixels"):
             name = key.replace("object_code", f"object_code{suffix}", 1)
-            if key.startswith("grid_"):
+            if key.startswith(("grid_", "object_patch")):
                 name = f"{key}{suffix}"
             assert 0.0 <= out[name] <= 1.0, name
         assert 0.0 <= out[f"grid{suffix}_majority"] <= 1.0

@@ -5,7 +5,9 @@ that head never trains for the pixel tokenizer (weight 0), so it says nothing ab
 codes. These probes are trained here, on the frozen VQ, for any tokenizer:
 
 * ``object_code``: the attribute of the object a code covers, from that one code's quantised
-  vector (relational scenes: 2-4 objects);
+  vector (relational scenes: 2-4 objects), next to ``object_patch_pixels``, the same probe on
+  the pixel values of the code's own patch (`code_patches`: what the patch shows; the encoder
+  sees a wider neighbourhood);
 * ``grid_codes``: the attribute of the one object of a single-object scene from the whole
   grid's quantised vectors (``GRID * GRID * vq_dim`` features), next to ``grid_pixels``, the
   same probe on the raw pixel values (the reference: what a linear read of the image gets).
@@ -114,6 +116,19 @@ def majority_rate(y: Int[Tensor, " n"], y_test: Int[Tensor, " m"]) -> float:
     return float((y_test == majority).float().mean())
 
 
+def code_patches(pixels: Float[Tensor, "n 3 h w"]) -> Tensor:
+    """``[n, GRID * GRID, 3 * side * side]`` the pixel values of each code's patch (row-major
+    codes; ``side = IMAGE_SIZE // GRID``): the raw-pixel reference of the one-code probe.
+
+    Example:
+        >>> code_patches(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)).shape
+        torch.Size([2, 256, 12])
+    """
+    n, side = len(pixels), IMAGE_SIZE // GRID
+    grid = pixels.reshape(n, 3, GRID, side, GRID, side).permute(0, 2, 4, 1, 3, 5)
+    return grid.reshape(n, GRID * GRID, -1)
+
+
 def code_targets(scenes: Sequence[world.Scene], attribute: str) -> Tensor:
     """``[n, GRID * GRID]`` class index (in `ATTRIBUTES`) of the `attribute` of the object each
     code's patch shows, -1 where it shows none (each object's mask; a later object overwrites
@@ -170,7 +185,8 @@ def vq_probes(
             2-4 objects; ``"local"``: one).
 
     Returns:
-        ``{object_code, object_code_majority, grid_codes, grid_pixels, grid_majority}`` for shape
+        ``{object_code, object_code_majority, object_patch_pixels, grid_codes, grid_pixels,
+        grid_majority}`` for shape
         (the keys of the GPU scripts), the same with a ``_colour`` suffix for colour, ``chance``
         and ``colour_chance``, and the sizes.
     """
@@ -179,11 +195,11 @@ def vq_probes(
     splits = (("train", n_train), ("test", n_test))
     multi = {s: world.task_split(multi_task, s, n, world_seed) for s, n in splits}
     single = {s: world.world_split(s, n, world_seed, max_objects=1) for s, n in splits}
-    code_vecs, grid_vecs, raw = {}, {}, {}
+    code_vecs, patch_pixels, grid_vecs, raw = {}, {}, {}, {}
     for split, _ in splits:
-        _, code_vecs[split] = quantised_codes(
-            vq, pixel_values(processor, [s.image for s in multi[split]])
-        )
+        pixels = pixel_values(processor, [s.image for s in multi[split]])
+        _, code_vecs[split] = quantised_codes(vq, pixels)
+        patch_pixels[split] = code_patches(pixels).to(device)
         pixels = pixel_values(processor, [s.image for s in single[split]])
         _, vecs = quantised_codes(vq, pixels)
         grid_vecs[split], raw[split] = vecs.flatten(1), pixels.flatten(1).to(device)
@@ -197,6 +213,13 @@ def vq_probes(
         out[f"object_code{suffix}"] = round(linear_probe(*feats["train"], *feats["test"], steps), 4)
         out[f"object_code{suffix}_majority"] = round(
             majority_rate(feats["train"][1], feats["test"][1]), 4
+        )
+        patch = {}
+        for split, _ in splits:
+            y = code_targets(multi[split], attribute).to(device)
+            patch[split] = (patch_pixels[split][y >= 0], y[y >= 0])
+        out[f"object_patch_pixels{suffix}"] = round(
+            linear_probe(*patch["train"], *patch["test"], steps), 4
         )
         labels = {s: scene_targets(single[s], attribute).to(device) for s, _ in splits}
         for name, x in (("grid_codes", grid_vecs), ("grid_pixels", raw)):
