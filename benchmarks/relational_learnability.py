@@ -20,11 +20,15 @@ this script
 5. reports held-out accuracy per kind next to the majority-answer rate (the majority answer of
    the kind in the train questions, scored on the test questions).
 
-Every stage resumes from its file in ``--work``. One thread, seeded.
+``--probe-only shipped`` adds the probes of the shipped organism's semantic VQ (no reader).
+Every stage resumes from its file in ``--work`` (the VQ from its checkpoint every 100 steps, the
+reader every 250; a reader's files are named by every reader setting, so ``--steps 30000`` trains
+a new one on the cached codes). The results' ``## What it says`` section (hand-written) is kept
+when they are rewritten. One thread, seeded.
 
 Run (one core; about 0.5 CPU s a VQ step, 0.2 CPU s a reader step):
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/relational_learnability.py \\
-        --runs pixel:300 pixel:1500 raw
+        --runs pixel:300 pixel:1500 raw --probe-only shipped
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ ANSWER_LIST = tuple(dict.fromkeys(a for k in world.RELATIONAL_KINDS for a in wor
 TOKENIZERS = ("pixel", "semantic")
 RAW = "raw"
 SHIPPED = "shipped"
+NOTES = "## What it says"
+"""The heading of the hand-written reading in the results file (kept when it is rewritten)."""
 SHIPPED_FOLDER = Path(native.__file__).parent.parent / "weights" / "native"
 
 
@@ -298,12 +304,19 @@ def rows(data: dict[str, Any], vocab: dict[str, int], length: int) -> tuple[Tens
     return torch.tensor(scene), torch.tensor(words), torch.tensor(answer), kinds, masks[kinds]
 
 
+def reader_key(run: str, args: argparse.Namespace) -> str:
+    """The cache name of `run`'s reader: the run and every reader setting (another reader
+    recipe trains anew on the same cached codes)."""
+    return f"{tag_of(run)}-r{args.steps}-l{args.layers}-h{args.hidden}-b{args.batch}-lr{args.lr:g}"
+
+
 def reader_stage(
     run: str, summary: dict[str, Any], args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
     name, vq_steps = split_run(run)
     tag = tag_of(run)
-    result_path = work / f"result_{tag}.json"
+    key = reader_key(run, args)
+    result_path = work / f"result_{key}.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     data = torch.load(work / f"codes_{tag}.pt")
@@ -316,7 +329,7 @@ def reader_stage(
     reader = Reader(len(vocab), args.hidden, args.layers, native.CODEBOOK, length, name == RAW)
     optimiser = torch.optim.AdamW(reader.parameters(), lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed + 12)
-    ckpt_path = work / f"reader_{tag}.pt"
+    ckpt_path = work / f"reader_{key}.pt"
     step, losses = 0, []
     if ckpt_path.exists():
         saved = torch.load(ckpt_path)
@@ -417,6 +430,14 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str)
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    notes = ""  # the hand-written reading of the results (dated) survives a rewrite
+    if out.with_suffix(".md").exists():
+        text = out.with_suffix(".md").read_text()
+        notes = text[text.index(NOTES) :] if NOTES in text else ""
+    if out.with_suffix(".json").exists():
+        old = json.loads(out.with_suffix(".json").read_text())
+        if "what_it_says" in old:
+            record["what_it_says"] = old["what_it_says"]
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# Relational questions: learnable from VQ codes?",
@@ -514,7 +535,8 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str)
             f"- {kind} (asked of {total}): "
             + ", ".join(f"{a} {c / total:.2f}" for a, c in counts.items())
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(text + ("\n" + notes if notes else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
