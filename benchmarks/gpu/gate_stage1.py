@@ -170,86 +170,27 @@ def export_partial(folder: Path, settings: Any) -> str | None:
     return f"stopped at the deadline: decoder step {step} (of a time budget)"
 
 
-@torch.no_grad()
-def _codes(vq: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Code indices ``[n, 256]`` and quantised vectors ``[n, 256, d]``."""
-    device = vq.quantize.embedding.weight.device
-    idx, vecs = [], []
-    for i in range(0, len(pixels), 512):
-        z = vq.quant_conv(vq.encoder(pixels[i : i + 512].to(device)))
-        _, _, indices = vq.quantize(z)
-        indices = indices.view(len(z), -1)
-        idx.append(indices)
-        vecs.append(vq.quantize.embedding(indices))
-    return torch.cat(idx), torch.cat(vecs)
-
-
-def _linear_probe(
-    x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, steps: int
-) -> float:
-    """Held-out accuracy of a softmax-regression probe (Adam, full batch, standardised)."""
-    mean, std = x.mean(0), x.std(0) + 1e-5
-    x, xt = (x - mean) / std, (xt - mean) / std
-    torch.manual_seed(0)
-    head = torch.nn.Linear(x.shape[1], int(max(y.max(), yt.max())) + 1).to(x.device)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = torch.nn.functional.cross_entropy(head(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return float((head(xt).argmax(-1) == yt).float().mean())
-
-
 def shape_probes(folder: Path, settings: Any, device: str, smoke: bool) -> dict[str, Any]:
-    """How much shape the organism's VQ codes keep (the shape head is off for the pixel VQ, so
-    its training record's shape accuracy says nothing): linear probes trained here, frozen VQ.
+    """How much shape and colour the organism's VQ codes keep (the shape head is off for the
+    pixel VQ, so its training record's shape accuracy says nothing): the linear probes of
+    `vlm_lens.zoo.native.probes.vq_probes` on the frozen VQ.
 
     * ``object_code``: shape of the object a code covers, from that one code's quantised vector
       (relational-world train/test scenes; the semantic head's measure, now for any VQ);
     * ``grid_codes``: shape of the one object of a local scene from the whole grid's quantised
-      vectors (256 x d), next to ``grid_pixels``, the same probe on the raw pixels.
+      vectors (256 x d), next to ``grid_pixels``, the same probe on the raw pixels;
+    * the same for colour (``_colour`` keys), with majority rates and chance.
     """
     from transformers import ChameleonForConditionalGeneration
 
-    from vlm_lens import world
-    from vlm_lens.zoo.native import build_processor, build_tokenizer, pixel_values
-    from vlm_lens.zoo.native.build import shape_targets
+    from vlm_lens.zoo.native import build_processor, build_tokenizer
+    from vlm_lens.zoo.native.probes import vq_probes
 
     vq = ChameleonForConditionalGeneration.from_pretrained(folder).model.vqmodel.to(device).eval()
     processor = build_processor(build_tokenizer())
     n_train, n_test, steps = (40, 20, 20) if smoke else (2000, 500, 300)
-    out: dict[str, Any] = {"train_scenes": n_train, "test_scenes": n_test, "steps": steps}
-    rel = {
-        s: world.task_split(settings.task if smoke else "relational", s, n, settings.world_seed)
-        for s, n in (("train", n_train), ("test", n_test))
-    }
-    feats = {}
-    for split, scenes in rel.items():
-        pixels = pixel_values(processor, [s.image for s in scenes])
-        _, vecs = _codes(vq, pixels)
-        shapes = shape_targets(scenes, pixels).to(device)
-        covers = shapes >= 0
-        feats[split] = (vecs[covers], shapes[covers])
-    out["object_code"] = round(_linear_probe(*feats["train"], *feats["test"], steps), 4)
-    counts = torch.bincount(feats["test"][1], minlength=len(world.SHAPES)).float()
-    out["object_code_majority"] = round(float(counts.max() / counts.sum()), 4)
-    local = {
-        s: world.world_split(s, n, settings.world_seed, max_objects=1)
-        for s, n in (("train", n_train), ("test", n_test))
-    }
-    grid, raw = {}, {}
-    for split, scenes in local.items():
-        pixels = pixel_values(processor, [s.image for s in scenes])
-        _, vecs = _codes(vq, pixels)
-        y = torch.tensor([world.SHAPES.index(s.objects[0].shape) for s in scenes], device=device)
-        grid[split] = (vecs.flatten(1), y)
-        raw[split] = (pixels.flatten(1).to(device), y)
-    out["grid_codes"] = round(_linear_probe(*grid["train"], *grid["test"], steps), 4)
-    out["grid_pixels"] = round(_linear_probe(*raw["train"], *raw["test"], steps), 4)
-    out["chance"] = round(1 / len(world.SHAPES), 4)
-    return out
+    task = settings.task if smoke else "relational"
+    return vq_probes(vq, processor, settings.world_seed, n_train, n_test, steps, multi_task=task)
 
 
 def measure_one(args: argparse.Namespace) -> None:
@@ -542,20 +483,33 @@ def to_markdown(summary: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## VQ: does shape survive? (linear probes on the frozen VQ; chance 1/6)",
+        "## VQ: do shape and colour survive? (linear probes on the frozen VQ, "
+        "`vlm_lens.zoo.native.probes`; chance 1/6)",
         "",
-        "| organism | VQ rmse 0-255 | head shape acc (training) | object-code probe | majority | "
-        "grid-codes probe | grid-pixels probe |",
+        "Head: the training-only shape head (untrained, so meaningless, for the pixel VQ). Probes:"
+        " from one object code (relational scenes) and from the whole code grid of a one-object "
+        "scene, next to the same probe on the raw pixels; shape / colour.",
+        "",
+        "| organism | VQ rmse 0-255 | head shape acc (training) | object code | majority | "
+        "grid codes | grid pixels |",
         "|---|---|---|---|---|---|---|",
     ]
+
+    def pair(p: dict[str, Any], key: str) -> str:
+        colour = key.replace("object_code", "object_code_colour", 1)
+        if key.startswith("grid_"):
+            colour = f"{key}_colour"
+        return f"{p.get(key, '')} / {p.get(colour, '')}"
+
     for name, e in summary["organisms"].items():
         vq = e.get("training", {}).get("phases", {}).get("vq", {})
         p = e.get("shape_probes", {})
+        pixel = e.get("training", {}).get("settings", {}).get("tokenizer") == "pixel"
+        head = "untrained" if pixel else vq.get("test_object_code_shape_accuracy", "")
         lines.append(
-            f"| {name} | {vq.get('test_reconstruction_rmse_0_255', '')} | "
-            f"{vq.get('test_object_code_shape_accuracy', '')} | {p.get('object_code', '')} | "
-            f"{p.get('object_code_majority', '')} | {p.get('grid_codes', '')} | "
-            f"{p.get('grid_pixels', '')} |"
+            f"| {name} | {vq.get('test_reconstruction_rmse_0_255', '')} | {head} | "
+            f"{pair(p, 'object_code')} | {pair(p, 'object_code_majority')} | "
+            f"{pair(p, 'grid_codes')} | {pair(p, 'grid_pixels')} |"
         )
     lines += ["", "## Accuracy per kind (no intervention) vs chance, and the criteria", ""]
     for name, e in summary["organisms"].items():
@@ -612,7 +566,8 @@ def write_weights(out: Path, work: Path, jobs: list[Any], records: list[dict[str
             if path.is_file() and path.suffix in (".json", ".jinja") and path.name != "gate.json":
                 files.append((path, f"{cell.name}-seed-{seed}/{path.name}"))
         members.append((files, sum(f.stat().st_size + 1024 for f, _ in files)))
-    total, groups, size = 0, [[]], 0
+    groups: list[list[Any]] = [[]]
+    total, size = 0, 0
     for files, nbytes in members:
         if total + nbytes > WEIGHTS_LIMIT:
             break
