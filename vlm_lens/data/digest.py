@@ -31,6 +31,8 @@ import torch
 import xxhash
 from torch import Tensor, nn
 
+from vlm_lens.engine.compat import accelerate_hooks
+
 SLICE_BYTES = 256 * 2**20
 """Bytes of an accelerator tensor copied to the host at a time while hashing."""
 
@@ -132,7 +134,7 @@ def _offloaded_value(root: nn.Module, name: str) -> Tensor:
     for depth in range(len(parts) - 1, -1, -1):
         owner = root.get_submodule(".".join(parts[:depth])) if depth else root
         key = ".".join(parts[depth:])
-        for hook in _accelerate_hooks(owner):
+        for hook in accelerate_hooks(owner):
             weights = getattr(hook, "weights_map", None)
             if weights is not None and key in weights:
                 value = weights[key]
@@ -142,10 +144,3 @@ def _offloaded_value(root: nn.Module, name: str) -> Tensor:
         f"weight {name!r} is on the meta device and no accelerate offload map holds it; load "
         "the model's weights (or offload them with accelerate) before running it"
     )
-
-
-def _accelerate_hooks(module: nn.Module) -> list[Any]:
-    hook = getattr(module, "_hf_hook", None)
-    if hook is None:
-        return []
-    return list(getattr(hook, "hooks", None) or [hook])

@@ -206,10 +206,18 @@ def attention_implementations(config: Any) -> dict[str, Any]:
     return out
 
 
+def accelerate_hooks(module: nn.Module) -> list[Any]:
+    """The accelerate hooks on `module` (its ``_hf_hook``, a sequential hook unpacked), or
+    ``[]``: where its execution device and offloaded ``weights_map`` live."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        return []
+    return list(getattr(hook, "hooks", None) or [hook])
+
+
 def accelerate_execution_device(module: nn.Module) -> torch.device | None:
     """The device accelerate runs `module` on (its ``_hf_hook``), or ``None`` without one."""
-    hook = getattr(module, "_hf_hook", None)
-    for one in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+    for one in accelerate_hooks(module):
         device = getattr(one, "execution_device", None)
         if device is not None:
             return torch.device(device)
