@@ -20,7 +20,6 @@ import torch
 from _eval_dist_child import BATCH, CONDITIONS, LIMIT, MODEL, TASK, options
 
 from vlm_lens import HookedVLM
-from vlm_lens.cli import main
 from vlm_lens.data import distributed
 from vlm_lens.evaluate import TASKS, evaluate
 from vlm_lens.evaluate.fixtures import write_vqav2
@@ -113,20 +112,3 @@ def test_shard_false_ignores_the_launcher(tmp_path: Path, monkeypatch: pytest.Mo
 
 def _never(*args: object, **kwargs: object) -> None:
     raise AssertionError("shard=False must not join a process group")
-
-
-def test_narrow_gate_refuses_a_launch(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Under a launcher narrow-gate stops before any work (N ranks would each write the same
-    report), without joining a process group, and says what to run instead."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setattr(distributed.dist, "init_process_group", _never)
-    assert main(["narrow-gate", "--images", "/no/such/folder"]) == 2
-    error = capsys.readouterr().err
-    assert "rank 1 of a 2-process launch" in error and "without the launcher" in error
-    monkeypatch.delenv("WORLD_SIZE")
-    monkeypatch.delenv("RANK")
-    assert main(["narrow-gate", "--images", "/no/such/folder"]) == 2  # the usual bad-folder error
-    assert "launch" not in capsys.readouterr().err

@@ -219,19 +219,11 @@ def narrow_gate(
     quiet: bool,
     debug: bool,  # noqa: ARG001 - read by main()
 ) -> None:
-    """Run the paper's analyses and write one self-contained HTML report (one process: for
-    several GPUs, shard the Table 1 part with torchrun ... -m vlm_lens evaluate)."""
+    """Run the paper's analyses and write one self-contained HTML report. Under torchrun or
+    accelerate launch the processes share every analysis's batches (--device cuda:
+    cuda:LOCAL_RANK each) and rank 0 writes the report."""
     from vlm_lens.data import distributed
 
-    ranks = distributed.detect()
-    if ranks.active:  # each rank would run the whole report and write the same file
-        raise click.UsageError(
-            f"narrow-gate runs in one process, but this is rank {ranks.rank} of a "
-            f"{ranks.world_size}-process launch (torchrun or accelerate launch) whose ranks "
-            "would each run every analysis and write the same report; run it without the "
-            "launcher (vlm-lens narrow-gate --device cuda:0 ...), and launch vlm-lens evaluate "
-            "(then --evaluation DIR) to use several GPUs"
-        )
     _quiet_libraries()
     import torch
 
@@ -254,24 +246,31 @@ def narrow_gate(
         prompt=prompt,
         attention_view=attention_view,
     )
+    ranks = distributed.current()
+    if ranks.active and device == "cuda":
+        device = f"cuda:{ranks.local_rank}"
+    quiet = quiet or ranks.rank != 0  # one rank's progress and log lines
     command = None
     if sys.argv[0].endswith(PROG):
         command = " ".join([PROG, *sys.argv[1:]])
     elif sys.argv[0].endswith("__main__.py"):
         command = " ".join(["python -m vlm_lens", *sys.argv[1:]])
-    result = build_report(
-        list(models) or None,
-        images,
-        out=out,
-        json_path=json_path,
-        n_images=n_images,
-        settings=settings,
-        device=device,
-        progress=not quiet,
-        log=None if quiet else _echo,
-        command=command,
-        evaluation=list(evaluation) or None,
-    )
+    with distributed.sharded():
+        result = build_report(
+            list(models) or None,
+            images,
+            out=out,
+            json_path=json_path,
+            n_images=n_images,
+            settings=settings,
+            device=device,
+            progress=not quiet,
+            log=None if quiet else _echo,
+            command=command,
+            evaluation=list(evaluation) or None,
+        )
+    if ranks.rank != 0:  # every rank has the same runs; rank 0 wrote the report
+        return
     for run in result.runs:
         click.echo(_summary(run))
     size = result.html_path.stat().st_size / 1e6

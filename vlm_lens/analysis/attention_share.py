@@ -37,6 +37,7 @@ from vlm_lens.analysis._common import iter_batches, resolve_layers, run
 from vlm_lens.analysis.persist import register_result
 from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.batch import Batch, attention_of
+from vlm_lens.data.distributed import map_shared
 from vlm_lens.engine.attention_rows import image_side, key_attention_hooks, query_rows
 from vlm_lens.layout import TokenLayout
 from vlm_lens.model import HookedVLM
@@ -155,22 +156,28 @@ def attention_share(
     provenance = Provenance(
         "attention_share", model, layers=layer_ids, queries=queries, groups=named
     )
-    masses: list[np.ndarray] = []  # per prompt [layers, groups]
-    tokens: list[np.ndarray] = []  # per prompt [layers, n_image_tokens]
-    for batch in iter_batches(batches, progress=progress, desc="attention_share"):
+    batch_list = list(iter_batches(batches, progress=False, desc="attention_share"))
+    for batch in batch_list:
         provenance.add(batch)
+
+    def step(batch: Batch) -> tuple[list[np.ndarray], list[np.ndarray]]:
         rows = query_rows(queries, batch.layout, what="attention_share")
         store: dict[int, Tensor] = {}
         fwd_hooks = key_attention_hooks(
             model, batch.layout, layer_ids, rows, store, attention_of(batch)
         )
         run(model, batch, fwd_hooks, layer_ids)
-        keys = torch.stack([store[layer] for layer in layer_ids])  # [layers, batch, k]
+        keys = torch.stack([store[layer] for layer in layer_ids]).cpu()  # [layers, batch, k]
         member = group_masks(batch.layout, named).to(torch.float64)  # [batch, groups, k]
-        masses.extend(torch.einsum("lbk,bgk->blg", keys, member).numpy())
         token_mask = batch.layout.mask("image") & image_side(batch.layout)
-        for b in range(len(batch)):
-            tokens.append(keys[:, b, token_mask[b]].numpy())
+        return (
+            list(torch.einsum("lbk,bgk->blg", keys, member.cpu()).numpy()),
+            [keys[:, b, token_mask[b].cpu()].numpy() for b in range(len(batch))],
+        )
+
+    outputs = map_shared(step, batch_list, desc="attention_share", progress=progress)
+    masses = [m for part, _ in outputs for m in part]  # per prompt [layers, groups]
+    tokens = [t for _, part in outputs for t in part]  # per prompt [layers, n_image_tokens]
     mass_per_prompt = np.stack(masses)  # [prompts, layers, groups]
     mass = mass_per_prompt.mean(axis=0)
     total = mass.sum(axis=1, keepdims=True)

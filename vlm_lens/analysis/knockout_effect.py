@@ -40,12 +40,12 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from vlm_lens.analysis.persist import register_result
 from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.analysis.token_ids import check_token_ids, vocabulary_size
 from vlm_lens.batch import Batch
+from vlm_lens.data.distributed import map_shared
 from vlm_lens.engine.intervention import Intervention
 from vlm_lens.engine.sweep import CLEAN, run_sweep
 from vlm_lens.errors import VLMInputError
@@ -185,19 +185,22 @@ def knockout_effect(
     if targets is not None:
         check_token_ids(targets, vocabulary_size(model), "targets")
     provenance = Provenance("knockout_effect", model, conditions=named, targets=targets)
-    top1: list[list[Tensor]] = [[] for _ in names]
-    sims: list[list[Tensor]] = [[] for _ in names]
-    for batch in tqdm(batch_list, desc="knockout", disable=not progress):
+    for batch in batch_list:
         provenance.add(batch)
+
+    def step(batch: Batch) -> tuple[list[Tensor], list[Tensor]]:
         # keyed by index: a condition may be called anything, "clean" included
         built = {str(i): _hooks(build, batch) for i, build in enumerate(named.values())}
         runs = run_sweep(model, batch, built)
         outs = [runs.logits[CLEAN], *(runs.logits[key] for key in built)]
-        for i, logits in enumerate(outs):
-            top1[i].append(logits.argmax(dim=-1))
-            sims[i].append(softmax_intersection(logits, outs[0]))
-    ids = torch.stack([torch.cat(t) for t in top1])  # [conditions, n]
-    sim = torch.stack([torch.cat(s) for s in sims]).double()
+        return (
+            [logits.argmax(dim=-1).cpu() for logits in outs],
+            [softmax_intersection(logits, outs[0]).cpu() for logits in outs],
+        )
+
+    outputs = map_shared(step, batch_list, desc="knockout", progress=progress)
+    ids = torch.stack([torch.cat([o[0][i] for o in outputs]) for i in range(len(names))])
+    sim = torch.stack([torch.cat([o[1][i] for o in outputs]) for i in range(len(names))]).double()
     n = ids.shape[1]
     accuracy = None
     label = ""

@@ -28,11 +28,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from vlm_lens.analysis._common import iter_batches
 from vlm_lens.analysis.persist import register_result
 from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.batch import Batch
+from vlm_lens.data.distributed import map_shared
 from vlm_lens.engine.intervention import Intervention
 from vlm_lens.engine.sweep import CLEAN, run_sweep
 from vlm_lens.interventions import gate_knockout, last_layers
@@ -121,9 +123,11 @@ def knockout_sweep(
     provenance = Provenance(
         "knockout_sweep", model, knockout=knockout, windows=window_layers, **knockout_kwargs
     )
-    clean_tokens, tokens, logprob, clean_logprob = [], [], [], []
-    for batch in iter_batches(batches, progress=progress, desc="knockout_sweep"):
+    batch_list = list(iter_batches(batches, progress=False, desc="knockout_sweep"))
+    for batch in batch_list:
         provenance.add(batch)
+
+    def step(batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         conditions = {
             str(i): knockout(batch, layers=list(layers), **knockout_kwargs)
             for i, layers in enumerate(window_layers)
@@ -131,11 +135,16 @@ def knockout_sweep(
         runs = run_sweep(model, batch, conditions, reuse_prefix=reuse_prefix, per_pass=per_pass)
         clean = torch.log_softmax(runs.logits[CLEAN].double(), dim=-1)
         top = clean.argmax(dim=-1)
-        clean_tokens.append(top)
-        clean_logprob.append(clean.gather(1, top[:, None])[:, 0])
         per = [torch.log_softmax(runs.logits[str(i)].double(), dim=-1) for i in conditions]
-        tokens.append(torch.stack([p.argmax(dim=-1) for p in per]))
-        logprob.append(torch.stack([p.gather(1, top[:, None])[:, 0] for p in per]))
+        return (
+            top.cpu(),
+            clean.gather(1, top[:, None])[:, 0].cpu(),
+            torch.stack([p.argmax(dim=-1) for p in per]).cpu(),
+            torch.stack([p.gather(1, top[:, None])[:, 0] for p in per]).cpu(),
+        )
+
+    outputs = map_shared(step, batch_list, desc="knockout_sweep", progress=progress)
+    clean_tokens, clean_logprob, tokens, logprob = (list(x) for x in zip(*outputs, strict=True))
     return KnockoutSweepResult(
         windows=window_layers,
         clean_tokens=torch.cat(clean_tokens).numpy(),

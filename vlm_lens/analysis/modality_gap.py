@@ -170,7 +170,8 @@ def modality_gap(
         cluster: also cluster the pooled vectors and score the homogeneity (the slow part:
             ``O((n + m)²)`` time and memory per layer with HDBSCAN).
         method: ``"hdbscan"`` (default, scikit-learn) or ``"adp"`` (the paper's dadapy ADP;
-            needs ``pip install "vlm-lens[adp]"``).
+            needs dadapy, which cannot be installed next to vlm_lens today: see
+            `vlm_lens.metrics.clustering`).
         seed: seeds the subsample drawn when `max_cluster_points` applies.
         max_cluster_points: cluster at most this many pooled points per layer, a random
             subsample stratified by modality, the same points at every layer. None: all.

@@ -39,12 +39,12 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from vlm_lens.analysis.persist import register_result
 from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.analysis.token_ids import check_token_ids, vocabulary_size
 from vlm_lens.batch import Batch
+from vlm_lens.data.distributed import map_shared
 from vlm_lens.engine.sweep import CLEAN, run_sweep
 from vlm_lens.errors import VLMInputError
 from vlm_lens.interventions.patching import (
@@ -211,8 +211,7 @@ def patching_sweep(
         source_tokens=[p.source_token for p in pair_list],
         target_tokens=[p.target_token for p in pair_list],
     )
-    d_clean, d_patched, sims, base_sims = [], [], [], []
-    for pair in tqdm(pair_list, desc="patching", disable=not progress):
+    for pair in pair_list:
         provenance.add(pair.source)
         provenance.add(pair.target)
         if len(pair.source) != len(pair.target):
@@ -220,6 +219,8 @@ def patching_sweep(
                 f"a PatchPair has {len(pair.source)} source and {len(pair.target)} target "
                 "prompts; pair them one to one"
             )
+
+    def step(pair: PatchPair) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         source = record(
             model, pair.source, sites=sorted(set(sum(sites.values(), []))), positions=positions
         )
@@ -233,8 +234,6 @@ def patching_sweep(
         )
         clean = runs.logits[CLEAN]
         d0 = logit_difference(clean, _ids(pair.target_token), _ids(pair.source_token))
-        d_clean.append(d0)
-        base_sims.append(softmax_intersection(clean, q_logits))
         per_layer_d, per_layer_sim = [], []
         for layer in layer_list:
             logits = runs.logits[str(layer)]
@@ -242,8 +241,15 @@ def patching_sweep(
                 logit_difference(logits, _ids(pair.target_token), _ids(pair.source_token))
             )
             per_layer_sim.append(softmax_intersection(logits, q_logits))
-        d_patched.append(torch.stack(per_layer_d))
-        sims.append(torch.stack(per_layer_sim))
+        return (
+            d0.cpu(),
+            softmax_intersection(clean, q_logits).cpu(),
+            torch.stack(per_layer_d).cpu(),
+            torch.stack(per_layer_sim).cpu(),
+        )
+
+    outputs = map_shared(step, pair_list, desc="patching", progress=progress)
+    d_clean, base_sims, d_patched, sims = (list(x) for x in zip(*outputs, strict=True))
     d_clean_all = torch.cat(d_clean).double()
     d_patched_all = torch.cat(d_patched, dim=1).double()
     sims_all = torch.cat(sims, dim=1).double()

@@ -23,14 +23,20 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from vlm_lens.errors import VLMLensError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -73,19 +79,32 @@ class Ranks:
             result = step()
         except BaseException as exc:  # re-raised below, on every rank
             error = exc
-        failures = self.gather(None if error is None else f"{type(error).__name__}: {error}")
+        failures = self.gather(
+            None if error is None else (type(error), f"{type(error).__name__}: {error}")
+        )
         if error is not None:
             raise error
         failed = [(r, f) for r, f in enumerate(failures) if f is not None]
         if failed:
-            shown = "; ".join(f"rank {r}: {f}" for r, f in failed)
-            raise RuntimeError(f"{what} failed on another rank ({shown})")
+            shown = "; ".join(f"rank {r}: {f[1]}" for r, f in failed)
+            message = f"{what} failed on another rank ({shown})"
+            kind = failed[0][1][0]
+            # vlm_lens' own errors keep their class, so every rank takes the same branch of an
+            # ``except`` (a skipped analysis is skipped everywhere); anything else is a RuntimeError
+            if isinstance(kind, type) and issubclass(kind, VLMLensError):
+                try:
+                    raised: Exception = kind(message)
+                except Exception:  # noqa: BLE001 - an error class with another signature
+                    raised = RuntimeError(message)
+                raise raised
+            raise RuntimeError(message)
         return cast(T, result)
 
 
 def current() -> Ranks:
     """The ranks of this process, from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (a single process
-    when they are unset), with `torch.distributed` initialised when there are several.
+    when they are unset), with `torch.distributed` initialised when there are several (a group
+    it creates is closed at exit).
 
     Raises:
         ValueError: for inconsistent variables, naming them.
@@ -93,7 +112,15 @@ def current() -> Ranks:
     ranks = detect()
     if ranks.active and not dist.is_initialized():
         dist.init_process_group(backend="gloo", rank=ranks.rank, world_size=ranks.world_size)
+        # a process that exits with the group alive can abort in gloo's threads ("terminate
+        # called without an active exception", exit code -6): the group we made, we close
+        atexit.register(_close_group)
     return ranks
+
+
+def _close_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def detect() -> Ranks:
@@ -112,3 +139,98 @@ def detect() -> Ranks:
             "accelerate launch, or unset them for one process"
         )
     return Ranks(rank=rank, world_size=world, local_rank=local)
+
+
+_SHARED: Ranks | None = None
+"""The ranks the analyses' loops are shared by (inside `sharded`), else ``None``."""
+
+
+@contextmanager
+def sharded() -> Iterator[Ranks]:
+    """Inside the block, the analyses share their loops over batches with the other ranks of a
+    ``torchrun`` / ``accelerate launch`` run, and every rank gets the whole result.
+
+    Each of `vlm_lens.analysis`' loops (`attention_share`, `knockout_effect`,
+    `knockout_sweep`, `patching_sweep`) and the organisms' `answer_accuracy`
+    go through `map_shared`: rank ``r`` runs batches ``i`` with ``i % world_size == r``, the
+    outputs are gathered, and the result is computed from all of them, in order, on every
+    rank: the same numbers as one process on the same batches. Every rank must make the same
+    calls with the same batches (build them the same way on every rank); only rank 0 should
+    write files. Outside a launch the block changes nothing.
+
+    Example:
+        >>> with sharded() as ranks:  # doctest: +SKIP
+        ...     result = attention_share(model, batches)  # each rank ran its share
+        >>> with sharded() as ranks:
+        ...     ranks.world_size
+        1
+    """
+    global _SHARED
+    ranks = current()
+    previous = _SHARED
+    _SHARED = ranks if ranks.active else None
+    try:
+        yield ranks
+    finally:
+        _SHARED = previous
+
+
+def shared_ranks() -> Ranks:
+    """The ranks the analyses' loops are shared by: those of the enclosing `sharded` block,
+    else one process.
+
+    Example:
+        >>> shared_ranks().world_size
+        1
+    """
+    return _SHARED or Ranks()
+
+
+def map_shared(
+    step: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    desc: str = "",
+    progress: bool = False,
+) -> list[R]:
+    """``[step(item) for item in items]``, shared by the ranks inside `sharded`.
+
+    Rank ``r`` runs the items ``i`` with ``i % world_size == r``; every rank returns every
+    output, in the order of `items`, so `step` must return picklable values (on the CPU).
+    An error on any rank is raised on every rank (`Ranks.together`).
+
+    Args:
+        step: what to compute for one item.
+        items: the items (every rank passes the same).
+        desc: the progress bar's label.
+        progress: show a progress bar (on rank 0 only, over its own items).
+
+    Returns:
+        One output per item.
+
+    Example:
+        >>> map_shared(lambda x: x * x, [1, 2, 3])
+        [1, 4, 9]
+    """
+    ranks = _SHARED
+    if ranks is None:
+        return [step(item) for item in tqdm(items, desc=desc, disable=not progress)]
+    mine = [i for i in range(len(items)) if ranks.owns(i)]
+    bar = progress and ranks.rank == 0
+    label = f"{desc} (rank 0 of {ranks.world_size})"
+
+    def work() -> list[R]:
+        return [step(items[i]) for i in tqdm(mine, desc=label, disable=not bar)]
+
+    outputs = ranks.together(work, desc or "a shared loop")
+    out: list[Any] = [None] * len(items)
+    for rank, part in enumerate(ranks.gather(outputs)):
+        owned = [i for i in range(len(items)) if i % ranks.world_size == rank]
+        if len(owned) != len(part):
+            raise RuntimeError(
+                f"rank {rank} computed {len(part)} of its {len(owned)} items in {desc!r}: the "
+                "ranks were given different items; build them the same way on every rank"
+            )
+        for i, value in zip(owned, part, strict=True):
+            out[i] = value
+    return out

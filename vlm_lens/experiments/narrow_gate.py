@@ -56,6 +56,7 @@ from vlm_lens.analysis.patching_sweep import PatchSite
 from vlm_lens.analysis.persist import register_result
 from vlm_lens.batch import Batch
 from vlm_lens.data.collect import Probe, collect
+from vlm_lens.data.distributed import map_shared, shared_ranks
 from vlm_lens.errors import AnalysisSkipped, ReportInputError, VLMInputError, VLMLensError
 from vlm_lens.experiments.images import ImageSet, world_images
 from vlm_lens.metrics.neighbourhood import Average
@@ -296,21 +297,26 @@ def _representations(
     after the gate)."""
     probes = [Probe(n, positions=p, reduce=r) for n, (p, r) in REPRESENTATIONS.items()]
     text = Probe("text_random", positions=after("text", "gate"), reduce="random")
-    parts: dict[str, list[Tensor]] = defaultdict(list)
-    offset = 0
-    for batch in batches:
-        indices = list(range(offset, offset + len(batch)))
+    starts = np.cumsum([0, *(len(b) for b in batches)]).tolist()
+
+    def step(index: int) -> dict[str, Tensor]:
+        batch = batches[index]
+        indices = list(range(starts[index], starts[index] + len(batch)))
         try:
             out = collect(
                 model, batch, [*probes, text], seed=settings.seed, example_indices=indices
             )
-        except VLMInputError:
+        except VLMInputError:  # no text after the gate: no modality gap
             out = collect(model, batch, probes, seed=settings.seed, example_indices=indices)
+        return {name: value.cpu() for name, value in out.items()}
+
+    # inside `vlm_lens.data.distributed.sharded` the ranks of a launch share the batches
+    parts: dict[str, list[Tensor]] = defaultdict(list)
+    for out in map_shared(step, list(range(len(batches))), desc="representations"):
         for name in [*REPRESENTATIONS, text.name]:
             if name in out:
                 parts[name].append(out[name])
-        offset += len(batch)
-    n = offset
+    n = starts[-1]
     return {
         name: torch.cat(chunks).transpose(0, 1).contiguous()
         for name, chunks in parts.items()
@@ -412,15 +418,20 @@ def _patching(
     ]
     if not pairs:
         raise AnalysisSkipped("no pair of images of different classes (or predictions) to patch")
-    source = model.prepare(images=[images.images[i] for i, _ in pairs], text=[prompt] * len(pairs))
-    target = model.prepare(images=[images.images[j] for _, j in pairs], text=[prompt] * len(pairs))
-    pair = PatchPair(
-        source,
-        target,
-        source_token=torch.tensor([tokens[i] for i, _ in pairs]),
-        target_token=torch.tensor([tokens[j] for _, j in pairs]),
-    )
-    return patching_sweep(model, pair, site=settings.patch_site, progress=progress)
+    # one batch of pairs; under a launch (`vlm_lens.data.distributed.sharded`) one per rank
+    ranks = shared_ranks().world_size
+    size = -(-len(pairs) // min(ranks, len(pairs)))
+    chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+    batches = [
+        PatchPair(
+            model.prepare(images=[images.images[i] for i, _ in chunk], text=[prompt] * len(chunk)),
+            model.prepare(images=[images.images[j] for _, j in chunk], text=[prompt] * len(chunk)),
+            source_token=torch.tensor([tokens[i] for i, _ in chunk]),
+            target_token=torch.tensor([tokens[j] for _, j in chunk]),
+        )
+        for chunk in chunks
+    ]
+    return patching_sweep(model, batches, site=settings.patch_site, progress=progress)
 
 
 def _heatmap(

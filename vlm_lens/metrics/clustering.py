@@ -13,8 +13,10 @@ Two clustering methods:
   20,000 points) and O(n²) time; subsample for larger sets.
 - ``"adp"``: the paper's recipe with dadapy (Advanced Density Peaks: cosine k-NN distances with
   ``maxk=128``, Gride intrinsic dimension at the fourth scale, k-NN density with ``k=16``,
-  ``Z=1.65``). Needs ``pip install "vlm-lens[adp]"``; dadapy pulls jax and flax and pins
-  numpy and pandas to older major versions, which is why it is not the default.
+  ``Z=1.65``). Needs dadapy importable next to vlm_lens, which no release allows today: dadapy
+  0.3.4 (the latest) requires ``numpy<2`` and its shipped C sources do not build against numpy
+  2, while vlm_lens' dependencies (pyarrow, through datasets) need numpy 2. That is why it is
+  not the default, and why vlm_lens has no ``adp`` extra.
 
 HDBSCAN leaves low-density points unassigned ("noise", label -1); ADP assigns every point.
 `NoiseHandling` says what happens to noise before scoring; the default ``"nearest"`` gives each
@@ -83,7 +85,11 @@ with the reason.
 
 _NOISE_MODES = ("nearest", "exclude", "singleton")
 _METHODS = ("hdbscan", "adp")
-_ADP_INSTALL = 'pip install "vlm-lens[adp]"'
+_ADP_INSTALL = (
+    "dadapy 0.3.4 requires numpy<2 and cannot share an environment with vlm_lens (numpy 2); "
+    "install a dadapy release built for numpy 2 when there is one, or run dadapy in its own "
+    "environment on the representations (save_result / numpy.save)"
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -312,9 +318,8 @@ def _adp_labels(unit: Tensor, maxk: int, density_k: int, z: float) -> tuple[np.n
         from dadapy.data import Data
     except ImportError as err:
         raise ImportError(
-            f'cluster_homogeneity(method="adp") needs dadapy, which is not installed: '
-            f'{_ADP_INSTALL} (it pulls jax and flax). The default method="hdbscan" needs '
-            "nothing extra."
+            f'cluster_homogeneity(method="adp") needs dadapy, which is not importable: '
+            f'{_ADP_INSTALL}. The default method="hdbscan" needs nothing extra.'
         ) from err
     unit = unit.cpu()  # dadapy works on CPU arrays
     maxk = min(maxk, unit.shape[0] - 1)
@@ -370,8 +375,8 @@ def cluster_homogeneity(
     Raises:
         ValueError: for mismatched lengths, an unknown method or noise mode, or fewer points
             than `min_samples` / `min_cluster_size`.
-        ImportError: for ``method="adp"`` without dadapy, naming ``pip install
-            "vlm-lens[adp]"``.
+        ImportError: for ``method="adp"`` without dadapy, saying why it cannot be installed
+            next to vlm_lens today.
 
     Example:
         >>> import numpy as np

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vlm_lens.data.distributed import shared_ranks
 from vlm_lens.errors import ReportInputError, VLMLensError
 from vlm_lens.evaluate.result import load_tables
 from vlm_lens.experiments.images import ImageSet, folder_images, world_images
@@ -138,7 +139,9 @@ def build_report(
             ``table.json`` files), shown as the Table 1 section and kept in the JSON.
 
     Returns:
-        A `ReportOutput`.
+        A `ReportOutput`. Inside `vlm_lens.data.distributed.sharded` (a ``torchrun`` launch)
+        the ranks share every analysis's batches, each returns every result, and only rank 0
+        writes the files.
 
     Raises:
         ReportInputError: for bad models, images or options (one line naming the fix).
@@ -183,11 +186,14 @@ def build_report(
     if tables:
         meta["evaluation"] = tables
     html_path = Path(out)
+    json_out = None if json_path is None else Path(json_path)
+    if shared_ranks().rank != 0:  # under a launch every rank has the runs; rank 0 writes them
+        return ReportOutput(
+            html_path, json_out, tuple(runs), image_set, time.perf_counter() - start
+        )
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(render_html(runs, image_set, meta), encoding="utf-8")
-    json_out = None
-    if json_path is not None:
-        json_out = Path(json_path)
+    if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         data = report_dict(runs, image_set, meta)
         json_out.write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")

@@ -25,10 +25,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from vlm_lens import world
 from vlm_lens.batch import Batch
+from vlm_lens.data.distributed import map_shared
 
 TASK_WORDS: tuple[str, ...] = ("describe", "draw", "image")
 """Words the task prompts add to the world's vocabulary."""
@@ -118,10 +118,10 @@ def answer_accuracy(
         asked = dict.fromkeys(qa.kind for scene in scenes for qa in scene.qa)
         kinds = [k for k in world.KINDS if k in asked] + [k for k in asked if k not in world.KINDS]
     items = [(scene, qa) for scene in scenes for qa in scene.qa if qa.kind in kinds]
-    rows: list[tuple[int, str, str, str, str]] = []
     placeholder = model.image_placeholder
-    starts = range(0, len(items), batch_size)
-    for start in tqdm(starts, desc="answers", disable=not progress):
+    starts = list(range(0, len(items), batch_size))
+
+    def step(start: int) -> list[tuple[int, str, str, str, str]]:
         chunk = items[start : start + batch_size]
         batch = model.prepare(
             images=[scene.image for scene, _ in chunk],
@@ -132,9 +132,15 @@ def answer_accuracy(
         with torch.no_grad():
             out = model.generate(batch, max_new_tokens=max_new_tokens, fwd_hooks=hooks)
         new = out[:, batch.input_ids.shape[1] :]
-        for (scene, qa), ids in zip(chunk, new, strict=True):
-            predicted = _decode_answer(model.tokenizer, ids.tolist())
-            rows.append((scene.index, qa.kind, qa.question, qa.answer, predicted))
+        return [
+            (scene.index, qa.kind, qa.question, qa.answer, _decode_answer(model.tokenizer, ids))
+            for (scene, qa), ids in zip(chunk, new.tolist(), strict=True)
+        ]
+
+    # inside `vlm_lens.data.distributed.sharded` the ranks of a launch share the batches
+    rows = [
+        row for part in map_shared(step, starts, desc="answers", progress=progress) for row in part
+    ]
     accuracy: dict[str, float] = {}
     counts: dict[str, int] = {}
     for kind in kinds:
