@@ -8,16 +8,13 @@ rank (finished chunks skipped, a damaged one recomputed by its owner) and that e
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from _runner_child import RUN_KWARGS, setup
+from _torchrun import launch, rank_lines
 
 from vlm_lens.data import distributed
 from vlm_lens.data.runner import run_dataset
@@ -43,20 +40,9 @@ def test_two_processes_resume_and_equal_one(tmp_path: Path) -> None:
         data[offset] ^= 0xFF
     damaged.write_bytes(bytes(data))
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    proc = subprocess.run(
-        [*command, "--nproc-per-node", "2", str(CHILD), str(out)],
-        cwd=Path(__file__).parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = launch(CHILD, str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    by_rank = {line["rank"]: line for line in lines}
+    by_rank = rank_lines(proc)
     assert by_rank[0]["written"] == [2]  # chunk 0 was done; chunk 2 is rank 0's
     assert by_rank[1]["written"] == [1, 3]  # chunk 1 damaged: its owner recomputed it
     assert by_rank[0]["complete"] and by_rank[1]["complete"]

@@ -10,14 +10,13 @@ uninterrupted single-process run's.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _eval_dist_child import BATCH, CONDITIONS, LIMIT, MODEL, TASK, options
+from _torchrun import launch, rank_lines
 
 from vlm_lens import HookedVLM
 from vlm_lens.data import distributed
@@ -31,17 +30,7 @@ STOP = 3  # rank 1's rows before its interruption
 
 
 def _launch(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    return subprocess.run(
-        [*command, "--nproc-per-node", "2", str(CHILD), *args],
-        cwd=Path(__file__).parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return launch(CHILD, *args)
 
 
 def test_two_processes_resume_per_rank_and_equal_one(tmp_path: Path) -> None:
@@ -49,8 +38,7 @@ def test_two_processes_resume_per_rank_and_equal_one(tmp_path: Path) -> None:
     out = tmp_path / "two"
     proc = _launch(str(data), str(out), str(STOP))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    by_rank = {x["rank"]: x for x in lines}
+    by_rank = rank_lines(proc)
     assert set(by_rank) == {0, 1}
 
     torch.set_num_threads(1)

@@ -10,33 +10,17 @@ and an analysis skipped on one rank is skipped (same error class) on every rank.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _narrow_gate_dist_child import ARGS
+from _torchrun import launch, rank_lines
 
 from vlm_lens.cli import main
 from vlm_lens.data import distributed
 
 CHILD = Path(__file__).parent / "_narrow_gate_dist_child.py"
-
-
-def _launch(out: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    return subprocess.run(
-        [*command, "--nproc-per-node", "2", str(CHILD), str(out)],
-        cwd=Path(__file__).parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def _numbers(report: Any) -> Any:
@@ -53,10 +37,9 @@ def _numbers(report: Any) -> Any:
 
 
 def test_two_processes_write_the_report_of_one(tmp_path: Path) -> None:
-    proc = _launch(tmp_path)
+    proc = launch(CHILD, str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    parsed = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    lines = {x["rank"]: x for x in parsed}
+    lines = rank_lines(proc)
     assert set(lines) == {0, 1} and all(x["cli"] == 0 for x in lines.values())
     assert (tmp_path / "two.html").stat().st_size > 0
     # the analyses' loops were shared: each rank ran about half of every loop's items

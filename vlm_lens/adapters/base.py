@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from vlm_lens.attention_structure import AttentionStructure
 from vlm_lens.errors import VLMInputError
@@ -371,13 +371,61 @@ class VLMAdapter(ABC):
                 "ids from model.tokenizer)."
             )
 
+    @property
+    def tile_tokens(self) -> int | None:
+        """Placeholder positions per tile where ``pixel_values`` rows are tiles (InternVL,
+        Idefics3): `check_inputs` then checks whole tiles (`check_tiles`); ``None`` here."""
+        return None
+
+    def span_tile_positions(self, input_ids: Tensor, row: int, span: Any) -> int:
+        """The positions of `span` (in sequence `row`) that tiles fill: its placeholders."""
+        ids = input_ids[row, span.start : span.end + 1]
+        return int((ids == self.placeholder_token_id).sum())
+
+    def tiles_per_sequence(self, inputs: Mapping[str, Any]) -> list[int] | None:
+        """The real tiles of each sequence, where ``pixel_values`` tells (``None``: only the
+        total, `count_images`)."""
+        del inputs
+        return None
+
+    def check_tiles(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
+        """Each image span holds whole tiles of `tile_tokens`, and the spans as many tiles as
+        ``pixel_values`` (per sequence where `tiles_per_sequence` knows)."""
+        ids, tiles = inputs["input_ids"], self.count_images(inputs)
+        per_tile = int(self.tile_tokens or 1)
+        spans = [(b, s) for b, row in enumerate(layout.spans) for s in row]
+        held = [0] * len(layout.spans)
+        for b, span in spans:
+            n = self.span_tile_positions(ids, b, span)
+            if n % per_tile:
+                raise VLMInputError(
+                    f"an image span (sequence {b}, positions {span.start}..{span.end}) holds "
+                    f"{n} image-span positions, not a whole number of tiles of {per_tile} tokens "
+                    f"({n // per_tile * per_tile or per_tile} or {(n // per_tile + 1) * per_tile} "
+                    "tokens would be); let the processor expand the placeholders (model.prepare)."
+                )
+            held[b] += n // per_tile
+        real = self.tiles_per_sequence(inputs)
+        if sum(held) != tiles or (real is not None and held != real):
+            each = "" if real is None else f" ({real} per sequence)"
+            held_each = "" if real is None else f" {held}"
+            raise VLMInputError(
+                f"pixel_values holds {tiles} tile(s){each} but the {len(spans)} image placeholder "
+                f"span(s) of the input_ids hold{held_each} {sum(held)} tile(s) ({per_tile} "
+                f"positions each); give one image per {self.image_placeholder!r} and build "
+                "inputs with model.prepare(images=..., text=...)."
+            )
+
     def check_inputs(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
         """Raise `VLMInputError` unless the image inputs match the image spans of `input_ids`.
 
         Checks that placeholders come with pixel values and the reverse, that the number of
         images equals the number of placeholder spans, and that each span has the length its
-        image produces.
+        image produces (for tiled families, `check_tiles`).
         """
+        if self.tile_tokens is not None and any(layout.spans) and self.count_images(inputs):
+            self.check_tiles(inputs, layout)
+            return
         ids = inputs["input_ids"]
         n_placeholder_spans = sum(
             1

@@ -36,7 +36,6 @@ from transformer_lens.model_bridge.supported_architectures.idefics3 import (
 )
 
 from vlm_lens.adapters.base import VLMAdapter
-from vlm_lens.errors import VLMInputError
 from vlm_lens.layout import TokenLayout, TokenSpec
 
 _FAKE, _GLOBAL = "<fake_token_around_image>", "<global-img>"
@@ -121,34 +120,9 @@ class Idefics3Adapter(VLMAdapter):
         """One row per sequence: ``get_image_features`` returns each sequence's tiles as one."""
         return [1] * layout.shape[0]
 
-    def check_inputs(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
-        """The base checks with tiles for images: each span's placeholders make whole tiles of
-        `tile_tokens`, and each sequence's spans as many as its real tiles in ``pixel_values``."""
-        ids, per_tile, tiles = inputs["input_ids"], self.tile_tokens, self.count_images(inputs)
-        spans = [(b, s) for b, row in enumerate(layout.spans) for s in row]
-        if not spans or not tiles:
-            super().check_inputs(inputs, layout)  # placeholders without images or the reverse
-            return
-        real = self._real_tiles(inputs).tolist()
-        held = [0] * len(layout.spans)
-        for b, span in spans:
-            n = int((ids[b, span.start : span.end + 1] == self.placeholder_token_id).sum())
-            if n % per_tile:
-                raise VLMInputError(
-                    f"an image span (sequence {b}, positions {span.start}..{span.end}) holds "
-                    f"{n} image-span positions with the placeholder, not a whole number of tiles "
-                    f"of {per_tile} tokens ({n // per_tile * per_tile or per_tile} or "
-                    f"{(n // per_tile + 1) * per_tile} tokens would be); let the processor "
-                    "expand the placeholders (model.prepare)."
-                )
-            held[b] += n // per_tile
-        if held != real:
-            raise VLMInputError(
-                f"pixel_values holds {tiles} tile(s) ({real} per sequence) but the "
-                f"{len(spans)} image placeholder span(s) of the input_ids hold {held}; give one "
-                f"image per {self.image_placeholder!r} and build inputs with "
-                "model.prepare(images=..., text=...)."
-            )
+    def tiles_per_sequence(self, inputs: Mapping[str, Any]) -> list[int]:
+        """Each sequence's real tiles (its rows of ``pixel_values``)."""
+        return [int(n) for n in self._real_tiles(inputs).tolist()]
 
     @classmethod
     def load_processor(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:

@@ -22,13 +22,12 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 from transformer_lens.model_bridge.supported_architectures.mistral3 import (
     Mistral3ArchitectureAdapter,
 )
 
 from vlm_lens.adapters.base import VLMAdapter
-from vlm_lens.errors import VLMInputError
 from vlm_lens.layout import TokenLayout, TokenSpec
 from vlm_lens.processors import images_only_processor_class
 
@@ -67,32 +66,10 @@ class InternVLAdapter(VLMAdapter):
         pixel_values = inputs.get("pixel_values")
         return 0 if pixel_values is None else int(pixel_values.shape[0])
 
-    def check_inputs(self, inputs: Mapping[str, Any], layout: TokenLayout) -> None:
-        """The base checks with tiles for images: each span holds whole tiles, all spans
-        together as many tiles as ``pixel_values`` has rows."""
-        spans = [(b, s) for b, row in enumerate(layout.spans) for s in row]
-        tiles = self.count_images(inputs)
-        if not spans or not tiles:
-            super().check_inputs(inputs, layout)  # placeholders without images or the reverse
-            return
-        per_tile = self.tile_tokens
-        for b, span in spans:
-            if span.length % per_tile:
-                raise VLMInputError(
-                    f"an image span (sequence {b}, positions {span.start}..{span.end}) has "
-                    f"{span.length} image-span positions, not a whole number of tiles of "
-                    f"{per_tile} tokens ({span.length // per_tile * per_tile or per_tile} or "
-                    f"{(span.length // per_tile + 1) * per_tile} tokens would be); let the "
-                    "processor expand the placeholders (model.prepare)."
-                )
-        in_spans = sum(span.length // per_tile for _, span in spans)
-        if in_spans != tiles:
-            raise VLMInputError(
-                f"pixel_values holds {tiles} tile(s) but the {len(spans)} image placeholder "
-                f"span(s) of the input_ids hold {in_spans} tile(s) ({per_tile} positions each); "
-                f"give one image per {self.image_placeholder!r} and build inputs with "
-                "model.prepare(images=..., text=...)."
-            )
+    def span_tile_positions(self, input_ids: Tensor, row: int, span: Any) -> int:
+        """The whole span: ``<img>`` and ``</img>`` lie outside it."""
+        del input_ids, row
+        return int(span.length)
 
     @classmethod
     def load_processor(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
