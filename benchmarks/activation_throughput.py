@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from _common import Setup, build, median_times, parser, print_table
 
-from vlm_lens import HookedVLM
+from vlm_lens import HookedVLM, hooks
 from vlm_lens.batch import Batch
 from vlm_lens.data import Probe, collect, run_dataset
 from vlm_lens.data.store import ActivationStore
@@ -154,6 +154,22 @@ def organism(args: argparse.Namespace) -> dict[str, Any]:
         "HF prepare + forward": lambda: [hf(**dict(prepare(c).inputs)) for c in chunks],
         "vlm_lens run_dataset (prepare, collect, write)": dataset,
     }
+    if args.parts:  # where collect's time goes, step by step
+        sites = [hooks.resid_post(layer) for layer in range(model.cfg.n_layers)] * len(PROBES)
+        idle = [(name, lambda _t, hook: None) for name in sites]  # noqa: ARG005
+        variants.update(
+            {
+                "parts: bridge-wrapped HF module, no vlm_lens call": lambda: [
+                    model.hf_model(**dict(b.inputs)) for b in batches
+                ],
+                "parts: run_with_hooks, no hooks": lambda: [
+                    model.run_with_hooks(b, return_type=None) for b in batches
+                ],
+                f"parts: run_with_hooks, {len(idle)} no-op hooks": lambda: [
+                    model.run_with_hooks(b, fwd_hooks=idle, return_type=None) for b in batches
+                ],
+            }
+        )
     with torch.no_grad():
         same = torch.equal(model(batches[0]), hf(**dict(batches[0].inputs)).logits)
     medians = median_times(variants, args.repeats, sync)
@@ -185,6 +201,12 @@ def main() -> None:
     p.add_argument("--images", type=int, default=64, help="organism set-up: world images")
     p.add_argument("--batch-size", type=int, default=16, help="organism set-up: per forward")
     p.add_argument("--batches", type=int, default=2, help="shape set-up: batches per pass")
+    p.add_argument(
+        "--parts",
+        action="store_true",
+        help="organism set-up: also time the steps in between (the bridge's wrapped modules, "
+        "run_with_hooks without and with idle hooks at the probe sites)",
+    )
     args = p.parse_args()
     if args.model:
         organism(args)

@@ -212,11 +212,12 @@ def check_probes(model: Any, probes: Sequence[Probe]) -> None:
         raise ValueError("give at least one Probe")
     if len(set(names)) != len(names):
         raise ValueError(f"probe names must be unique, got {names}")
+    known = model.hook_dict  # TransformerLens rebuilds it (and its aliases) on every access
     for probe in probes:
         if not isinstance(probe, Probe):
             raise ValueError(f"expected Probe objects, got {type(probe).__name__}")
         for name in probe.hook_names(model.cfg.n_layers):
-            if name not in model.hook_dict:
+            if name not in known:
                 raise ValueError(
                     f"probe {probe.name!r}: {name!r} is not a hook point of this model; see "
                     "model.hook_names() or vlm_lens.hooks"
