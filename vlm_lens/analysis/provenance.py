@@ -2,7 +2,7 @@
 
 Every analysis result carries ``meta`` (`save_result` keeps it), so two runs' results cannot be
 confused: ``meta["model"]`` names the checkpoint (``name_or_path``, family, sizes, dtype, the
-processor's fingerprint and a digest of a sample of every weight), ``meta["inputs"]`` the
+processor's fingerprint and a digest of every weight), ``meta["inputs"]`` the
 prompts (count, the texts, a SHA-256 of every input tensor) and ``meta["settings"]`` the
 analysis' arguments (layers, positions, interventions by name...). Two results with the same
 ``inputs["digest"]`` and ``model["weights_digest"]`` came from the same inputs and weights.
@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import weakref
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from vlm_lens.batch import Batch, processor_fingerprint
+from vlm_lens.data.digest import weights_digests
+from vlm_lens.engine.compat import tensor_version
 
 MAX_TEXTS = 64
 """Prompts beyond this many are recorded by their digest only."""
@@ -94,19 +98,66 @@ class Provenance:
         return out
 
 
+_WEIGHT_DIGESTS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], str]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per model: the state of its tensors (identity, storage, in-place edits) and their digest."""
+
+
+def weights_digest(module: nn.Module) -> str:
+    """One digest of every value of every parameter and buffer of `module`
+    (`vlm_lens.data.digest.weights_digests`, XXH3), recomputed only when a tensor's state
+    moved since the last call: replaced, edited in place (its version counter), or changed in
+    its first 64 values. An edit through ``param.data`` beyond the first 64 values bumps no
+    counter and is not seen until the module is hashed anew (`forget_weights_digest`).
+
+    Example:
+        >>> layer = nn.Linear(3, 2)
+        >>> before = weights_digest(layer)
+        >>> with torch.no_grad():
+        ...     layer.weight[-1, -1] += 1  # the last value only
+        >>> weights_digest(layer) != before
+        True
+    """
+    state = tuple(_tensor_state(t) for t in [*module.parameters(), *module.buffers()])
+    cached = _WEIGHT_DIGESTS.get(module)
+    if cached is not None and cached[0] == state:
+        return cached[1]
+    digest = hashlib.sha256()
+    try:
+        for name, value in sorted(weights_digests(module).items()):
+            digest.update(f"{name}={value};".encode())
+    except ValueError:  # meta tensors without values anywhere: only their names and shapes
+        digest.update(b"shapes only;")
+        for name, tensor in module.named_parameters():
+            digest.update(f"{name}={tuple(tensor.shape)};".encode())
+    _WEIGHT_DIGESTS[module] = (state, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def forget_weights_digest(module: nn.Module) -> None:
+    """Make the next `weights_digest` of `module` hash every value again.
+
+    Example:
+        >>> forget_weights_digest(nn.Linear(3, 2))
+    """
+    _WEIGHT_DIGESTS.pop(module, None)
+
+
+def _tensor_state(tensor: torch.Tensor) -> tuple[Any, ...]:
+    if tensor.device.type == "meta":
+        return (id(tensor), "meta")
+    head = tensor.detach().reshape(-1)[:64]
+    return (id(tensor), tensor.data_ptr(), tensor_version(tensor), _tensor_bytes(head))
+
+
 def model_meta(model: Any) -> dict[str, Any]:
     """Name, family, sizes, dtype, processor fingerprint and a weights digest of a `HookedVLM`.
 
-    The digest hashes the first 256 values of every parameter (cheap at any size).
+    The digest covers every value of every weight (`weights_digest`; hashed once per model
+    and again only after a weight changed).
     """
     hf = model.hf_model
-    digest = hashlib.sha256()
-    for name, param in hf.named_parameters():
-        digest.update(name.encode())
-        try:
-            digest.update(_tensor_bytes(param.detach().reshape(-1)[:256]))
-        except (RuntimeError, NotImplementedError):  # meta or offloaded weights
-            digest.update(str(tuple(param.shape)).encode())
     cfg = model.cfg
     return {
         "name_or_path": str(getattr(hf, "name_or_path", "") or ""),
@@ -116,7 +167,7 @@ def model_meta(model: Any) -> dict[str, Any]:
         "d_vocab": int(cfg.d_vocab),
         "dtype": str(next(hf.parameters()).dtype).removeprefix("torch."),
         "processor": processor_fingerprint(model.processor),
-        "weights_digest": digest.hexdigest(),
+        "weights_digest": weights_digest(hf),
     }
 
 

@@ -112,6 +112,11 @@ PRIVATE_NAMES: dict[str, tuple[str, str]] = {
         "execution_device; SequentialHook.hooks): offloaded weights read 'meta', and the "
         "device_map's main device for 'cpu'/'disk' entries is chosen inside dispatch_model",
     ),
+    "torch.Tensor._version": (
+        "torch",
+        "the counter every in-place edit of a tensor bumps: a result's provenance rehashes a "
+        "model's weights only when one of them changed (hashing 7B weights takes seconds)",
+    ),
     "transformers.models.llava_next.modeling_llava_next.unpad_image": (
         "transformers",
         "as get_anyres_image_grid_shape: the unpadded feature rows and columns of each image",
@@ -224,6 +229,11 @@ def accelerate_execution_device(module: nn.Module) -> torch.device | None:
     return None
 
 
+def tensor_version(tensor: torch.Tensor) -> int:
+    """How many in-place edits `tensor`'s storage has seen (its ``_version``)."""
+    return int(tensor._version)
+
+
 def missing() -> list[str]:
     """The private names of `PRIVATE_NAMES` that the installed versions no longer have, each
     with the pin to check (empty when all are there)."""
@@ -276,4 +286,6 @@ def missing() -> list[str]:
             module_name, _, attr = name.rpartition(".")
             if not callable(getattr(importlib.import_module(module_name), attr, None)):
                 gone.append(f"{name} ({PINS[owner]})")
+    if not isinstance(getattr(torch.zeros(1), "_version", None), int):
+        gone.append(f"torch.Tensor._version ({PINS['torch']})")
     return gone
