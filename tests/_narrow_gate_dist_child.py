@@ -3,9 +3,9 @@
 ``python -m torch.distributed.run --standalone --nproc-per-node 2
 tests/_narrow_gate_dist_child.py OUT`` runs ``vlm-lens narrow-gate`` (`ARGS`, writing
 ``OUT/two.html`` and ``OUT/two.json``) and counts the loop items this rank ran, then checks
-`map_shared` directly: each rank's share of the items, every output on every rank in order,
-and an error raised on rank 1 only reaching rank 0 with its class. It prints one JSON line per
-rank.
+that a shared `knockout_sweep` equals one run alone, and `map_shared` directly: each rank's
+share of the items, every output on every rank in order, and an error raised on rank 1 only
+reaching rank 0 with its class. It prints one JSON line per rank.
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from vlm_lens import HookedVLM
+from vlm_lens.analysis import knockout_sweep
 from vlm_lens.cli import main as cli
 from vlm_lens.data import distributed
 from vlm_lens.errors import AnalysisSkipped
+from vlm_lens.experiments import world_images
 
 ARGS = [
     "narrow-gate",
@@ -57,6 +62,19 @@ def main(argv: list[str]) -> int:
     def square(x: int) -> int:
         ran.append(x)
         return x * x
+
+    # knockout_sweep (not in the report): shared equals alone, on every rank
+    model = HookedVLM.from_pretrained("organism:nonnative")
+    images = world_images(6).images
+    prompt = "<image>what colour is the shape?"
+    batches = [model.prepare(images=images[i : i + 2], text=[prompt] * 2) for i in range(0, 6, 2)]
+    alone = knockout_sweep(model, batches)
+    with distributed.sharded():
+        shared = knockout_sweep(model, batches)
+    line["sweep_equal"] = all(
+        np.array_equal(getattr(alone, f), getattr(shared, f))
+        for f in ("clean_tokens", "tokens", "clean_token_logprob", "clean_logprob")
+    )
 
     with distributed.sharded() as ranks:
         line["world"] = ranks.world_size

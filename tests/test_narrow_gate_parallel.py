@@ -48,6 +48,7 @@ def test_two_processes_write_the_report_of_one(tmp_path: Path) -> None:
 
     # map_shared: rank r ran items i % 2 == r; every rank has every output, in order
     for rank, line in lines.items():
+        assert line["sweep_equal"] is True  # knockout_sweep shared == alone
         assert line["world"] == 2 and line["after"] == 1
         assert line["squares"] == [x * x for x in range(5)]
         assert line["ran"] == [x for x in range(5) if x % 2 == rank]
