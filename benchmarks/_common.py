@@ -412,3 +412,34 @@ def child_peak(fn: Callable[[], object], device: str) -> float:
     thread.join()
     peak[0] = max(peak[0], rss())
     return (peak[0] - before) / 2**20
+
+
+def sweep_floor(total: int, gate: int, n_layers: int, starts: list[int], *, source: bool) -> float:
+    """The least work an exact sweep from the gate on can do, in full-forward equivalents,
+    counting a position through one layer as ``1 / (total * n_layers)`` of a forward: the
+    target's prefix before the gate once, the clean suffix (the gate and after, every layer),
+    for a condition whose first touched layer is ``l`` the suffix through layers ``l ..``, and
+    with `source` one full forward more (a patching sweep's source: the patch reads its gate,
+    the result compares with its last-token distribution). Suffix positions attend to more
+    keys than the average position, so at equal cost per position this is a lower bound
+    (fixed per-pass costs come on top).
+
+    Example:
+        >>> round(sweep_floor(826, 761, 32, list(range(32)), source=True), 2)
+        3.3
+    """
+    suffix = (total - gate) / total
+    layers = sum(n_layers - start for start in starts) / n_layers
+    return float(source) + gate / total + suffix * (1 + layers)
+
+
+def print_floor(s: Setup, starts: list[int], *, source: bool) -> float:
+    """Print and return `sweep_floor` for `s`'s prompt (its first sequence's last gate)."""
+    total = int(s.batch.input_ids.shape[1])
+    gate = int(s.batch.layout.mask("gate")[0].nonzero()[-1])
+    floor = sweep_floor(total, gate, int(s.fast.cfg.n_layers), starts, source=source)
+    print(
+        f"exact floor at equal cost per position-layer ({total} positions, gate at {gate}"
+        f"{', with the source forward' if source else ''}): {floor:.2f} full-forward equivalents"
+    )
+    return floor

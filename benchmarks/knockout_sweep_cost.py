@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from _common import Setup, build, sweep_parser, swept, time_sweep
+from _common import Setup, build, print_floor, sweep_parser, swept, time_sweep
 
 from vlm_lens.analysis import KnockoutSweepResult, knockout_sweep
 
@@ -44,7 +44,9 @@ def measure(s: Setup, deadline: float | None = None) -> dict[str, Any]:
         agreement,
         deadline=deadline,
     )
-    return {"windows": windows, **out}
+    n_layers = int(s.fast.cfg.n_layers)
+    floor = print_floor(s, [n_layers - w for w in windows], source=False)
+    return {"windows": windows, **out, "exact_floor": floor}
 
 
 if __name__ == "__main__":

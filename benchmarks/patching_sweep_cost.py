@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import Setup, build, sweep_parser, swept, time_sweep
+from _common import Setup, build, print_floor, sweep_parser, swept, time_sweep
 
 from vlm_lens.analysis import PatchingSweepResult, PatchPair, patching_sweep
 from vlm_lens.interventions.patching import record, residual_site
@@ -54,25 +54,6 @@ def main() -> None:
     measure(build(args))
 
 
-def exact_floor(total: int, gate: int, n_layers: int, swept_layers: list[int]) -> dict[str, float]:
-    """The least work an exact sweep can do, in full-forward equivalents, counting a position
-    through one layer as ``1 / (total * n_layers)`` of a forward: the source's full forward
-    (the patch reads its gate; the result compares with its last-token distribution), the
-    target's prefix before the gate, the clean suffix (from the gate on, every layer) and, for
-    a patch at layer ``l``, the suffix through layers ``l ..``.
-    Suffix positions attend to more keys than the average position, so at equal cost per
-    position this is a lower bound (fixed per-pass costs come on top).
-
-    Example:
-        >>> round(exact_floor(826, 761, 32, list(range(32)))["with the source recording"], 2)
-        3.3
-    """
-    suffix = (total - gate) / total
-    layers = sum(n_layers - layer for layer in swept_layers) / n_layers
-    sweep = gate / total + suffix * (1 + layers)
-    return {"with the source recording": 1 + sweep, "without": sweep}
-
-
 def measure(s: Setup, deadline: float | None = None) -> dict[str, Any]:
     """Time the sweep variants on `s` (``s.args``: repeats, ``--no-naive``, ``--sweep-layers``);
     print and return them (see `_common.time_sweep`)."""
@@ -93,14 +74,7 @@ def measure(s: Setup, deadline: float | None = None) -> dict[str, Any]:
         recording,
         deadline=deadline,
     )
-    total = int(s.batch.input_ids.shape[1])
-    gate = int(s.batch.layout.mask("gate")[0].nonzero()[-1])
-    floor = exact_floor(total, gate, int(s.fast.cfg.n_layers), layers)
-    print(
-        f"exact floor at equal cost per position-layer ({total} positions, gate at {gate}): "
-        f"{floor['with the source recording']:.2f} full-forward equivalents with the source "
-        f"recording, {floor['without']:.2f} without"
-    )
+    floor = print_floor(s, layers, source=True)
     return {"layers": layers, **out, "exact_floor": floor}
 
 
