@@ -6,7 +6,9 @@ progress bar into an `ActivationStore` on disk and resumes after an interruption
 `prepare_batches` cuts images and prompts into batches that fit in memory, for the sweeps.
 A store's fingerprint covers everything that changes its numbers (`identity`: every weight's
 bytes, the active hooks by content, the attention implementation; the probes; the image
-contents), and every chunk is checked on read (`StoreDamagedError`).
+contents), and every chunk is checked on read (`StoreDamagedError`). Under ``torchrun`` or
+``accelerate launch``, `run_dataset` shares its chunks between the ranks, and the analyses their
+batches inside `vlm_lens.data.distributed.sharded`.
 """
 
 from vlm_lens.data.batches import prepare_batches
