@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -103,7 +104,7 @@ def knockout(
             f"mode must be 'mask' (pre-softmax) or 'zero' (post-softmax), got {mode!r}"
         )
     layout = layout_of(batch)
-    edges = _EdgeSet(layout, queries, keys, attention_of(batch))
+    edges = _edge_set(layout, queries, keys, attention_of(batch))
     if mode == "mask":
         edges.check_rows_keep_a_key()
     head_index = _as_list(heads)
@@ -222,14 +223,45 @@ def last_layers(n_layers: int, window: int) -> range:
 
 
 # ---------------------------------------------------------------------- internals
+_EDGE_SETS: dict[int, dict[tuple[Any, ...], _EdgeSet]] = {}
+"""Per live layout (by id; dropped with the layout): its edge sets by the positions they block.
+A sweep builds one knockout per layer window on one batch; they share the ``[pos, pos]``
+masks instead of rebuilding them."""
+
+
+def _edge_set(
+    layout: TokenLayout, queries: PositionSpec, keys: PositionSpec, attention: AttentionStructure
+) -> _EdgeSet:
+    """The `_EdgeSet` of these positions on `layout` under `attention`, shared by every knockout
+    that selects the same query and key positions (compared by value, so two closures of
+    ``after("text", "gate")`` share one)."""
+    q, k = select(queries, layout), select(keys, layout)
+    q_gen, k_gen = covers_generated(queries, layout), covers_generated(keys, layout)
+    key = tuple(_bytes(t) for t in (q, k, q_gen, k_gen))
+    per_layout = _EDGE_SETS.get(id(layout))
+    if per_layout is None:
+        per_layout = _EDGE_SETS[id(layout)] = {}
+        weakref.finalize(layout, _EDGE_SETS.pop, id(layout), None)
+    found = per_layout.get(key)
+    if found is None or found.attention is not attention:
+        found = per_layout[key] = _EdgeSet(layout, q, k, q_gen, k_gen, attention)
+    return found
+
+
+def _bytes(mask: Tensor) -> tuple[tuple[int, ...], bytes]:
+    return tuple(mask.shape), mask.to("cpu", torch.bool).numpy().tobytes()
+
+
 class _EdgeSet:
     """Blocked edges of a batch, resolved once per (query length, key length)."""
 
     def __init__(
         self,
         layout: TokenLayout,
-        queries: PositionSpec,
-        keys: PositionSpec,
+        queries: Bool[Tensor, "batch pos"],
+        keys: Bool[Tensor, "batch pos"],
+        query_generated: Bool[Tensor, " batch"],
+        key_generated: Bool[Tensor, " batch"],
         attention: AttentionStructure,
     ):
         if attention.shape != layout.shape:
@@ -237,14 +269,18 @@ class _EdgeSet:
                 f"the batch's attention structure has shape {attention.shape} but its layout "
                 f"{layout.shape}; rebuild the batch with model.prepare"
             )
-        self.layout = layout
+        # weakly: the shared cache (`_EDGE_SETS`) must not keep the layout it is keyed by alive
+        self._layout = weakref.ref(layout)
+        self.shape: tuple[int, int] = tuple(layout.shape)  # type: ignore[assignment]
         self.attention = attention
-        self.queries = select(queries, layout)
-        self.keys = select(keys, layout)
-        self.query_generated = covers_generated(queries, layout)
-        self.key_generated = covers_generated(keys, layout)
+        self.queries = queries
+        self.keys = keys
+        self.query_generated = query_generated
+        self.key_generated = key_generated
         self._cache: dict[tuple[int, int], Tensor] = {}
         self._cache_visible: dict[str, Tensor] = {}
+        self._earliest: Tensor | None = None
+        self._keeps_a_key = False
 
     def visible(self) -> Bool[Tensor, "batch q k"]:
         if "visible" not in self._cache_visible:
@@ -255,11 +291,18 @@ class _EdgeSet:
         return self.queries[:, :, None] & self.keys[:, None, :] & self.visible()
 
     def earliest_position(self) -> Tensor:
-        first = first_true(self.prompt_edges().any(dim=2).cpu(), self.layout.shape[1])
-        return self.attention.earliest_affected(first)
+        if self._earliest is None:
+            first = first_true(self.prompt_edges().any(dim=2).cpu(), self.shape[1])
+            self._earliest = self.attention.earliest_affected(first)
+        return self._earliest.clone()
 
     def check_rows_keep_a_key(self) -> None:
-        real = ~self.layout.mask("pad")
+        if self._keeps_a_key:
+            return
+        layout = self._layout()
+        if layout is None:  # pragma: no cover - knockout() holds the layout while it checks
+            raise RuntimeError("the knockout's layout is gone")
+        real = ~layout.mask("pad")
         visible = real[:, None, :] & self.visible()
         left = visible & ~self.prompt_edges()
         dead = (visible.any(dim=2) & ~left.any(dim=2)) & real
@@ -267,15 +310,16 @@ class _EdgeSet:
             b, p = (int(x) for x in dead.nonzero()[0])
             raise ValueError(
                 f"knockout would block every key of query position {p} in sequence {b} "
-                f"(roles {self.layout.roles_at(b, p)}); its attention row would be undefined in "
+                f"(roles {layout.roles_at(b, p)}); its attention row would be undefined in "
                 "mode='mask'. Exclude it from the queries or use mode='zero'."
             )
+        self._keeps_a_key = True
 
     def for_shape(self, batch: int, q_len: int, k_len: int, name: str) -> Tensor:
-        prompt_batch, length = self.layout.shape
+        prompt_batch, length = self.shape
         if batch != prompt_batch or k_len < length:
             raise VLMInputError(
-                f"{name}: knockout was built for a batch of shape {self.layout.shape} but the "
+                f"{name}: knockout was built for a batch of shape {self.shape} but the "
                 f"model ran {batch} sequences with {k_len} key positions; build the knockout "
                 "from the batch you run (beam search and num_return_sequences are not supported)"
             )
@@ -285,7 +329,7 @@ class _EdgeSet:
         return self._cache[key]
 
     def _edges(self, q_len: int, k_len: int) -> Tensor:
-        extra = k_len - self.layout.shape[1]
+        extra = k_len - self.shape[1]
         generated_q = self.query_generated[:, None].expand(-1, extra)
         generated_k = self.key_generated[:, None].expand(-1, extra)
         q_all = torch.cat([self.queries, generated_q], dim=1)[:, k_len - q_len :]
