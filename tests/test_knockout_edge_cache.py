@@ -32,20 +32,22 @@ def test_windows_share_one_edge_set_and_it_leaves_with_the_batch() -> None:
     key = id(batch.layout)
     windows = [gate_knockout(batch, layers=last_layers(model.cfg.n_layers, w)) for w in (1, 2)]
     closures = [knockout(batch, queries=after("text", "gate"), keys="image") for _ in range(2)]
-    sets = knockout_module._EDGE_SETS[key]
+    shared = knockout_module._EDGE_SETS[key]
+    sets = [v for k, v in shared.items() if k != ("visible",)]
     assert len(sets) == 2  # the gate knockouts' and the two closures' (equal by value)
+    assert shared[("visible",)][0] is batch.attention  # one visibility mask for both
     assert all(torch.equal(w.earliest_position, windows[0].earliest_position) for w in windows)
     assert torch.equal(closures[0].earliest_position, closures[1].earliest_position)
 
     # the shared edges give the knockouts' own results: equal to a cache-free rebuild
     with torch.no_grad():
-        shared = model.run_with_hooks(batch, fwd_hooks=windows[1])
+        cached = model.run_with_hooks(batch, fwd_hooks=windows[1])
         knockout_module._EDGE_SETS.pop(key)
         fresh = model.run_with_hooks(
             batch, fwd_hooks=gate_knockout(batch, layers=last_layers(model.cfg.n_layers, 2))
         )
-    assert torch.equal(shared, fresh)
+    assert torch.equal(cached, fresh)
 
-    del windows, closures, sets, shared, fresh, batch
+    del windows, closures, sets, shared, cached, fresh, batch
     gc.collect()
     assert key not in knockout_module._EDGE_SETS

@@ -223,10 +223,11 @@ def last_layers(n_layers: int, window: int) -> range:
 
 
 # ---------------------------------------------------------------------- internals
-_EDGE_SETS: dict[int, dict[tuple[Any, ...], _EdgeSet]] = {}
-"""Per live layout (by id; dropped with the layout): its edge sets by the positions they block.
-A sweep builds one knockout per layer window on one batch; they share the ``[pos, pos]``
-masks instead of rebuilding them."""
+_EDGE_SETS: dict[int, dict[tuple[Any, ...], Any]] = {}
+"""Per live layout (by id; dropped with the layout): its edge sets by the positions they block,
+and under ``("visible",)`` its attention structure's ``[batch, pos, pos]`` visibility. A sweep
+builds one knockout per layer window on one batch, and a Table 1 batch one per condition; they
+share these masks instead of rebuilding them."""
 
 
 def _edge_set(
@@ -244,7 +245,7 @@ def _edge_set(
         weakref.finalize(layout, _EDGE_SETS.pop, id(layout), None)
     found = per_layout.get(key)
     if found is None or found.attention is not attention:
-        found = per_layout[key] = _EdgeSet(layout, q, k, q_gen, k_gen, attention)
+        found = per_layout[key] = _EdgeSet(layout, q, k, q_gen, k_gen, attention, per_layout)
     return found
 
 
@@ -263,6 +264,7 @@ class _EdgeSet:
         query_generated: Bool[Tensor, " batch"],
         key_generated: Bool[Tensor, " batch"],
         attention: AttentionStructure,
+        shared: dict[tuple[Any, ...], Any] | None = None,
     ):
         if attention.shape != layout.shape:
             raise VLMInputError(
@@ -278,14 +280,17 @@ class _EdgeSet:
         self.query_generated = query_generated
         self.key_generated = key_generated
         self._cache: dict[tuple[int, int], Tensor] = {}
-        self._cache_visible: dict[str, Tensor] = {}
+        self._shared: dict[tuple[Any, ...], Any] = {} if shared is None else shared
         self._earliest: Tensor | None = None
         self._keeps_a_key = False
 
     def visible(self) -> Bool[Tensor, "batch q k"]:
-        if "visible" not in self._cache_visible:
-            self._cache_visible["visible"] = self.attention.mask().to(self.queries.device)
-        return self._cache_visible["visible"]
+        """The structure's ``[batch, pos, pos]`` visibility, shared by the layout's edge sets."""
+        held = self._shared.get(("visible",))
+        if held is None or held[0] is not self.attention:
+            held = (self.attention, self.attention.mask().to(self.queries.device))
+            self._shared[("visible",)] = held
+        return held[1]
 
     def prompt_edges(self) -> Bool[Tensor, "batch q k"]:
         return self.queries[:, :, None] & self.keys[:, None, :] & self.visible()
