@@ -9,6 +9,8 @@ image index in the layout, and from ``reference(**inputs, output_attentions=True
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,25 @@ def test_errors(wrapped: Wrapped) -> None:
         attention_share(wrapped.model, batch, layers=[99])
     with pytest.raises(TypeError, match="Batch"):
         attention_share(wrapped.model, [batch.inputs])
+
+
+def test_batches_are_read_lazily(wrapped: Wrapped, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generator of batches is read one batch at a time: each is measured before the next
+    is made (memory stays at one batch however many the dataset has)."""
+    events: list[str] = []
+    module = importlib.import_module("vlm_lens.analysis.attention_share")  # not the function
+    measured = module.run
+
+    def run(*args: object, **kwargs: object) -> None:
+        events.append("measured")
+        measured(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "run", run)
+
+    def batches():  # noqa: ANN202
+        for size in (1, 2, 1):
+            events.append("made")
+            yield wrapped.batch(size)
+
+    assert attention_share(wrapped.model, batches()).n_prompts == 4
+    assert events == ["made", "measured"] * 3

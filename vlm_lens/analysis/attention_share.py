@@ -156,9 +156,6 @@ def attention_share(
     provenance = Provenance(
         "attention_share", model, layers=layer_ids, queries=queries, groups=named
     )
-    batch_list = list(iter_batches(batches, progress=False, desc="attention_share"))
-    for batch in batch_list:
-        provenance.add(batch)
 
     def step(batch: Batch) -> tuple[list[np.ndarray], list[np.ndarray]]:
         rows = query_rows(queries, batch.layout, what="attention_share")
@@ -175,7 +172,13 @@ def attention_share(
             [keys[:, b, token_mask[b].cpu()].numpy() for b in range(len(batch))],
         )
 
-    outputs = map_shared(step, batch_list, desc="attention_share", progress=progress)
+    outputs = map_shared(  # batches read lazily: a generator keeps one in memory
+        step,
+        iter_batches(batches, progress=False, desc="attention_share"),
+        desc="attention_share",
+        progress=progress,
+        on_every=provenance.add,
+    )
     masses = [m for part, _ in outputs for m in part]  # per prompt [layers, groups]
     tokens = [t for _, part in outputs for t in part]  # per prompt [layers, n_image_tokens]
     mass_per_prompt = np.stack(masses)  # [prompts, layers, groups]

@@ -123,9 +123,6 @@ def knockout_sweep(
     provenance = Provenance(
         "knockout_sweep", model, knockout=knockout, windows=window_layers, **knockout_kwargs
     )
-    batch_list = list(iter_batches(batches, progress=False, desc="knockout_sweep"))
-    for batch in batch_list:
-        provenance.add(batch)
 
     def step(batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         conditions = {
@@ -143,7 +140,13 @@ def knockout_sweep(
             torch.stack([p.gather(1, top[:, None])[:, 0] for p in per]).cpu(),
         )
 
-    outputs = map_shared(step, batch_list, desc="knockout_sweep", progress=progress)
+    outputs = map_shared(  # batches read lazily: a generator keeps one in memory
+        step,
+        iter_batches(batches, progress=False, desc="knockout_sweep"),
+        desc="knockout_sweep",
+        progress=progress,
+        on_every=provenance.add,
+    )
     clean_tokens, clean_logprob, tokens, logprob = (list(x) for x in zip(*outputs, strict=True))
     return KnockoutSweepResult(
         windows=window_layers,

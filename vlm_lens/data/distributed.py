@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -188,13 +188,15 @@ def shared_ranks() -> Ranks:
 
 def map_shared(
     step: Callable[[T], R],
-    items: Sequence[T],
+    items: Iterable[T],
     *,
     desc: str = "",
     progress: bool = False,
+    on_every: Callable[[T], None] | None = None,
 ) -> list[R]:
     """``[step(item) for item in items]``, shared by the ranks inside `sharded`.
 
+    `items` is read once, lazily (a generator of batches keeps one batch in memory at a time).
     Rank ``r`` runs the items ``i`` with ``i % world_size == r``; every rank returns every
     output, in the order of `items`, so `step` must return picklable values (on the CPU).
     An error on any rank is raised on every rank (`Ranks.together`).
@@ -203,10 +205,15 @@ def map_shared(
         step: what to compute for one item.
         items: the items (every rank passes the same).
         desc: the progress bar's label.
-        progress: show a progress bar (on rank 0 only, over its own items).
+        progress: show a progress bar (on rank 0 only).
+        on_every: called with every item on every rank, before `step` (say, to record the
+            inputs' provenance).
 
     Returns:
         One output per item.
+
+    Raises:
+        RuntimeError: when the ranks were given different numbers of items.
 
     Example:
         >>> map_shared(lambda x: x * x, [1, 2, 3])
@@ -214,23 +221,36 @@ def map_shared(
     """
     ranks = _SHARED
     if ranks is None:
-        return [step(item) for item in tqdm(items, desc=desc, disable=not progress)]
-    mine = [i for i in range(len(items)) if ranks.owns(i)]
+        alone: list[R] = []
+        for item in tqdm(items, desc=desc, disable=not progress):
+            if on_every is not None:
+                on_every(item)
+            alone.append(step(item))
+        return alone
     bar = progress and ranks.rank == 0
     label = f"{desc} (rank 0 of {ranks.world_size})"
+    active = ranks
 
-    def work() -> list[R]:
-        return [step(items[i]) for i in tqdm(mine, desc=label, disable=not bar)]
+    def work() -> tuple[int, list[R]]:
+        mine: list[R] = []
+        count = 0
+        for i, item in enumerate(tqdm(items, desc=label, disable=not bar)):
+            count += 1
+            if on_every is not None:
+                on_every(item)
+            if active.owns(i):
+                mine.append(step(item))
+        return count, mine
 
-    outputs = ranks.together(work, desc or "a shared loop")
-    out: list[Any] = [None] * len(items)
-    for rank, part in enumerate(ranks.gather(outputs)):
-        owned = [i for i in range(len(items)) if i % ranks.world_size == rank]
-        if len(owned) != len(part):
-            raise RuntimeError(
-                f"rank {rank} computed {len(part)} of its {len(owned)} items in {desc!r}: the "
-                "ranks were given different items; build them the same way on every rank"
-            )
-        for i, value in zip(owned, part, strict=True):
+    count, outputs = ranks.together(work, desc or "a shared loop")
+    parts = ranks.gather((count, outputs))
+    if any(n != count for n, _ in parts):
+        raise RuntimeError(
+            f"the ranks were given {[n for n, _ in parts]} items in {desc!r}; build them the "
+            "same way on every rank"
+        )
+    out: list[Any] = [None] * count
+    for rank, (_, part) in enumerate(parts):
+        for i, value in zip(range(rank, count, ranks.world_size), part, strict=True):
             out[i] = value
     return out
