@@ -5,15 +5,18 @@ Private to `vlm_lens.analysis`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 from vlm_lens.batch import Batch
+from vlm_lens.data.distributed import map_shared
 from vlm_lens.model import HookedVLM
 from vlm_lens.types import HookList
+
+R = TypeVar("R")
 
 
 def resolve_layers(model: HookedVLM, layers: Iterable[int] | int | None) -> tuple[int, ...]:
@@ -53,6 +56,25 @@ def iter_batches(batches: Batch | Iterable[Batch], *, progress: bool, desc: str)
                 f"expected vlm_lens Batch objects (from model.prepare), got {type(batch).__name__}"
             )
         yield batch
+
+
+def map_batches(
+    step: Callable[[Batch], R],
+    batches: Batch | Iterable[Batch],
+    provenance: Any,
+    *,
+    progress: bool,
+    desc: str,
+) -> list[R]:
+    """`step` on every batch (read lazily, each recorded in `provenance`), shared by the ranks
+    inside `vlm_lens.data.distributed.sharded` (`map_shared`)."""
+    return map_shared(
+        step,
+        iter_batches(batches, progress=False, desc=desc),
+        desc=desc,
+        progress=progress,
+        on_every=provenance.add,
+    )
 
 
 def run(model: HookedVLM, batch: Batch, fwd_hooks: HookList, layers: tuple[int, ...]) -> None:

@@ -33,11 +33,10 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from vlm_lens.analysis._common import iter_batches, resolve_layers, run
+from vlm_lens.analysis._common import map_batches, resolve_layers, run
 from vlm_lens.analysis.persist import register_result
 from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.batch import Batch, attention_of
-from vlm_lens.data.distributed import map_shared
 from vlm_lens.engine.attention_rows import image_side, key_attention_hooks, query_rows
 from vlm_lens.layout import TokenLayout
 from vlm_lens.model import HookedVLM
@@ -172,13 +171,8 @@ def attention_share(
             [keys[:, b, token_mask[b].cpu()].numpy() for b in range(len(batch))],
         )
 
-    outputs = map_shared(  # batches read lazily: a generator keeps one in memory
-        step,
-        iter_batches(batches, progress=False, desc="attention_share"),
-        desc="attention_share",
-        progress=progress,
-        on_every=provenance.add,
-    )
+    # batches read lazily: a generator keeps one in memory
+    outputs = map_batches(step, batches, provenance, progress=progress, desc="attention_share")
     masses = [m for part, _ in outputs for m in part]  # per prompt [layers, groups]
     tokens = [t for _, part in outputs for t in part]  # per prompt [layers, n_image_tokens]
     mass_per_prompt = np.stack(masses)  # [prompts, layers, groups]

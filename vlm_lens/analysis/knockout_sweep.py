@@ -30,11 +30,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from vlm_lens.analysis._common import iter_batches
+from vlm_lens.analysis._common import map_batches
 from vlm_lens.analysis.persist import register_result
 from vlm_lens.analysis.provenance import Provenance
 from vlm_lens.batch import Batch
-from vlm_lens.data.distributed import map_shared
 from vlm_lens.engine.intervention import Intervention
 from vlm_lens.engine.sweep import CLEAN, run_sweep
 from vlm_lens.interventions import gate_knockout, last_layers
@@ -140,13 +139,8 @@ def knockout_sweep(
             torch.stack([p.gather(1, top[:, None])[:, 0] for p in per]).cpu(),
         )
 
-    outputs = map_shared(  # batches read lazily: a generator keeps one in memory
-        step,
-        iter_batches(batches, progress=False, desc="knockout_sweep"),
-        desc="knockout_sweep",
-        progress=progress,
-        on_every=provenance.add,
-    )
+    # batches read lazily: a generator keeps one in memory
+    outputs = map_batches(step, batches, provenance, progress=progress, desc="knockout_sweep")
     clean_tokens, clean_logprob, tokens, logprob = (list(x) for x in zip(*outputs, strict=True))
     return KnockoutSweepResult(
         windows=window_layers,
