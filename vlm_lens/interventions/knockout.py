@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
@@ -283,6 +284,18 @@ class _EdgeSet:
         self._shared: dict[tuple[Any, ...], Any] = {} if shared is None else shared
         self._earliest: Tensor | None = None
         self._keeps_a_key = False
+
+    @property
+    def vlm_lens_fingerprint(self) -> str:
+        """What a dataset run's hook fingerprint reads (`vlm_lens.data.hook_state`): the
+        blocked positions and the attention structure, not the caches (which depend on what
+        ran before, and on which other knockouts share the batch)."""
+        digest = hashlib.sha256()
+        masks = (self.queries, self.keys, self.query_generated, self.key_generated)
+        for tensor in (*masks, self.attention.block_ids):
+            digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
+            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+        return f"knockout edges {digest.hexdigest()}"
 
     def visible(self) -> Bool[Tensor, "batch q k"]:
         """The structure's ``[batch, pos, pos]`` visibility, shared by the layout's edge sets."""
